@@ -1,0 +1,20 @@
+"""doubleopt: double optimization in PyTorch.
+
+One entry point, :func:`solve`, runs any solver on any batched problem under any adjoint.
+"""
+
+from . import adjoint, linalg, problems, solvers
+from ._problem import Problem, ProblemFamily, batch_size
+from ._solution import RESULTS, Solution, SolveError
+from ._solve import default_tol, solve
+from .adjoint import CG, Cholesky, Implicit, Truncated, Unroll
+from .solvers import FISTA, GD, ISTA, LBFGS, Adagrad, Adam, Momentum, Nesterov, Newton, NonlinearCG, RMSProp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "solve", "default_tol", "Problem", "ProblemFamily", "batch_size", "Solution", "SolveError", "RESULTS",
+    "Unroll", "Truncated", "Implicit", "CG", "Cholesky",
+    "GD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam", "LBFGS", "NonlinearCG", "Newton", "ISTA", "FISTA",
+    "adjoint", "linalg", "problems", "solvers",
+]

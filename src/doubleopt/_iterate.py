@@ -1,0 +1,134 @@
+"""The one loop. Every solver under every adjoint runs through :func:`iterate`.
+
+It owns ``max_steps``, the stopping tolerances, per-instance termination (a finished instance stops
+changing while the others continue), non-finite detection, per-instance result codes and the trace.
+Solvers only implement ``init / step / stationarity / postprocess``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ._solution import RESULTS
+from ._tree import tree_where
+
+if TYPE_CHECKING:
+    from ._problem import Context, Problem
+    from .solvers._base import Solver
+
+
+@dataclass
+class LoopOutput:
+    y: Tensor
+    state: Any
+    result: Tensor
+    num_steps: Tensor
+    stationarity: Tensor
+    trace: Tensor | None
+
+
+def _finite_rows(y: Tensor, value: Tensor) -> Tensor:
+    return torch.isfinite(y).all(dim=-1) & torch.isfinite(value)
+
+
+def iterate(
+    problem: Problem,
+    solver: Solver,
+    x: Context,
+    y0: Tensor,
+    *,
+    max_steps: int,
+    tol: float,
+    rtol: float,
+    trace: bool,
+    progress: bool,
+    done0: Tensor | None = None,
+    result0: Tensor | None = None,
+    state0: Any = None,
+) -> LoopOutput:
+    """Run ``solver`` on ``problem`` from ``y0`` until every instance has stopped.
+
+    An instance stops when its stationarity measure is ``<= tol``, when its relative objective progress
+    is ``<= rtol`` (if ``rtol > 0``), when its iterate or objective becomes non-finite (the last finite
+    iterate is kept) or when the solver reports a failure code for it in ``state.status``.
+    ``done0`` / ``result0`` mark instances that are already finished (e.g. bad input with ``throw=False``).
+    """
+    B = y0.shape[0]
+    device = y0.device
+    y = y0
+    state = solver.init(problem, y, x) if state0 is None else state0
+    result = torch.full((B,), int(RESULTS.max_steps_reached), dtype=torch.int64, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    if done0 is not None:
+        done = done | done0
+        result = torch.where(done0, result0, result)
+
+    value = solver.current_value(state)
+    finite = _finite_rows(y, value)
+    bad = ~done & ~finite
+    result = torch.where(bad, int(RESULTS.nonfinite), result)
+    done = done | bad
+    stat = solver.stationarity(problem, y, x, state)
+    conv = ~done & (stat <= tol)
+    result = torch.where(conv, int(RESULTS.successful), result)
+    done = done | conv
+
+    num_steps = torch.zeros(B, dtype=torch.int64, device=device)
+    values = [value.detach().clone()] if trace else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps, desc=f"solve[{type(solver).__name__}]", unit="step", leave=False)
+    try:
+        for _ in range(max_steps):
+            if bool(done.all()):
+                break
+            active = ~done
+            y_new, state_new = solver.step(problem, y, x, state)
+            value_new = solver.current_value(state_new)
+            finite = _finite_rows(y_new, value_new)
+            status = getattr(state_new, "status", None)
+            accept = active & finite
+            y = torch.where(accept[:, None], y_new, y)
+            state = tree_where(accept, state_new, state)
+            num_steps = num_steps + active.to(torch.int64)
+
+            newly_bad = active & ~finite
+            result = torch.where(newly_bad, int(RESULTS.nonfinite), result)
+            stop = newly_bad
+            if status is not None:
+                failed = accept & (status != int(RESULTS.successful))
+                result = torch.where(failed, status, result)
+                stop = stop | failed
+            stat_new = solver.stationarity(problem, y, x, state)
+            stat = torch.where(accept, stat_new, stat)
+            conv = accept & ~stop & (stat <= tol)
+            if rtol > 0:
+                scale = torch.maximum(value.abs(), value_new.abs()).clamp_min(1e-30)
+                conv = conv | (accept & ~stop & ((value - value_new).abs() <= rtol * scale))
+            result = torch.where(conv, int(RESULTS.successful), result)
+            done = done | stop | conv
+            value = torch.where(accept, value_new, value)
+            if values is not None:
+                values.append(value.detach().clone())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(active=int((~done).sum()), refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    y, result = solver.postprocess(problem, y, x, state, result)
+    return LoopOutput(
+        y=y,
+        state=state,
+        result=result,
+        num_steps=num_steps,
+        stationarity=stat.detach(),
+        trace=torch.stack(values) if values is not None else None,
+    )

@@ -1,0 +1,5 @@
+"""Differentiation modes for ``doubleopt.solve``: objects, not flags."""
+
+from ._adjoints import CG, AbstractAdjoint, Cholesky, Implicit, Truncated, Unroll
+
+__all__ = ["AbstractAdjoint", "Unroll", "Truncated", "Implicit", "CG", "Cholesky"]

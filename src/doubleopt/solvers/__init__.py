@@ -1,0 +1,16 @@
+"""Solvers: frozen configuration objects that ``doubleopt.solve`` runs."""
+
+from ._base import GradientRuleSolver, GradientState, RuleState, Solver, UpdateRule
+from .first_order import GD, Adagrad, Adam, Momentum, Nesterov, RMSProp
+from .lbfgs import LBFGS
+from .linesearch import LineSearchResult, armijo_backtracking
+from .ncg import NonlinearCG
+from .newton import Newton
+from .proximal import FISTA, ISTA
+
+__all__ = [
+    "Solver", "GradientState", "GradientRuleSolver", "RuleState", "UpdateRule",
+    "GD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam",
+    "LBFGS", "NonlinearCG", "Newton", "ISTA", "FISTA",
+    "armijo_backtracking", "LineSearchResult",
+]

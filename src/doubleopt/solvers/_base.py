@@ -1,0 +1,117 @@
+"""The solver protocol and the adapter through which gradient-only update rules enter.
+
+A solver is frozen configuration. Its state is a dataclass of tensors whose batched fields have the
+batch dimension first; every state has ``value`` ``(B,)`` and ``grad`` ``(B, n)`` at the current iterate
+and may have ``status`` ``(B,)`` holding a :class:`~doubleopt.RESULTS` code per instance (non-zero stops
+that instance with that code). ``step`` is out-of-place, so it is differentiable.
+
+Writing a custom solver::
+
+    @dataclass(frozen=True)
+    class MySolver(do.solvers.Solver):
+        step_size: float = 0.1
+        def init(self, problem, y, x):
+            value, grad = problem.value_and_grad(y, x)
+            return do.solvers.GradientState(value, grad)
+        def step(self, problem, y, x, state):
+            y = y - self.step_size * state.grad
+            return y, do.solvers.GradientState(*problem.value_and_grad(y, x))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .._problem import Context, Problem
+
+
+@dataclass
+class GradientState:
+    """The minimal state: objective value and gradient at the current iterate."""
+
+    value: Tensor
+    grad: Tensor
+
+
+@dataclass(frozen=True)
+class Solver:
+    """Base class of all solvers: ``init / step / stationarity / postprocess``.
+
+    ``supports_composite`` says whether the solver handles ``f = s + g`` problems (proximal solvers);
+    smooth solvers refuse composite problems with a clear error.
+    """
+
+    supports_composite = False
+    supports_smooth = True
+
+    def check_problem(self, problem: Problem) -> None:
+        name = type(self).__name__
+        if problem.is_composite and not self.supports_composite:
+            raise ValueError(
+                f"{name} is a smooth solver but {type(problem).__name__} is composite (f = smooth + g); "
+                "use a proximal solver such as do.ISTA() or do.FISTA()"
+            )
+        if not problem.is_composite and not self.supports_smooth:
+            raise ValueError(f"{name} needs a composite problem (f = smooth + g with a prox)")
+
+    def init(self, problem: Problem, y: Tensor, x: Context) -> Any:
+        raise NotImplementedError
+
+    def step(self, problem: Problem, y: Tensor, x: Context, state: Any) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def current_value(self, state: Any) -> Tensor:
+        """Objective value at the current iterate, ``(B,)``."""
+        return state.value
+
+    def stationarity(self, problem: Problem, y: Tensor, x: Context, state: Any) -> Tensor:
+        """Per-instance stationarity measure compared with ``tol`` (default: gradient 2-norm)."""
+        return torch.linalg.vector_norm(state.grad, dim=-1)
+
+    def postprocess(self, problem: Problem, y: Tensor, x: Context, state: Any, result: Tensor):
+        return y, result
+
+
+class UpdateRule(Protocol):
+    """A gradient-only update rule (torch.optim-style or learned): ``y_new = y + delta``."""
+
+    def init_rule(self, y: Tensor) -> Any: ...
+
+    def update(self, grad: Tensor, rule_state: Any, y: Tensor) -> tuple[Tensor, Any]: ...
+
+
+@dataclass
+class RuleState:
+    value: Tensor
+    grad: Tensor
+    rule: Any
+
+
+@dataclass(frozen=True)
+class GradientRuleSolver(Solver):
+    """Adapter: turns a gradient-only :class:`UpdateRule` into a solver (one gradient per step).
+
+    Every first-order solver (``GD``, ``Momentum``, ``Adam``, ...) and every learned optimizer enters the
+    loop through this class, so all of them share stopping, result codes and adjoints.
+    """
+
+    def init_rule(self, y: Tensor) -> Any:
+        raise NotImplementedError
+
+    def update(self, grad: Tensor, rule_state: Any, y: Tensor) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def init(self, problem, y, x):
+        value, grad = problem.value_and_grad(y, x)
+        return RuleState(value, grad, self.init_rule(y))
+
+    def step(self, problem, y, x, state):
+        delta, rule_state = self.update(state.grad, state.rule, y)
+        y = y + delta
+        value, grad = problem.value_and_grad(y, x)
+        return y, RuleState(value, grad, rule_state)

@@ -1,0 +1,103 @@
+r"""Batched L-BFGS (Liu & Nocedal 1989) with Armijo backtracking.
+
+Each instance keeps its own memory of the last ``memory`` pairs
+:math:`s_k = y_{k+1} - y_k,\ r_k = \nabla f_{k+1} - \nabla f_k`; the two-loop recursion runs over the
+memory for the whole batch at once (a Python loop over the ``memory`` slots, never over instances).
+A pair with insufficient curvature :math:`s^\top r \le \epsilon\, r^\top r` is stored with weight 0
+(skipped) for that instance. The initial Hessian is :math:`\gamma I` with
+:math:`\gamma = s^\top r / r^\top r` of the newest accepted pair.
+
+Example:
+    >>> import torch, doubleopt as do
+    >>> fam = do.problems.Rosenbrock(dim=4)
+    >>> x = fam.sample(16, seed=0)
+    >>> sol = do.solve(fam, do.LBFGS(), x, max_steps=500, tol=1e-6)
+    >>> bool(sol.successful.all())
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._base import Solver
+from .linesearch import armijo_backtracking
+
+
+@dataclass
+class LBFGSState:
+    value: Tensor
+    grad: Tensor
+    s: Tensor  # (B, m, n) oldest first
+    r: Tensor  # (B, m, n)
+    rho: Tensor  # (B, m), 0 marks an empty or skipped slot
+    gamma: Tensor  # (B,)
+    first: Tensor  # (B,) bool: no step taken yet
+    status: Tensor  # (B,)
+
+
+def two_loop(grad: Tensor, s: Tensor, r: Tensor, rho: Tensor, gamma: Tensor) -> Tensor:
+    """Batched two-loop recursion: returns :math:`H_k g` for every instance."""
+    q = grad
+    m = s.shape[1]
+    alphas = []
+    for i in range(m - 1, -1, -1):
+        a = rho[:, i] * (s[:, i] * q).sum(-1)
+        q = q - a[:, None] * r[:, i]
+        alphas.append(a)
+    out = gamma[:, None] * q
+    for i in range(m):
+        b = rho[:, i] * (r[:, i] * out).sum(-1)
+        out = out + s[:, i] * (alphas[m - 1 - i] - b)[:, None]
+    return out
+
+
+@dataclass(frozen=True)
+class LBFGS(Solver):
+    """Limited-memory BFGS, batched.
+
+    Args:
+        memory: number of curvature pairs kept per instance.
+        c1: Armijo constant of the backtracking line search.
+        max_line_search: trials before an instance reports ``line_search_failed``.
+    """
+
+    memory: int = 10
+    c1: float = 1e-4
+    max_line_search: int = 40
+
+    def __post_init__(self):
+        if self.memory < 1:
+            raise ValueError(f"memory must be >= 1, got {self.memory}")
+
+    def init(self, problem, y, x):
+        value, grad = problem.value_and_grad(y, x)
+        B, n = y.shape
+        z = y.new_zeros(B, self.memory, n)
+        return LBFGSState(value, grad, z, z, y.new_zeros(B, self.memory), y.new_ones(B),
+                          torch.ones(B, dtype=torch.bool, device=y.device),
+                          torch.zeros(B, dtype=torch.int64, device=y.device))
+
+    def step(self, problem, y, x, state):
+        d = -two_loop(state.grad, state.s, state.r, state.rho, state.gamma)
+        descent = (d * state.grad).sum(-1) < 0
+        d = torch.where(descent[:, None], d, -state.grad)  # reset to steepest descent if not descent
+        gnorm = torch.linalg.vector_norm(state.grad, dim=-1)
+        t0 = torch.where(state.first, 1.0 / gnorm.clamp_min(1.0), torch.ones_like(gnorm))
+        ls = armijo_backtracking(problem, x, y, state.value, state.grad, d, t0, c1=self.c1,
+                                 max_iter=self.max_line_search)
+        s_new = ls.y - y
+        r_new = ls.grad - state.grad
+        sr = (s_new * r_new).sum(-1)
+        rr = (r_new * r_new).sum(-1)
+        ok = sr > torch.finfo(y.dtype).eps * rr
+        rho_new = torch.where(ok, 1.0 / torch.where(ok, sr, torch.ones_like(sr)), torch.zeros_like(sr))
+        gamma = torch.where(ok, sr / torch.where(ok, rr, torch.ones_like(rr)), state.gamma)
+        s = torch.cat([state.s[:, 1:], s_new[:, None]], dim=1)
+        r = torch.cat([state.r[:, 1:], r_new[:, None]], dim=1)
+        rho = torch.cat([state.rho[:, 1:], rho_new[:, None]], dim=1)
+        first = state.first & ~ok
+        return ls.y, LBFGSState(ls.value, ls.grad, s, r, rho, gamma, first, ls.status)
