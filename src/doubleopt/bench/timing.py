@@ -1,0 +1,99 @@
+"""Timing: warm-up, median of repeats, threads fixed and reported."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass
+class Timing:
+    """Wall times of repeated calls (seconds)."""
+
+    median: float
+    times: list[float]
+    result: Any = None
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+
+def set_threads(n: int) -> int:
+    """Fix torch's intra-op threads (and the BLAS threads of NumPy/SciPy via threadpoolctl)."""
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover
+        pass
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
+
+
+def time_call(fn: Callable[[], T], *, warmup: int = 1, repeats: int = 5) -> Timing:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
+
+    >>> t = time_call(lambda: sum(range(1000)), warmup=1, repeats=3)
+    >>> t.median > 0 and len(t.times) == 3
+    True
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), times, result)
+
+
+def time_to_epsilon(times: list[float] | torch.Tensor, errors: list[float] | torch.Tensor, eps: float) -> float:
+    """First time at which ``errors`` drops to ``<= eps`` along a curve (``inf`` if never)."""
+    for t, e in zip(list(map(float, times)), list(map(float, errors))):
+        if e <= eps:
+            return t
+    return float("inf")
+
+
+def conditions(**extra: Any) -> dict[str, Any]:
+    """The conditions every report records: threads, versions, machine."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        **extra,
+    }
+
+
+def parse_args(args_cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
+    """Build an argparse parser from a dataclass of arguments (``--field-name value``; bools as flags)."""
+    parser = argparse.ArgumentParser(description=description or args_cls.__doc__)
+    for f in dataclasses.fields(args_cls):
+        name = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, bool):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, (list, tuple)):
+            elem = type(default[0]) if default else str
+            parser.add_argument(name, nargs="+", type=elem, default=list(default))
+        else:
+            parser.add_argument(name, type=type(default) if default is not None else str, default=default)
+    ns = parser.parse_args(argv or [])
+    return args_cls(**vars(ns))
