@@ -18,3 +18,5 @@ __all__ = [
     "GD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam", "LBFGS", "NonlinearCG", "Newton", "ISTA", "FISTA",
     "adjoint", "linalg", "problems", "solvers",
 ]
+
+# Feature packages (each issue adds its line here):
