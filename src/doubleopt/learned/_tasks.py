@@ -1,0 +1,150 @@
+r"""Optimizee tasks for meta-training and evaluating learned optimizers.
+
+A :class:`Task` wraps a core :class:`~doubleopt.Problem` with what an optimizee *trajectory* needs:
+
+* :meth:`Task.reset` draws ``B`` new optimizee instances (their fixed data, if any) and starting points
+  :math:`\theta_0`;
+* :meth:`Task.train_batch` draws the context used for the gradient at one optimizee step (a fresh
+  minibatch for the MLP classifier; the fixed quadratic for quadratics);
+* :meth:`Task.eval_batch` draws an independent *held-out* context on which the meta-objective
+  :math:`\sum_t w_t f(\theta_t)` is evaluated (for minibatched tasks a different minibatch than the one
+  the optimizer saw; for deterministic tasks the same objective).
+
+Two tasks reproduce Andrychowicz et al. (2016): :class:`DigitsMLPTask` (the core zoo's
+:class:`~doubleopt.problems.MLPClassifier` on scikit-learn digits: one hidden layer of 20 sigmoid units,
+minibatches of 128) and :class:`QuadraticTask` (random 10-d quadratics :math:`\|W\theta - y\|^2`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._problem import ProblemFamily
+from ..problems import MLPClassifier
+
+
+@dataclass
+class LeastSquaresContext:
+    W: Tensor  # (B, m, n)
+    y: Tensor  # (B, m)
+
+
+class QuadraticRegression(ProblemFamily):
+    r"""Random quadratics :math:`f(\theta; W, y) = \|W\theta - y\|_2^2` (Andrychowicz et al. 2016, Sec. 3.1).
+
+    ``W`` and ``y`` have i.i.d. standard normal entries; :math:`\nabla f = 2 W^\top (W\theta - y)`.
+
+    Example:
+        >>> import torch, doubleopt as do
+        >>> fam = do.learned.QuadraticRegression(dim=10)
+        >>> x = fam.sample(4, seed=0)
+        >>> sol = do.solve(fam, do.LBFGS(), x, max_steps=200, tol=1e-4)
+        >>> bool((sol.value < 1e-6).all())
+        True
+    """
+
+    def __init__(self, dim: int = 10, n_rows: int | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim, self.n_rows, self.dtype = dim, n_rows or dim, dtype
+
+    def _sample(self, batch_size, generator):
+        W = torch.randn(batch_size, self.n_rows, self.dim, generator=generator, dtype=torch.float64)
+        y = torch.randn(batch_size, self.n_rows, generator=generator, dtype=torch.float64)
+        return LeastSquaresContext(W.to(self.dtype), y.to(self.dtype))
+
+    def objective(self, theta, x):
+        r = (x.W @ theta[..., None])[..., 0] - x.y
+        return (r * r).sum(-1)
+
+    def smooth_value_and_grad(self, theta, x):
+        r = (x.W @ theta[..., None])[..., 0] - x.y
+        return (r * r).sum(-1), 2.0 * (x.W.transpose(-1, -2) @ r[..., None])[..., 0]
+
+    def check_context(self, x):
+        if not isinstance(x, LeastSquaresContext):
+            raise ValueError(f"QuadraticRegression expects a LeastSquaresContext, got {type(x).__name__}")
+        if x.W.shape[-2:] != (self.n_rows, self.dim) or x.y.shape[-1] != self.n_rows:
+            raise ValueError(f"QuadraticRegression(dim={self.dim}) expects W (B, {self.n_rows}, {self.dim}) and "
+                             f"y (B, {self.n_rows}), got {tuple(x.W.shape)} and {tuple(x.y.shape)}")
+
+
+class Task:
+    """An optimizee task: a problem plus how trajectories draw instances, minibatches and held-out batches."""
+
+    problem: ProblemFamily
+    name: str = "task"
+
+    def reset(self, batch_size: int, generator: torch.Generator) -> tuple[Any, Tensor]:
+        """``(instance_data, theta0)`` for ``batch_size`` new optimizees."""
+        raise NotImplementedError
+
+    def train_batch(self, inst: Any, generator: torch.Generator) -> Any:
+        """The context for the gradient of one optimizee step."""
+        raise NotImplementedError
+
+    def eval_batch(self, inst: Any, generator: torch.Generator) -> Any:
+        """The context on which the meta-objective is evaluated."""
+        raise NotImplementedError
+
+
+class DigitsMLPTask(Task):
+    """Train an MLP classifier on scikit-learn digits with minibatches that change every step.
+
+    Args:
+        hidden: hidden widths (the paper's task: ``(20,)``).
+        activation: ``"sigmoid"`` (paper) or ``"relu"`` / ``"tanh"``.
+        split: rows the optimizee trains on, ``"train"`` (meta-training) or ``"test"`` (held-out split).
+        n_points: minibatch size.
+    """
+
+    def __init__(self, hidden: tuple[int, ...] = (20,), activation: str = "sigmoid", split: str = "train",
+                 n_points: int = 128, dtype: torch.dtype = torch.float32):
+        self.problem = MLPClassifier(hidden=tuple(hidden), activation=activation, dataset="digits", split=split,
+                                     n_points=n_points, dtype=dtype)
+        self.name = f"digits-mlp{'x'.join(map(str, hidden))}-{activation}-{split}"
+
+    def reset(self, batch_size, generator):
+        x = self.problem.sample(batch_size, generator=generator)
+        # no fixed per-instance data: the instance ids only carry the batch size across truncations
+        return torch.arange(batch_size), self.problem.init(x, generator=generator)
+
+    def train_batch(self, inst, generator):
+        return self.problem.sample(inst.shape[0], generator=generator)
+
+    def eval_batch(self, inst, generator):
+        return self.problem.sample(inst.shape[0], generator=generator)
+
+
+class QuadraticTask(Task):
+    r"""Minimize random quadratics :math:`\|W\theta - y\|^2` (fixed per instance), :math:`\theta_0 \sim N(0, I)`."""
+
+    def __init__(self, dim: int = 10, dtype: torch.dtype = torch.float32):
+        self.problem = QuadraticRegression(dim=dim, dtype=dtype)
+        self.name = f"quadratic{dim}"
+
+    def reset(self, batch_size, generator):
+        x = self.problem.sample(batch_size, generator=generator)
+        theta0 = torch.randn(batch_size, self.problem.dim, generator=generator, dtype=torch.float64)
+        return x, theta0.to(self.problem.dtype)
+
+    def train_batch(self, inst, generator):
+        return inst
+
+    def eval_batch(self, inst, generator):
+        return inst
+
+
+def make_task(name: str, *, split: str = "train", hidden: tuple[int, ...] = (20,), activation: str = "sigmoid",
+              n_points: int = 128) -> Task:
+    """``"digits"`` -> :class:`DigitsMLPTask`, ``"quadratic"`` -> :class:`QuadraticTask` (10-d)."""
+    if name == "digits":
+        return DigitsMLPTask(hidden=hidden, activation=activation, split=split, n_points=n_points)
+    if name == "quadratic":
+        return QuadraticTask()
+    raise ValueError(f"unknown task {name!r}; choose 'digits' or 'quadratic'")
