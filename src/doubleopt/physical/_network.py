@@ -1,0 +1,546 @@
+r"""Resistor networks: graph, boundary conditions, outputs, and the sparse free / clamped / nudged states.
+
+A network has ``n`` nodes and ``E`` edges :math:`e = (a_e, b_e)` with conductances :math:`k_e > 0`. The
+physics (the *inner* optimization) settles the node voltages :math:`V` to the minimizer of the dissipated
+power
+
+.. math:: P(V) = \tfrac12 \sum_e k_e (\Delta V_e)^2 - \sum_i I_i V_i, \qquad \Delta V_e = V_{a_e} - V_{b_e},
+
+under the boundary conditions: *source* nodes are held at imposed voltages (``input_kind="voltage"``) or
+receive imposed currents :math:`I` (``input_kind="current"``), *ground* nodes are held at 0. Writing
+:math:`D` for the ``(E, n)`` incidence matrix and splitting the nodes into free (f) and fixed (F) ones
+(Dirichlet elimination), the free state solves the sparse symmetric positive definite system
+
+.. math:: L_{ff} V_f = I_f - L_{fF} V_F, \qquad L = D^\top \operatorname{diag}(k) D .
+
+The outputs are linear functionals :math:`O = M V` (node voltages or voltage drops across node pairs,
+"target edges"). With :math:`Z = L_{ff}^{-1} M_f^\top` (``m`` extra right-hand sides) and
+:math:`S = M_f Z` (``m x m``), every state the learning rules need comes from the *same* factorization of
+:math:`L_{ff}`:
+
+* clamped (outputs held at :math:`c`, a Lagrange multiplier = currents injected at the outputs):
+  :math:`V^C = V^F + Z S^{-1}(c - M V^F)`;
+* nudged (minimizer of :math:`P + \beta\, \tfrac12\|MV - T\|^2`):
+  :math:`V^\beta = V^F - \beta Z (I + \beta S)^{-1}(M V^F - T)`;
+* adjoint (exact gradient): :math:`\lambda = Z (M V^F - T)`,
+  :math:`\partial C / \partial k_e = -\overline{\Delta V_e \Delta\lambda_e}`.
+
+One sparse LU (SciPy SuperLU, symmetric mode, minimum-degree ordering on :math:`L + L^\top`) is computed
+per conductance vector and reused for the ``B`` samples of a batch and the ``m`` output responses.
+
+References:
+    Stern, Hexner, Rocks & Liu, "Supervised learning in physical networks: from machine learning to
+    learning machines", PRX 11, 021045 (2021). Dillavou, Stern, Liu & Durian, "Demonstration of
+    decentralized physics-driven learning", PR Applied 18, 014040 (2022). Scellier & Bengio,
+    "Equilibrium propagation", Front. Comput. Neurosci. (2017).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+from torch import Tensor
+
+ArrayLike = Any  # Tensor | np.ndarray | sequence
+
+
+class FloatingNodesError(ValueError):
+    """Raised when some nodes are connected to no source and no ground (their voltage is undetermined).
+
+    Attributes:
+        components: the floating connected components, each a sorted list of node ids.
+    """
+
+    def __init__(self, components: list[list[int]], kind: str):
+        self.components = components
+        shown = "; ".join(
+            f"{{{', '.join(map(str, c[:8]))}{', ...' if len(c) > 8 else ''}}} ({len(c)} nodes)"
+            for c in components[:5]
+        )
+        more = f" and {len(components) - 5} more" if len(components) > 5 else ""
+        anchor = (
+            "source or ground node" if kind == "voltage" else "ground node (current inputs need a ground)"
+        )
+        super().__init__(
+            f"the network has {len(components)} floating component(s) connected to no {anchor}, so their "
+            f"voltages are undetermined: {shown}{more}. Connect them, ground them, or remove them."
+        )
+
+
+class SingularNetworkError(ValueError):
+    """Raised when the reduced Laplacian cannot be factorized or a solve gives non-finite voltages."""
+
+
+def _np(a: ArrayLike, dtype=np.float64) -> np.ndarray:
+    if isinstance(a, Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=dtype)
+
+
+def _node_ids(a: ArrayLike | None, name: str, n_nodes: int) -> np.ndarray:
+    if a is None:
+        return np.zeros(0, dtype=np.int64)
+    arr = _np(a, np.float64).reshape(-1)
+    if arr.size and (np.any(arr != np.round(arr))):
+        raise ValueError(f"{name} must be integer node ids, got {arr.tolist()[:8]}")
+    ids = arr.astype(np.int64)
+    bad = ids[(ids < 0) | (ids >= n_nodes)]
+    if bad.size:
+        raise ValueError(f"{name} has node ids {bad.tolist()[:8]} outside [0, {n_nodes})")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"{name} lists a node twice: {ids.tolist()[:16]}")
+    return ids
+
+
+class ResistorNetwork:
+    r"""A resistor network with sources, ground and outputs (see the module docstring for the math).
+
+    Args:
+        n_nodes: number of nodes ``n``.
+        edges: ``(E, 2)`` integer node pairs; parallel edges are allowed, self-loops are not.
+        k: ``(E,)`` conductances, all finite and ``> 0`` (default: ones).
+        sources: input node ids (``n_in`` of them).
+        ground: node ids held at 0 V.
+        output_nodes: node ids whose voltages are outputs.
+        output_edges: ``(m_e, 2)`` node pairs ``(a, b)`` whose drops ``V_a - V_b`` are outputs
+            ("target edges").
+            The outputs are ``output_nodes`` first, then ``output_edges``.
+        input_kind: ``"voltage"`` (sources held at the input voltages, Dirichlet) or ``"current"``
+            (the inputs are currents injected at the source nodes; needs a ground).
+        k_min, k_max: the range learning keeps conductances in.
+
+    Raises:
+        FloatingNodesError: a connected component holds no source / ground node (names the nodes).
+        ValueError: bad ids, ``k <= 0`` or non-finite, outputs on fixed nodes.
+
+    Example:
+        >>> import torch, doubleopt as do
+        >>> g = do.physical.grid_graph(3, 3)
+        >>> net = do.physical.ResistorNetwork(g.n_nodes, g.edges, sources=[0], ground=[8], output_nodes=[4])
+        >>> V = net.free_state(torch.tensor([[1.0]], dtype=torch.float64))
+        >>> round(float(net.outputs(V)[0, 0]), 6)  # the centre of a uniform grid sits at half the drop
+        0.5
+    """
+
+    def __init__(
+        self,
+        n_nodes: int,
+        edges: ArrayLike,
+        k: ArrayLike | None = None,
+        *,
+        sources: ArrayLike,
+        ground: ArrayLike | None = None,
+        output_nodes: ArrayLike | None = None,
+        output_edges: ArrayLike | None = None,
+        input_kind: str = "voltage",
+        k_min: float = 1e-3,
+        k_max: float = 1e3,
+    ):
+        if isinstance(n_nodes, bool) or int(n_nodes) != n_nodes or n_nodes < 2:
+            raise ValueError(f"n_nodes must be an integer >= 2, got {n_nodes!r}")
+        n = int(n_nodes)
+        e = _np(edges, np.float64)
+        if e.ndim != 2 or e.shape[1] != 2 or e.shape[0] == 0:
+            raise ValueError(f"edges must have shape (E, 2) with E >= 1, got {tuple(e.shape)}")
+        if np.any(e != np.round(e)):
+            raise ValueError("edges must hold integer node ids")
+        e = e.astype(np.int64)
+        bad = np.nonzero(((e < 0) | (e >= n)).any(1))[0]
+        if bad.size:
+            raise ValueError(
+                f"edges {bad.tolist()[:8]} reference nodes outside [0, {n}): {e[bad[:4]].tolist()}"
+            )
+        loops = np.nonzero(e[:, 0] == e[:, 1])[0]
+        if loops.size:
+            raise ValueError(f"edges {loops.tolist()[:8]} are self-loops (a == b); remove them")
+        if input_kind not in ("voltage", "current"):
+            raise ValueError(f"input_kind must be 'voltage' or 'current', got {input_kind!r}")
+        if not (0 < k_min < k_max < np.inf):
+            raise ValueError(f"need 0 < k_min < k_max < inf, got k_min={k_min}, k_max={k_max}")
+        self.n_nodes, self.edges, self.input_kind = n, e, input_kind
+        self.k_min, self.k_max = float(k_min), float(k_max)
+        self.sources = _node_ids(sources, "sources", n)
+        if self.sources.size == 0:
+            raise ValueError("a network needs at least one source node (its input)")
+        self.ground = _node_ids(ground, "ground", n)
+        both = np.intersect1d(self.sources, self.ground)
+        if both.size:
+            raise ValueError(f"nodes {both.tolist()} are both sources and ground")
+        if input_kind == "voltage":
+            self.fixed = np.concatenate([self.sources, self.ground])
+        else:
+            if self.ground.size == 0:
+                raise ValueError(
+                    "input_kind='current' needs at least one ground node (else V is defined up to a "
+                    "constant and the Laplacian is singular)"
+                )
+            self.fixed = self.ground.copy()
+        is_fixed = np.zeros(n, dtype=bool)
+        is_fixed[self.fixed] = True
+        self.free = np.nonzero(~is_fixed)[0]
+        if self.free.size == 0:
+            raise ValueError(
+                "every node is fixed (source or ground): there is nothing for the physics to settle"
+            )
+        self._set_outputs(output_nodes, output_edges, is_fixed)
+        self._check_floating()
+        self._build_structure()
+        self.k = self.check_k(np.ones(len(e)) if k is None else k)
+
+    # ---- construction helpers ------------------------------------------------------------------
+    def _set_outputs(self, output_nodes, output_edges, is_fixed) -> None:
+        n = self.n_nodes
+        on = _node_ids(output_nodes, "output_nodes", n)
+        pairs = [np.stack([on, np.full_like(on, -1)], 1)]
+        if output_edges is not None:
+            oe = _np(output_edges, np.float64)
+            if oe.ndim != 2 or oe.shape[1] != 2 or np.any(oe != np.round(oe)):
+                raise ValueError(
+                    f"output_edges must be integer node pairs of shape (m, 2), got {tuple(oe.shape)}"
+                )
+            oe = oe.astype(np.int64)
+            if np.any((oe < 0) | (oe >= n)):
+                raise ValueError(f"output_edges reference nodes outside [0, {n})")
+            if np.any(oe[:, 0] == oe[:, 1]):
+                raise ValueError("an output edge joins a node to itself (its drop is always 0)")
+            pairs.append(oe)
+        out = np.concatenate(pairs).astype(np.int64)
+        if len(out) == 0:
+            raise ValueError("a network needs outputs: pass output_nodes and/or output_edges")
+        a_fixed = is_fixed[out[:, 0]]
+        b_fixed = np.where(out[:, 1] >= 0, is_fixed[np.maximum(out[:, 1], 0)], True)
+        dead = np.nonzero(a_fixed & b_fixed)[0]
+        if dead.size:
+            raise ValueError(
+                f"outputs {dead.tolist()} only involve fixed (source/ground) nodes {out[dead].tolist()}; "
+                "an output must involve at least one free node"
+            )
+        self.output_pairs = out
+        self.n_outputs = len(out)
+
+    def _check_floating(self) -> None:
+        n = self.n_nodes
+        A = sp.coo_matrix((np.ones(len(self.edges)), (self.edges[:, 0], self.edges[:, 1])), shape=(n, n))
+        n_comp, labels = sp.csgraph.connected_components(A, directed=False)
+        anchored = np.zeros(n_comp, dtype=bool)
+        anchored[labels[self.fixed]] = True
+        if not anchored.all():
+            comps = [np.nonzero(labels == c)[0].tolist() for c in np.nonzero(~anchored)[0]]
+            raise FloatingNodesError(sorted(comps, key=len, reverse=True), self.input_kind)
+
+    def _build_structure(self) -> None:
+        """Precompute the sparsity pattern of L_ff (so assembling it for a new k is one bincount)."""
+        n, e = self.n_nodes, self.edges
+        E = len(e)
+        self.n_free = nf = len(self.free)
+        pos = np.full(n, -1, dtype=np.int64)  # node -> index among free nodes
+        pos[self.free] = np.arange(nf)
+        fpos = np.full(n, -1, dtype=np.int64)  # node -> index among fixed nodes
+        fpos[self.fixed] = np.arange(len(self.fixed))
+        self._pos, self._fpos = pos, fpos
+        a, b = pos[e[:, 0]], pos[e[:, 1]]
+        rows, cols, eid, sgn = [], [], [], []
+        for u, v in ((a, a), (b, b), (a, b), (b, a)):
+            ok = (u >= 0) & (v >= 0)
+            rows.append(u[ok]), cols.append(v[ok]), eid.append(np.nonzero(ok)[0])
+            sgn.append(np.full(int(ok.sum()), 1.0 if u is v else -1.0))
+        rows, cols, eid, sgn = map(np.concatenate, (rows, cols, eid, sgn))
+        lin = cols * nf + rows  # CSC order = sorted by (col, row)
+        uniq, inv = np.unique(lin, return_inverse=True)
+        self._L_indices = (uniq % nf).astype(np.int32)
+        self._L_indptr = np.searchsorted(uniq // nf, np.arange(nf + 1)).astype(np.int32)
+        self._L_inv, self._L_eid, self._L_sgn, self._L_nnz = inv, eid, sgn, len(uniq)
+        # boundary edges (one free end, one fixed end): b_f = -L_fF V_F
+        fa, fb = fpos[e[:, 0]], fpos[e[:, 1]]
+        bnd = np.nonzero(((a >= 0) & (fb >= 0)) | ((b >= 0) & (fa >= 0)))[0]
+        self._bnd = bnd
+        self._bnd_free = np.where(a[bnd] >= 0, a[bnd], b[bnd])
+        self._bnd_fixed = np.where(a[bnd] >= 0, fb[bnd], fa[bnd])
+        # incidence on free nodes: dV_e = V_a - V_b  for free-node vectors (fixed entries = 0)
+        ea = np.nonzero(a >= 0)[0]
+        eb = np.nonzero(b >= 0)[0]
+        self._Df = sp.csr_matrix(
+            (np.r_[np.ones(len(ea)), -np.ones(len(eb))], (np.r_[ea, eb], np.r_[a[ea], b[eb]])), shape=(E, nf)
+        )
+        # outputs restricted to free nodes: M_f (m, n_f); and the fixed-node part
+        out = self.output_pairs
+        m = len(out)
+        r, c, v = [], [], []
+        for col, s in ((0, 1.0), (1, -1.0)):
+            nodes = out[:, col]
+            ok = nodes >= 0
+            ok_free = ok & (pos[np.maximum(nodes, 0)] >= 0)
+            (
+                r.append(np.nonzero(ok_free)[0]),
+                c.append(pos[nodes[ok_free]]),
+                v.append(np.full(int(ok_free.sum()), s)),
+            )
+        self._Mf = sp.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(m, nf))
+
+    # ---- conductances ----------------------------------------------------------------------------
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.sources)
+
+    def check_k(self, k: ArrayLike) -> np.ndarray:
+        """Validate conductances: shape ``(E,)``, finite, ``> 0``. Returns a float64 copy."""
+        kk = _np(k).copy()
+        if kk.shape != (self.n_edges,):
+            raise ValueError(
+                f"k must have shape ({self.n_edges},) (one conductance per edge), got {kk.shape}"
+            )
+        bad = np.nonzero(~np.isfinite(kk))[0]
+        if bad.size:
+            raise ValueError(
+                f"conductances of edges {bad.tolist()[:8]} are not finite: {kk[bad[:8]].tolist()}"
+            )
+        bad = np.nonzero(kk <= 0)[0]
+        if bad.size:
+            raise ValueError(
+                f"conductances must be > 0; edges {bad.tolist()[:8]} have k = {kk[bad[:8]].tolist()} "
+                "(remove an edge instead of giving it k = 0)"
+            )
+        return kk
+
+    def with_k(self, k: ArrayLike) -> ResistorNetwork:
+        """A shallow copy of the network with conductances ``k`` (topology and precomputations shared)."""
+        new = object.__new__(ResistorNetwork)
+        new.__dict__.update(self.__dict__)
+        new.k = self.check_k(k)
+        return new
+
+    def _k(self, k: ArrayLike | None) -> np.ndarray:
+        return self.k if k is None else self.check_k(k)
+
+    # ---- linear algebra ----------------------------------------------------------------------------
+    def laplacian(self, k: ArrayLike | None = None) -> sp.csc_matrix:
+        r"""The reduced Laplacian :math:`L_{ff}(k)` (the physical Hessian :math:`\nabla^2_{V_f} P`), CSC."""
+        kk = self._k(k)
+        data = np.bincount(self._L_inv, weights=self._L_sgn * kk[self._L_eid], minlength=self._L_nnz)
+        return sp.csc_matrix((data, self._L_indices, self._L_indptr), shape=(self.n_free, self.n_free))
+
+    def factorize(self, k: ArrayLike | None = None) -> LaplacianFactor:
+        """Factorize :math:`L_{ff}(k)` once; the factor serves every state and sample for this ``k``."""
+        return LaplacianFactor(self, self._k(k))
+
+    def _check_inputs(self, inputs: ArrayLike) -> np.ndarray:
+        x = _np(inputs)
+        if x.ndim == 1 and self.n_inputs == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"inputs must have shape (B, n_inputs) = (B, {self.n_inputs}), got {tuple(x.shape)}"
+            )
+        bad = np.nonzero(~np.isfinite(x).all(1))[0]
+        if bad.size:
+            raise ValueError(f"inputs of samples {bad.tolist()[:10]} hold NaN or inf")
+        return x
+
+    def _check_targets(self, targets: ArrayLike, B: int) -> np.ndarray:
+        t = _np(targets)
+        if t.ndim == 1 and self.n_outputs == 1:
+            t = t[:, None]
+        if t.shape != (B, self.n_outputs):
+            raise ValueError(
+                f"targets must have shape (B, n_outputs) = ({B}, {self.n_outputs}), got {tuple(t.shape)}"
+            )
+        bad = np.nonzero(~np.isfinite(t).all(1))[0]
+        if bad.size:
+            raise ValueError(f"targets of samples {bad.tolist()[:10]} hold NaN or inf")
+        return t
+
+    # ---- convenience (torch in / torch out) ----------------------------------------------------------
+    def free_state(self, inputs: ArrayLike, k: ArrayLike | None = None) -> Tensor:
+        """Free-state node voltages ``(B, n)`` (float64) for inputs ``(B, n_inputs)``."""
+        return torch.from_numpy(self.factorize(k).free(inputs).V)
+
+    def clamped_state(
+        self, inputs: ArrayLike, targets: ArrayLike, eta: float, k: ArrayLike | None = None
+    ) -> Tensor:
+        r"""Clamped voltages ``(B, n)``: outputs held at :math:`O^F + \eta (T - O^F)` (coupled learning)."""
+        f = self.factorize(k)
+        st = f.free(inputs, targets)
+        return torch.from_numpy(st.V + f.node_response(f.clamp_weights(st, eta)))
+
+    def nudged_state(
+        self, inputs: ArrayLike, targets: ArrayLike, beta: float, k: ArrayLike | None = None
+    ) -> Tensor:
+        r"""Nudged voltages ``(B, n)``: the minimizer of :math:`P + \beta C` (equilibrium propagation)."""
+        f = self.factorize(k)
+        st = f.free(inputs, targets)
+        return torch.from_numpy(st.V + f.node_response(f.nudge_weights(st, beta)))
+
+    def outputs(self, V: ArrayLike) -> Tensor:
+        """Outputs ``(B, m)`` of full node voltages ``V`` ``(B, n)``: node voltages then drops."""
+        Vt = torch.as_tensor(V)
+        a, b = torch.from_numpy(self.output_pairs[:, 0]), torch.from_numpy(self.output_pairs[:, 1])
+        Vb = torch.where(b >= 0, Vt[..., b.clamp_min(0)], torch.zeros((), dtype=Vt.dtype))
+        return Vt[..., a] - Vb
+
+    def drops(self, V: ArrayLike) -> Tensor:
+        """Edge voltage drops ``(B, E)``: ``V[a_e] - V[b_e]``."""
+        Vt = torch.as_tensor(V)
+        e = torch.from_numpy(self.edges)
+        return Vt[..., e[:, 0]] - Vt[..., e[:, 1]]
+
+    def power(self, V: ArrayLike, k: ArrayLike | None = None) -> Tensor:
+        r"""Dissipated power :math:`\tfrac12 \sum_e k_e \Delta V_e^2` per sample, ``(B,)``."""
+        kk = torch.from_numpy(self._k(k))
+        dV = self.drops(V)
+        return 0.5 * (kk.to(dV.dtype) * dV**2).sum(-1)
+
+    def cost(self, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None) -> float:
+        r"""Learning cost :math:`C = \frac{1}{B}\sum_b \tfrac12 \|M V^F_b - T_b\|^2` at the free state."""
+        f = self.factorize(k)
+        return float(f.free(inputs, targets).cost)
+
+    def __repr__(self) -> str:
+        return (
+            f"ResistorNetwork(n_nodes={self.n_nodes}, n_edges={self.n_edges}, n_inputs={self.n_inputs} "
+            f"({self.input_kind}), n_ground={len(self.ground)}, n_outputs={self.n_outputs})"
+        )
+
+
+@dataclass
+class FreeState:
+    """The free state of a batch of ``B`` samples (float64 NumPy arrays).
+
+    Attributes:
+        V: ``(B, n)`` node voltages.
+        dV: ``(B, E)`` edge drops.
+        out: ``(B, m)`` outputs.
+        residual: ``(B, m)`` ``out - targets`` (``None`` without targets).
+        targets: ``(B, m)`` or ``None``.
+    """
+
+    V: np.ndarray
+    dV: np.ndarray
+    out: np.ndarray
+    residual: np.ndarray | None = None
+    targets: np.ndarray | None = None
+
+    @property
+    def cost(self) -> float:
+        if self.residual is None:
+            raise ValueError("this free state was computed without targets")
+        return float(0.5 * (self.residual**2).sum(1).mean())
+
+
+class LaplacianFactor:
+    """A sparse LU of :math:`L_{ff}(k)` and the output responses :math:`Z, S`, reused for all solves.
+
+    Build with :meth:`ResistorNetwork.factorize`. Singular or non-finite systems raise
+    :class:`SingularNetworkError`; no solve ever returns NaN voltages silently.
+    """
+
+    def __init__(self, net: ResistorNetwork, k: np.ndarray):
+        self.net, self.k = net, k
+        L = net.laplacian(k)
+        try:
+            self.lu = spla.splu(
+                L, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+            )
+        except RuntimeError as err:  # "Factor is exactly singular"
+            raise SingularNetworkError(
+                f"the reduced Laplacian of {net!r} is singular ({err}); conductances span "
+                f"[{k.min():.3g}, {k.max():.3g}]"
+            ) from err
+        self._Z: np.ndarray | None = None
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """Solve :math:`L_{ff} X = R` for ``R`` of shape ``(n_free,)`` or ``(n_free, K)``."""
+        X = self.lu.solve(np.asarray(rhs, dtype=np.float64))
+        if not np.isfinite(X).all():
+            raise SingularNetworkError(
+                "a solve with the reduced Laplacian gave non-finite voltages (numerically singular system; "
+                f"conductances span [{self.k.min():.3g}, {self.k.max():.3g}]"
+            )
+        return X
+
+    # ---- output responses -------------------------------------------------------------------------
+    @property
+    def Z(self) -> np.ndarray:
+        r""":math:`Z = L_{ff}^{-1} M_f^\top`, ``(n_free, m)``: free-node response to unit output currents."""
+        if self._Z is None:
+            self._Z = self.solve(self.net._Mf.T.toarray())
+        return self._Z
+
+    @property
+    def S(self) -> np.ndarray:
+        r""":math:`S = M_f L_{ff}^{-1} M_f^\top`, ``(m, m)``, SPD for independent outputs."""
+        S = self.net._Mf @ self.Z
+        return 0.5 * (S + S.T)
+
+    @property
+    def dZ(self) -> np.ndarray:
+        """Edge drops of the output responses, ``(E, m)``."""
+        if not hasattr(self, "_dZ"):
+            self._dZ = np.asarray(self.net._Df @ self.Z)
+        return self._dZ
+
+    def _solve_S(self, rhs: np.ndarray, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
+        A = shift * np.eye(self.net.n_outputs) + scale * self.S
+        try:
+            c = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError as err:
+            raise SingularNetworkError(
+                "the outputs are linearly dependent (S = M L^-1 M^T is singular), so they cannot be clamped "
+                "independently; remove the redundant output"
+            ) from err
+        return np.linalg.solve(c.T, np.linalg.solve(c, rhs))
+
+    # ---- states ----------------------------------------------------------------------------------------
+    def free(self, inputs: ArrayLike, targets: ArrayLike | None = None) -> FreeState:
+        """The free state for inputs ``(B, n_inputs)`` (and the residual if ``targets`` are given)."""
+        net = self.net
+        x = net._check_inputs(inputs)
+        B = x.shape[0]
+        if net.input_kind == "voltage":
+            VF = np.concatenate([x, np.zeros((B, len(net.ground)))], 1)  # (B, n_fixed)
+            Lb = sp.csr_matrix(
+                (self.k[net._bnd], (net._bnd_free, net._bnd_fixed)), shape=(net.n_free, len(net.fixed))
+            )
+            rhs = np.asarray(Lb @ VF.T)  # -L_fF V_F
+        else:
+            VF = np.zeros((B, len(net.ground)))
+            rhs = np.zeros((net.n_free, B))
+            rhs[net._pos[net.sources]] = x.T
+        Vf = self.solve(rhs)
+        V = np.empty((B, net.n_nodes))
+        V[:, net.free] = Vf.T
+        V[:, net.fixed] = VF
+        e = net.edges
+        dV = V[:, e[:, 0]] - V[:, e[:, 1]]
+        op = net.output_pairs
+        out = V[:, op[:, 0]] - np.where(op[:, 1] >= 0, V[:, np.maximum(op[:, 1], 0)], 0.0)
+        if targets is None:
+            return FreeState(V, dV, out)
+        t = net._check_targets(targets, B)
+        return FreeState(V, dV, out, out - t, t)
+
+    def clamp_weights(self, st: FreeState, eta: float) -> np.ndarray:
+        r"""Output currents ``(B, m)`` clamping at :math:`O^F + \eta(T - O^F)`, :math:`-\eta S^{-1} r`."""
+        return self._solve_S(-eta * st.residual.T).T
+
+    def nudge_weights(self, st: FreeState, beta: float) -> np.ndarray:
+        r"""Output currents ``(B, m)`` of the nudged state: :math:`-\beta (I + \beta S)^{-1} r`."""
+        return self._solve_S(-beta * st.residual.T, shift=1.0, scale=beta).T
+
+    def node_response(self, w: np.ndarray) -> np.ndarray:
+        """Node-voltage change ``(B, n)`` from output currents ``w`` ``(B, m)`` (fixed nodes unchanged)."""
+        dV = np.zeros((w.shape[0], self.net.n_nodes))
+        dV[:, self.net.free] = w @ self.Z.T
+        return dV
+
+    def drop_response(self, w: np.ndarray) -> np.ndarray:
+        """Edge-drop change ``(B, E)`` from output currents ``w`` ``(B, m)``."""
+        return w @ self.dZ.T
