@@ -20,3 +20,4 @@ __all__ = [
 ]
 
 # Feature packages (each issue adds its line here):
+from . import physical  # noqa: E402,F401
