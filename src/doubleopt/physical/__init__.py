@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._graphs import Graph, grid_graph, random_graph
+from ._hessian import ModeAlignment, learning_hessian, mode_alignment, output_jacobian, physical_hessian
 from ._learning import (
     CoupledLearning,
     EquilibriumPropagation,
@@ -114,4 +115,9 @@ __all__ = [
     "TrainResult",
     "StepResult",
     "cosine",
+    "physical_hessian",
+    "learning_hessian",
+    "output_jacobian",
+    "mode_alignment",
+    "ModeAlignment",
 ]
