@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def load_study(name: str):
     spec = importlib.util.spec_from_file_location(f"doubleopt_study_{name}", studies[name])
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses (with postponed annotations) look their module up here
     spec.loader.exec_module(module)
     return module
 
