@@ -6,7 +6,8 @@ A learned optimizer is an ``nn.Module`` implementing a coordinatewise update rul
           \theta_{t+1} = \theta_t + \Delta\theta_t,
 
 with meta-parameters :math:`\phi` shared by every coordinate and a per-coordinate hidden state
-:math:`h_t` that lives in a rule-state dataclass (batched, leading dim ``B``). :meth:`LearnedOptimizer.as_solver`
+:math:`h_t` that lives in a rule-state dataclass (batched, leading dim ``B``).
+:meth:`LearnedOptimizer.as_solver`
 wraps it in the core adapter :class:`~doubleopt.solvers.GradientRuleSolver`, so :func:`doubleopt.solve`, its
 result codes and its adjoints work with it unchanged (DESIGN principle 7).
 
@@ -30,7 +31,7 @@ from ..solvers import GradientRuleSolver, RuleState
 
 
 class LearnedOptimizer(nn.Module):
-    """Base class: subclasses set ``arch`` and implement :meth:`init_state`, :meth:`update`, :meth:`config`."""
+    """Base class: subclasses set ``arch``, implement :meth:`init_state`, :meth:`update`, :meth:`config`."""
 
     arch: str = "base"
 
@@ -84,21 +85,29 @@ class LearnedOptimizer(nn.Module):
         return self
 
 
-def load_checked(module: LearnedOptimizer, tensors: dict[str, Tensor], *, source: str, file_arch: str | None) -> None:
+def load_checked(
+    module: LearnedOptimizer, tensors: dict[str, Tensor], *, source: str, file_arch: str | None
+) -> None:
     """Copy ``tensors`` into ``module`` after checking every name and shape (errors name the tensor)."""
     own = module.state_dict()
     where = f"{source} (architecture {file_arch!r})" if file_arch else source
     for name, t in own.items():
         if name not in tensors:
-            raise ValueError(f"cannot load {where} into {type(module).__name__}: tensor {name!r} "
-                             f"(shape {tuple(t.shape)}) is missing from the file")
+            raise ValueError(
+                f"cannot load {where} into {type(module).__name__}: tensor {name!r} "
+                f"(shape {tuple(t.shape)}) is missing from the file"
+            )
         if tuple(tensors[name].shape) != tuple(t.shape):
-            raise ValueError(f"cannot load {where} into {type(module).__name__}: tensor {name!r} has shape "
-                             f"{tuple(tensors[name].shape)} in the file but {tuple(t.shape)} in the model")
+            raise ValueError(
+                f"cannot load {where} into {type(module).__name__}: tensor {name!r} has shape "
+                f"{tuple(tensors[name].shape)} in the file but {tuple(t.shape)} in the model"
+            )
     extra = sorted(set(tensors) - set(own))
     if extra:
-        raise ValueError(f"cannot load {where} into {type(module).__name__}: the file has tensor {extra[0]!r} "
-                         f"that the model does not have ({len(extra)} unexpected tensors)")
+        raise ValueError(
+            f"cannot load {where} into {type(module).__name__}: the file has tensor {extra[0]!r} "
+            f"that the model does not have ({len(extra)} unexpected tensors)"
+        )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
 
 

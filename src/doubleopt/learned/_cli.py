@@ -19,12 +19,17 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train-lopt", help="meta-train a learned optimizer (LSTM or MLP)",
-                              description="Meta-train a learned optimizer; writes OUT/checkpoint.safetensors "
-                              "periodically and OUT/<arch>-<task>.safetensors + OUT/record.json at the end.")
+    p = subparsers.add_parser(
+        "train-lopt",
+        help="meta-train a learned optimizer (LSTM or MLP)",
+        description="Meta-train a learned optimizer; writes OUT/checkpoint.safetensors "
+        "periodically and OUT/<arch>-<task>.safetensors + OUT/record.json at the end.",
+    )
     p.add_argument("--arch", choices=["lstm", "mlp"], default="lstm", help="optimizer architecture")
     p.add_argument("--task", choices=["digits", "quadratic"], default="digits", help="optimizee task")
-    p.add_argument("--method", choices=["tbptt", "es", "pes"], default="tbptt", help="meta-gradient estimator")
+    p.add_argument(
+        "--method", choices=["tbptt", "es", "pes"], default="tbptt", help="meta-gradient estimator"
+    )
     p.add_argument("--meta-steps", type=int, default=400, help="number of meta-steps (truncations)")
     p.add_argument("--unroll", type=int, default=20, help="truncation length K")
     p.add_argument("--horizon", type=int, default=100, help="optimizee steps per trajectory T")
@@ -39,7 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
     p.add_argument("--checkpoint-every", type=int, default=25, help="meta-steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -55,9 +62,18 @@ def build(args: argparse.Namespace):
         lopt = LSTMOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
     else:
         lopt = MLPOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
-    cfg = MetaConfig(method=args.method, unroll=args.unroll, horizon=args.horizon, batch=args.batch,
-                     meta_lr=args.meta_lr, clip=args.clip, second_order=args.second_order, es_pairs=args.es_pairs,
-                     es_sigma=args.es_sigma, seed=args.seed)
+    cfg = MetaConfig(
+        method=args.method,
+        unroll=args.unroll,
+        horizon=args.horizon,
+        batch=args.batch,
+        meta_lr=args.meta_lr,
+        clip=args.clip,
+        second_order=args.second_order,
+        es_pairs=args.es_pairs,
+        es_sigma=args.es_sigma,
+        seed=args.seed,
+    )
     return MetaTrainer(lopt, make_task(args.task, split="train"), cfg)
 
 
@@ -79,22 +95,41 @@ def run(args: argparse.Namespace, callback=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.safetensors"
     start = time.perf_counter()
-    meta_train(trainer, args.meta_steps, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
-               resume=args.resume, progress=not args.no_progress, callback=callback)
+    meta_train(
+        trainer,
+        args.meta_steps,
+        checkpoint=ckpt,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        progress=not args.no_progress,
+        callback=callback,
+    )
     wall = time.perf_counter() - start
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_rss_mb = usage.ru_maxrss / 1024
     record = {
         "command": "doubleopt " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:])),
-        "arch": args.arch, "task": args.task, "lopt_config": trainer.lopt.config(),
-        "meta_config": asdict(trainer.config), "meta_steps": trainer.meta_step, "skipped_meta_steps": trainer.skipped,
-        "trajectories": trainer.trajectories, "wall_time_s_this_session": wall, "threads": args.threads,
-        "peak_saved_for_backward_MB": trainer.peak_saved_bytes / 2**20, "peak_rss_MB": peak_rss_mb,
+        "arch": args.arch,
+        "task": args.task,
+        "lopt_config": trainer.lopt.config(),
+        "meta_config": asdict(trainer.config),
+        "meta_steps": trainer.meta_step,
+        "skipped_meta_steps": trainer.skipped,
+        "trajectories": trainer.trajectories,
+        "wall_time_s_this_session": wall,
+        "threads": args.threads,
+        "cpu_time_s_process": usage.ru_utime + usage.ru_stime,
+        "peak_saved_for_backward_MB": trainer.peak_saved_bytes / 2**20,
+        "peak_rss_MB": peak_rss_mb,
         "final_meta_loss_mean_last_25": sum(trainer.losses[-25:]) / max(1, len(trainer.losses[-25:])),
         "torch": torch.__version__,
     }
     weights = out / f"{args.arch}-{args.task}.safetensors"
     trainer.lopt.save_weights(weights, metadata={"record": record})
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {weights} ({trainer.meta_step} meta-steps, {trainer.skipped} skipped, {wall:.0f} s, "
-          f"peak saved-for-backward {record['peak_saved_for_backward_MB']:.0f} MB, peak RSS {peak_rss_mb:.0f} MB)")
+    print(
+        f"wrote {weights} ({trainer.meta_step} meta-steps, {trainer.skipped} skipped, {wall:.0f} s, "
+        f"peak saved-for-backward {record['peak_saved_for_backward_MB']:.0f} MB, "
+        f"peak RSS {peak_rss_mb:.0f} MB)"
+    )
     return 0

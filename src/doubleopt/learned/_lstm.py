@@ -4,7 +4,8 @@ Every coordinate :math:`i` of every instance runs the same two-layer LSTM (20 hi
 its own preprocessed gradient; the output, times a fixed scale, is the update:
 
 .. math::
-    \rho(g) = \begin{cases} (\log|g| / p,\ \mathrm{sgn}(g)) & |g| \ge e^{-p} \\ (-1,\ e^{p} g) & \text{otherwise}
+    \rho(g) = \begin{cases} (\log|g| / p,\ \mathrm{sgn}(g)) & |g| \ge e^{-p} \\
+              (-1,\ e^{p} g) & \text{otherwise}
     \end{cases}, \qquad
     (o_{t,i}, h_{t+1,i}) = \mathrm{LSTM}_\phi(\rho(g_{t,i}), h_{t,i}), \qquad
     \theta_{t+1,i} = \theta_{t,i} + \alpha\, W o_{t,i}
@@ -70,7 +71,11 @@ class LSTMOptimizer(LearnedOptimizer):
         super().__init__()
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
-        self.hidden, self.preprocess_p, self.output_scale = int(hidden), float(preprocess_p), float(output_scale)
+        self.hidden, self.preprocess_p, self.output_scale = (
+            int(hidden),
+            float(preprocess_p),
+            float(output_scale),
+        )
         self.cell1 = nn.LSTMCell(2, self.hidden)
         self.cell2 = nn.LSTMCell(self.hidden, self.hidden)
         self.out = nn.Linear(self.hidden, 1)
@@ -93,5 +98,6 @@ class LSTMOptimizer(LearnedOptimizer):
         h2, c2 = self.cell2(h1, (state.h2.reshape(B * n, H), state.c2.reshape(B * n, H)))
         delta = self.output_scale * self.out(h2).reshape(B, n)
         shape = (B, n, H)
-        return delta.to(grad.dtype), LSTMState(h1.reshape(shape), c1.reshape(shape), h2.reshape(shape),
-                                               c2.reshape(shape))
+        return delta.to(grad.dtype), LSTMState(
+            h1.reshape(shape), c1.reshape(shape), h2.reshape(shape), c2.reshape(shape)
+        )

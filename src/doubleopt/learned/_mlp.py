@@ -5,9 +5,9 @@ it builds features from the gradient :math:`g`, momenta :math:`m^{(\beta)} \left
 (1-\beta) g` at several time scales :math:`\beta \in \{0.5, 0.9, 0.99\}`, the second moment
 :math:`v \leftarrow 0.999 v + 0.001 g^2`, the parameter value, the second-moment-normalized momenta
 :math:`m / \sqrt{v}` and :math:`1/\sqrt{v}`. Each feature is normalized by its root mean square over the
-coordinates of the instance, :math:`\hat u = u / \sqrt{\mathrm{mean}_i u_i^2 + 10^{-8}}`, and training-progress
-features :math:`\tanh(t / s)`, :math:`s \in \{1, 3, 10, 30, 100, 300, 1000\}` are appended. A two-hidden-layer MLP
-maps the features to a direction :math:`d` and a log-magnitude :math:`a`:
+coordinates of the instance, :math:`\hat u = u / \sqrt{\mathrm{mean}_i u_i^2 + 10^{-8}}`, and
+training-progress features :math:`\tanh(t / s)`, :math:`s \in \{1, 3, 10, 30, 100, 300, 1000\}` are appended.
+A two-hidden-layer MLP maps the features to a direction :math:`d` and a log-magnitude :math:`a`:
 
 .. math:: \Delta\theta = \lambda_d\, d\, \exp(\lambda_a a).
 
@@ -66,8 +66,13 @@ class MLPOptimizer(LearnedOptimizer):
     def __init__(self, hidden: int = 32, step_mult: float = 0.01, exp_mult: float = 0.1):
         super().__init__()
         self.hidden, self.step_mult, self.exp_mult = int(hidden), float(step_mult), float(exp_mult)
-        self.net = nn.Sequential(nn.Linear(_N_FEATURES, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.hidden),
-                                 nn.ReLU(), nn.Linear(self.hidden, 2))
+        self.net = nn.Sequential(
+            nn.Linear(_N_FEATURES, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 2),
+        )
         with torch.no_grad():
             self.net[-1].weight.mul_(0.1)
             self.net[-1].bias.zero_()
@@ -85,8 +90,10 @@ class MLPOptimizer(LearnedOptimizer):
         v = _BETA2 * state.v + (1 - _BETA2) * grad * grad
         t = state.t + 1
         rsqrt = torch.rsqrt(v + 1e-12)
-        feats = torch.cat([grad[..., None], y[..., None], m, v.sqrt()[..., None], m * rsqrt[..., None],
-                           rsqrt[..., None]], dim=-1)  # (B, n, 9)
+        feats = torch.cat(
+            [grad[..., None], y[..., None], m, v.sqrt()[..., None], m * rsqrt[..., None], rsqrt[..., None]],
+            dim=-1,
+        )  # (B, n, 9)
         feats = feats * torch.rsqrt((feats * feats).mean(dim=1, keepdim=True) + 1e-8)
         scales = grad.new_tensor(_TIMESCALES)
         prog = torch.tanh(t[:, None] / scales)  # (B, 7)

@@ -70,8 +70,10 @@ class QuadraticRegression(ProblemFamily):
         if not isinstance(x, LeastSquaresContext):
             raise ValueError(f"QuadraticRegression expects a LeastSquaresContext, got {type(x).__name__}")
         if x.W.shape[-2:] != (self.n_rows, self.dim) or x.y.shape[-1] != self.n_rows:
-            raise ValueError(f"QuadraticRegression(dim={self.dim}) expects W (B, {self.n_rows}, {self.dim}) and "
-                             f"y (B, {self.n_rows}), got {tuple(x.W.shape)} and {tuple(x.y.shape)}")
+            raise ValueError(
+                f"QuadraticRegression(dim={self.dim}) expects W (B, {self.n_rows}, {self.dim}) and "
+                f"y (B, {self.n_rows}), got {tuple(x.W.shape)} and {tuple(x.y.shape)}"
+            )
 
 
 class Task:
@@ -103,10 +105,22 @@ class DigitsMLPTask(Task):
         n_points: minibatch size.
     """
 
-    def __init__(self, hidden: tuple[int, ...] = (20,), activation: str = "sigmoid", split: str = "train",
-                 n_points: int = 128, dtype: torch.dtype = torch.float32):
-        self.problem = MLPClassifier(hidden=tuple(hidden), activation=activation, dataset="digits", split=split,
-                                     n_points=n_points, dtype=dtype)
+    def __init__(
+        self,
+        hidden: tuple[int, ...] = (20,),
+        activation: str = "sigmoid",
+        split: str = "train",
+        n_points: int = 128,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.problem = MLPClassifier(
+            hidden=tuple(hidden),
+            activation=activation,
+            dataset="digits",
+            split=split,
+            n_points=n_points,
+            dtype=dtype,
+        )
         self.name = f"digits-mlp{'x'.join(map(str, hidden))}-{activation}-{split}"
 
     def reset(self, batch_size, generator):
@@ -122,7 +136,8 @@ class DigitsMLPTask(Task):
 
 
 class QuadraticTask(Task):
-    r"""Minimize random quadratics :math:`\|W\theta - y\|^2` (fixed per instance), :math:`\theta_0 \sim N(0, I)`."""
+    r"""Minimize random quadratics :math:`\|W\theta - y\|^2` (fixed per instance)
+    from :math:`\theta_0 \sim N(0, I)`."""
 
     def __init__(self, dim: int = 10, dtype: torch.dtype = torch.float32):
         self.problem = QuadraticRegression(dim=dim, dtype=dtype)
@@ -140,8 +155,14 @@ class QuadraticTask(Task):
         return inst
 
 
-def make_task(name: str, *, split: str = "train", hidden: tuple[int, ...] = (20,), activation: str = "sigmoid",
-              n_points: int = 128) -> Task:
+def make_task(
+    name: str,
+    *,
+    split: str = "train",
+    hidden: tuple[int, ...] = (20,),
+    activation: str = "sigmoid",
+    n_points: int = 128,
+) -> Task:
     """``"digits"`` -> :class:`DigitsMLPTask`, ``"quadratic"`` -> :class:`QuadraticTask` (10-d)."""
     if name == "digits":
         return DigitsMLPTask(hidden=hidden, activation=activation, split=split, n_points=n_points)

@@ -21,7 +21,8 @@ Adam applies):
   to the next truncation; memory is that of ``K`` steps, independent of ``T``. With ``second_order=False``
   the optimizee gradient is a constant input (the paper's simplification).
 * ``"es"``: antithetic evolution strategies on the truncation, :math:`\hat g = \frac{1}{2N\sigma^2}
-  \sum_{j=1}^{N} \epsilon_j (L(\phi+\epsilon_j) - L(\phi-\epsilon_j))`, :math:`\epsilon_j \sim N(0, \sigma^2 I)`,
+  \sum_{j=1}^{N} \epsilon_j (L(\phi+\epsilon_j) - L(\phi-\epsilon_j))`,
+  :math:`\epsilon_j \sim N(0, \sigma^2 I)`,
   all particles start from the same carry and see the same minibatches; the carry advances with :math:`\phi`.
   No backpropagation; biased by truncation like TBPTT.
 * ``"pes"``: persistent evolution strategies (Vicol, Metz & Sohl-Dickstein 2021): each antithetic particle
@@ -81,8 +82,14 @@ def start_trajectory(solver: Solver, task: Task, batch: int, generator: torch.Ge
     return Carry(y0, state, inst, torch.zeros((), dtype=torch.int64))
 
 
-def unroll(solver: Solver, task: Task, carry: Carry, steps: int, generator: torch.Generator,
-           eval_fn: Callable[[Tensor, Any], Tensor] | None = None) -> tuple[Tensor, Carry]:
+def unroll(
+    solver: Solver,
+    task: Task,
+    carry: Carry,
+    steps: int,
+    generator: torch.Generator,
+    eval_fn: Callable[[Tensor, Any], Tensor] | None = None,
+) -> tuple[Tensor, Carry]:
     """Run ``steps`` optimizee steps from ``carry`` with a fresh minibatch each step.
 
     Returns ``(losses (steps, B), new_carry)``: ``losses[k]`` is the objective at :math:`\\theta_{t+k+1}` on a
@@ -124,7 +131,9 @@ class MetaConfig:
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
         if self.unroll < 1 or self.horizon < 1 or self.batch < 1:
-            raise ValueError(f"unroll, horizon and batch must be >= 1, got {self.unroll}, {self.horizon}, {self.batch}")
+            raise ValueError(
+                f"unroll, horizon and batch must be >= 1, got {self.unroll}, {self.horizon}, {self.batch}"
+            )
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
         if not self.meta_lr > 0 or not self.es_sigma > 0 or self.es_pairs < 1:
@@ -180,7 +189,7 @@ class MetaTrainer:
         self.carry = start_trajectory(self.solver, self.task, self.config.batch, self.gen)
         if self.config.method == "pes":
             self.particles = [self.carry for _ in range(2 * self.config.es_pairs)]
-            self.xi = torch.zeros(self.config.es_pairs, self._n_params())
+            self.xi = torch.zeros(self.config.es_pairs, self._n_params(), dtype=self._flat().dtype)
 
     def _n_params(self) -> int:
         return sum(p.numel() for p in self.lopt.parameters())
@@ -216,7 +225,7 @@ class MetaTrainer:
     def _es(self) -> tuple[float, Tensor]:
         c = self.config
         base, s0 = self._flat(), self.gen.get_state()
-        eps = c.es_sigma * torch.randn(c.es_pairs, base.numel(), generator=self.es_gen)
+        eps = c.es_sigma * torch.randn(c.es_pairs, base.numel(), generator=self.es_gen, dtype=base.dtype)
         diffs = []
         for j in range(c.es_pairs):
             lp, _ = self._run_perturbed(base + eps[j], self.carry, s0)
@@ -229,7 +238,7 @@ class MetaTrainer:
     def _pes(self) -> tuple[float, Tensor]:
         c = self.config
         base, s0 = self._flat(), self.gen.get_state()
-        eps = c.es_sigma * torch.randn(c.es_pairs, base.numel(), generator=self.es_gen)
+        eps = c.es_sigma * torch.randn(c.es_pairs, base.numel(), generator=self.es_gen, dtype=base.dtype)
         self.xi = self.xi + eps
         diffs, total = [], 0.0
         for j in range(c.es_pairs):
@@ -270,8 +279,11 @@ class MetaTrainer:
         self.meta_step += 1
         self.losses.append(loss)
         carries = self.particles if self.config.method == "pes" else [self.carry]
-        if (not finite or int(self.carry.t) >= self.config.horizon
-                or not all(_finite_carry(c) for c in carries)):
+        if (
+            not finite
+            or int(self.carry.t) >= self.config.horizon
+            or not all(_finite_carry(c) for c in carries)
+        ):
             self._reset()
         return MetaStepInfo(loss, not finite, gnorm, saved)
 
@@ -310,7 +322,9 @@ class MetaTrainer:
         self.meta_step, self.skipped, self.trajectories = (int(v) for v in d["counters"])
         self.losses = d["losses"].tolist()
         self.peak_saved_bytes = int(d["peak_saved_bytes"])
-        template = start_trajectory(self.solver, self.task, self.config.batch, torch.Generator().manual_seed(0))
+        template = start_trajectory(
+            self.solver, self.task, self.config.batch, torch.Generator().manual_seed(0)
+        )
         n_leaves = len(tree_tensors(template))
         carries = []
         j = 0
@@ -323,11 +337,17 @@ class MetaTrainer:
             self.carry = carries[0]
 
 
-def save_checkpoint(trainer: MetaTrainer, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    trainer: MetaTrainer, path: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> None:
     """Atomically write the trainer's state (safetensors; config and architecture in the metadata)."""
-    meta = {"config": json.dumps(asdict(trainer.config)), "arch": trainer.lopt.arch,
-            "lopt_config": json.dumps(trainer.lopt.config()), "task": trainer.task.name,
-            **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    meta = {
+        "config": json.dumps(asdict(trainer.config)),
+        "arch": trainer.lopt.arch,
+        "lopt_config": json.dumps(trainer.lopt.config()),
+        "task": trainer.task.name,
+        **{k: json.dumps(v) for k, v in (extra or {}).items()},
+    }
     atomic_save(trainer.state_tensors(), Path(path), meta)
 
 
@@ -338,20 +358,37 @@ def load_checkpoint(trainer: MetaTrainer, path: str | os.PathLike) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    mine = {"config": asdict(trainer.config), "arch": trainer.lopt.arch, "lopt_config": trainer.lopt.config(),
-            "task": trainer.task.name}
-    theirs = {"config": json.loads(meta.get("config", "{}")), "arch": meta.get("arch"),
-              "lopt_config": json.loads(meta.get("lopt_config", "{}")), "task": meta.get("task")}
+    mine = {
+        "config": asdict(trainer.config),
+        "arch": trainer.lopt.arch,
+        "lopt_config": trainer.lopt.config(),
+        "task": trainer.task.name,
+    }
+    theirs = {
+        "config": json.loads(meta.get("config", "{}")),
+        "arch": meta.get("arch"),
+        "lopt_config": json.loads(meta.get("lopt_config", "{}")),
+        "task": meta.get("task"),
+    }
     for k in mine:
         if mine[k] != theirs[k]:
-            raise ValueError(f"checkpoint {path} was written with {k} = {theirs[k]!r} but this run has {mine[k]!r}; "
-                             "resume with the same arguments")
+            raise ValueError(
+                f"checkpoint {path} was written with {k} = {theirs[k]!r} but this run has {mine[k]!r}; "
+                "resume with the same arguments"
+            )
     trainer.load_state_tensors(tensors)
 
 
-def meta_train(trainer: MetaTrainer, meta_steps: int, *, checkpoint: str | os.PathLike | None = None,
-               checkpoint_every: int = 50, resume: bool = False, progress: bool = True,
-               callback: Callable[[MetaTrainer, MetaStepInfo], None] | None = None) -> MetaTrainer:
+def meta_train(
+    trainer: MetaTrainer,
+    meta_steps: int,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[MetaTrainer, MetaStepInfo], None] | None = None,
+) -> MetaTrainer:
     """Run meta-steps until ``trainer.meta_step == meta_steps``, checkpointing every ``checkpoint_every``.
 
     With ``resume=True`` and an existing ``checkpoint`` file, training continues from it and ends with the
@@ -364,8 +401,12 @@ def meta_train(trainer: MetaTrainer, meta_steps: int, *, checkpoint: str | os.Pa
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=meta_steps, initial=trainer.meta_step, desc=f"meta-train[{trainer.config.method}]",
-                   unit="meta-step")
+        bar = tqdm(
+            total=meta_steps,
+            initial=trainer.meta_step,
+            desc=f"meta-train[{trainer.config.method}]",
+            unit="meta-step",
+        )
     ema = None
     start = time.perf_counter()
     try:
@@ -373,12 +414,17 @@ def meta_train(trainer: MetaTrainer, meta_steps: int, *, checkpoint: str | os.Pa
             info = trainer.step()
             if math.isfinite(info.loss):
                 ema = info.loss if ema is None else 0.95 * ema + 0.05 * info.loss
-            if checkpoint is not None and (trainer.meta_step % checkpoint_every == 0 or trainer.meta_step == meta_steps):
+            if checkpoint is not None and (
+                trainer.meta_step % checkpoint_every == 0 or trainer.meta_step == meta_steps
+            ):
                 save_checkpoint(trainer, checkpoint)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(meta_loss=f"{ema:.4f}" if ema is not None else "nan", skipped=trainer.skipped,
-                                refresh=False)
+                bar.set_postfix(
+                    meta_loss=f"{ema:.4f}" if ema is not None else "nan",
+                    skipped=trainer.skipped,
+                    refresh=False,
+                )
             if callback is not None:
                 callback(trainer, info)
     finally:
@@ -388,19 +434,39 @@ def meta_train(trainer: MetaTrainer, meta_steps: int, *, checkpoint: str | os.Pa
     return trainer
 
 
-def rollout(solver: Solver, task: Task, batch: int, steps: int, generator: torch.Generator,
-            eval_fn: Callable[[Tensor, Any], Tensor] | None = None) -> Tensor:
+def rollout(
+    solver: Solver,
+    task: Task,
+    batch: int,
+    steps: int,
+    generator: torch.Generator,
+    eval_fn: Callable[[Tensor, Any], Tensor] | None = None,
+) -> Tensor:
     """Losses ``(steps + 1, batch)`` of ``solver`` (learned or classical) over a fresh trajectory, no grad.
 
     Row 0 is the loss at :math:`\\theta_0`. ``eval_fn(theta, inst)`` defaults to a held-out minibatch loss.
     """
     with torch.no_grad():
         carry = start_trajectory(solver, task, batch, generator)
-        first = (eval_fn(carry.y, carry.inst) if eval_fn is not None
-                 else task.problem.objective(carry.y, task.eval_batch(carry.inst, generator)))
+        first = (
+            eval_fn(carry.y, carry.inst)
+            if eval_fn is not None
+            else task.problem.objective(carry.y, task.eval_batch(carry.inst, generator))
+        )
         losses, _ = unroll(solver, task, carry, steps, generator, eval_fn)
     return torch.cat([first[None], losses])
 
 
-__all__ = ["Carry", "MetaConfig", "MetaStepInfo", "MetaTrainer", "start_trajectory", "unroll", "rollout",
-           "meta_train", "save_checkpoint", "load_checkpoint", "tree_map"]
+__all__ = [
+    "Carry",
+    "MetaConfig",
+    "MetaStepInfo",
+    "MetaTrainer",
+    "start_trajectory",
+    "unroll",
+    "rollout",
+    "meta_train",
+    "save_checkpoint",
+    "load_checkpoint",
+    "tree_map",
+]

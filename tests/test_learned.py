@@ -1,0 +1,312 @@
+"""Learned optimizers: update rules, solver integration, meta-gradients (vs finite differences, ES/PES vs
+BPTT), bounded memory, skipped non-finite meta-steps, resumable training, torch.optim adapter, weights."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import doubleopt as do
+from doubleopt.learned import (
+    LSTMOptimizer,
+    MLPOptimizer,
+    QuadraticRegression,
+    QuadraticTask,
+    TorchOptimizer,
+    load_pretrained,
+    preprocess_gradient,
+)
+from doubleopt.learned.meta import MetaConfig, MetaTrainer, rollout, start_trajectory, unroll
+
+
+def _flat_grad(grads):
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def test_preprocessing_matches_paper():
+    p = 10.0
+    g = torch.tensor([1.0, -2.0, 1e-3, -1e-6, 0.0], dtype=torch.float64)  # e^-10 = 4.5e-5
+    out = preprocess_gradient(g, p)
+    import math
+
+    assert torch.allclose(out[0], torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(out[1], torch.tensor([math.log(2.0) / p, -1.0], dtype=torch.float64))
+    assert torch.allclose(out[2], torch.tensor([math.log(1e-3) / p, 1.0], dtype=torch.float64))
+    assert torch.allclose(out[3], torch.tensor([-1.0, -1e-6 * math.exp(p)], dtype=torch.float64))
+    assert torch.allclose(out[4], torch.tensor([-1.0, 0.0], dtype=torch.float64))
+
+
+def test_quadratic_regression_gradient_and_errors():
+    fam = QuadraticRegression(dim=5, dtype=torch.float64)
+    x = fam.sample(3, seed=0)
+    y = torch.randn(3, 5, dtype=torch.float64)
+    f, g = fam.smooth_value_and_grad(y, x)
+    y.requires_grad_(True)
+    (g_ad,) = torch.autograd.grad(fam.objective(y, x).sum(), y)
+    assert torch.allclose(g, g_ad)
+    with pytest.raises(ValueError, match="LeastSquaresContext"):
+        do.solve(fam, do.Adam(), torch.zeros(3, 5), torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("make", [LSTMOptimizer, lambda: MLPOptimizer(hidden=8)])
+def test_as_solver_runs_in_solve_and_is_batched(make):
+    lopt = make()
+    fam = QuadraticRegression()
+    x = fam.sample(4, seed=1)
+    sol = do.solve(fam, lopt.as_solver(), x, max_steps=6, throw=False)
+    assert sol.y.shape == (4, 10) and sol.num_steps.tolist() == [6] * 4
+    # batching: instance 2 alone gives the same iterate as inside the batch
+    x2 = do.learned.LeastSquaresContext(x.W[2:3], x.y[2:3])
+    sol2 = do.solve(fam, lopt.as_solver(), x2, max_steps=6, throw=False)
+    assert torch.allclose(sol.y[2:3], sol2.y, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: LSTMOptimizer(hidden=3), lambda: MLPOptimizer(hidden=4)])
+def test_meta_gradient_matches_finite_differences(make):
+    torch.manual_seed(0)
+    lopt = make().double()
+    task = QuadraticTask(dim=4, dtype=torch.float64)
+    params = list(lopt.parameters())
+
+    def meta_loss():
+        gen = torch.Generator().manual_seed(3)
+        carry = start_trajectory(lopt.as_solver(), task, 2, gen)
+        losses, _ = unroll(lopt.as_solver(), task, carry, 4, gen)
+        return losses.mean()
+
+    with torch.enable_grad():
+        grads = _flat_grad(torch.autograd.grad(meta_loss(), params))
+    vec = torch.nn.utils.parameters_to_vector(params).detach()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        d = torch.randn(vec.shape, generator=gen, dtype=torch.float64)
+        h = 1e-6
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(vec + h * d, params)
+            fp = meta_loss()
+            torch.nn.utils.vector_to_parameters(vec - h * d, params)
+            fm = meta_loss()
+            torch.nn.utils.vector_to_parameters(vec, params)
+        fd = (fp - fm) / (2 * h)
+        assert torch.allclose(fd, grads @ d, rtol=1e-4, atol=1e-7), (float(fd), float(grads @ d))
+
+
+def _cos(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_es_and_pes_estimate_the_bptt_gradient():
+    torch.manual_seed(0)
+    base = MLPOptimizer(hidden=4, step_mult=0.05).double()
+    task = QuadraticTask(dim=4, dtype=torch.float64)
+    kw = dict(batch=4, seed=5, es_sigma=1e-3, second_order=True)
+
+    def trainer(method, unroll, horizon, pairs=1):
+        lopt = MLPOptimizer(hidden=4, step_mult=0.05).double()
+        lopt.load_state_dict(base.state_dict())
+        return MetaTrainer(
+            lopt, task, MetaConfig(method=method, unroll=unroll, horizon=horizon, es_pairs=pairs, **kw)
+        )
+
+    # antithetic ES on one truncation vs backprop through the same truncation
+    _, g_bp, _ = trainer("tbptt", 3, 6).meta_gradient()
+    _, g_es, _ = trainer("es", 3, 6, pairs=200).meta_gradient()
+    assert _cos(_flat_grad(g_bp), _flat_grad(g_es)) > 0.6
+    # PES: the sum of its estimates over the two truncations of a horizon estimates the gradient of the whole
+    # horizon's loss (backprop through both truncations at once)
+    _, g_full, _ = trainer("tbptt", 6, 6).meta_gradient()
+    pes = trainer("pes", 3, 6, pairs=200)
+    _, g1, _ = pes.meta_gradient()
+    _, g2, _ = pes.meta_gradient()
+    g_pes = _flat_grad(g1) + _flat_grad(g2)
+    assert _cos(_flat_grad(g_full), g_pes) > 0.6
+    # the PES carries of a + / - pair differ (each particle keeps its own trajectory)
+    assert not torch.equal(pes.particles[0].y, pes.particles[1].y)
+
+
+def test_tbptt_memory_is_bounded_by_truncation_not_horizon():
+    def saved(unroll, horizon):
+        torch.manual_seed(0)
+        tr = MetaTrainer(
+            LSTMOptimizer(), QuadraticTask(), MetaConfig(unroll=unroll, horizon=horizon, batch=4)
+        )
+        for _ in range(horizon // unroll):
+            tr.step()
+        return tr.peak_saved_bytes
+
+    s5_20, s5_40, s10_20 = saved(5, 20), saved(5, 40), saved(10, 20)
+    assert s5_20 == s5_40 > 0
+    assert 1.8 < s10_20 / s5_20 < 2.2
+
+
+def test_nonfinite_meta_step_is_skipped_counted_and_trajectory_reset():
+    torch.manual_seed(0)
+    task = QuadraticTask()
+    tr = MetaTrainer(MLPOptimizer(hidden=8), task, MetaConfig(unroll=2, horizon=10, batch=3))
+    tr.step()
+    before = {k: v.clone() for k, v in tr.lopt.state_dict().items()}
+    trajectories = tr.trajectories
+    orig = task.eval_batch
+    task.eval_batch = lambda inst, gen: do.learned.LeastSquaresContext(inst.W, inst.y * float("nan"))
+    info = tr.step()
+    task.eval_batch = orig
+    assert info.skipped and tr.skipped == 1 and tr.meta_step == 2
+    assert all(torch.equal(before[k], v) for k, v in tr.lopt.state_dict().items())
+    assert tr.trajectories == trajectories + 1 and int(tr.carry.t) == 0
+    assert not tr.step().skipped
+
+
+def test_meta_training_improves_the_optimizer_on_quadratics():
+    torch.manual_seed(0)
+    task = QuadraticTask()
+    lopt = MLPOptimizer()
+    tr = MetaTrainer(lopt, task, MetaConfig(unroll=10, horizon=20, batch=16, meta_lr=1e-2, seed=0))
+
+    def score():
+        return float(rollout(lopt.as_solver(), task, 64, 20, torch.Generator().manual_seed(99))[1:].mean())
+
+    untrained = score()
+    for _ in range(60):
+        tr.step()
+    trained = score()
+    assert trained < 0.5 * untrained, (untrained, trained)
+
+
+def _parse(argv):
+    from doubleopt.cli import build_parser
+
+    return build_parser().parse_args(["train-lopt", *argv])
+
+
+@pytest.mark.parametrize("method", ["tbptt", "pes"])
+def test_train_lopt_resume_gives_the_same_weights(tmp_path, method):
+    from doubleopt.learned import _cli
+
+    common = [
+        "--arch",
+        "lstm",
+        "--task",
+        "quadratic",
+        "--method",
+        method,
+        "--meta-steps",
+        "6",
+        "--unroll",
+        "3",
+        "--horizon",
+        "6",
+        "--batch",
+        "2",
+        "--es-pairs",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        "--seed",
+        "7",
+    ]
+    _cli.run(_parse([*common, "--out", str(tmp_path / "full")]))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(trainer, info):
+        if trainer.meta_step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _cli.run(_parse([*common, "--out", str(tmp_path / "cut")]), callback=stop)
+    assert not (tmp_path / "cut" / "lstm-quadratic.safetensors").exists()
+    _cli.run(_parse([*common, "--out", str(tmp_path / "cut"), "--resume"]))
+    a = load_file(tmp_path / "full" / "lstm-quadratic.safetensors")
+    b = load_file(tmp_path / "cut" / "lstm-quadratic.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    # resuming with other arguments is refused
+    with pytest.raises(ValueError, match="same arguments"):
+        _cli.run(_parse([*common[:-1], "8", "--out", str(tmp_path / "cut"), "--resume"]))
+
+
+def test_load_pretrained_and_architecture_mismatch(tmp_path):
+    lstm, mlp = load_pretrained("lstm-digits"), load_pretrained("mlp-digits")
+    assert isinstance(lstm, LSTMOptimizer) and isinstance(mlp, MLPOptimizer)
+    with pytest.raises(ValueError, match="cell1.weight_ih"):
+        load_pretrained("mlp-digits", into=LSTMOptimizer())
+    with pytest.raises(ValueError, match=r"'cell1.weight_ih' has shape \(80, 2\) in the file but \(160, 2\)"):
+        load_pretrained("lstm-digits", into=LSTMOptimizer(hidden=40))
+    with pytest.raises(ValueError, match="unknown pretrained"):
+        load_pretrained("adam-digits")
+    p = lstm.save_weights(tmp_path / "w.safetensors")
+    again = load_pretrained(str(p))
+    assert all(torch.equal(a, b) for a, b in zip(lstm.parameters(), again.parameters()))
+
+
+def _digits_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 20), torch.nn.Sigmoid(), torch.nn.Linear(20, 10))
+
+
+@pytest.mark.parametrize("name", ["lstm-digits", "mlp-digits"])
+def test_torch_optimizer_trains_a_real_module_on_digits(name):
+    Xtr, ytr = do.problems.load_dataset("digits", "train")
+    Xte, yte = do.problems.load_dataset("digits", "test")
+    model = _digits_model()
+    opt = TorchOptimizer(model.named_parameters(), load_pretrained(name))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        idx = torch.randperm(len(Xtr), generator=gen)[:128]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
+        loss.backward()
+        opt.step()
+    acc = float((model(Xte).argmax(-1) == yte).float().mean())
+    assert acc >= 0.85, acc
+
+
+def test_torch_optimizer_state_dict_param_groups_and_nonfinite():
+    model = _digits_model()
+    X, y = do.problems.load_dataset("digits", "train")
+    lopt = load_pretrained("mlp-digits")
+    opt = TorchOptimizer(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}], lopt
+    )
+
+    def step(m, o):
+        o.zero_grad()
+        torch.nn.functional.cross_entropy(m(X[:64]), y[:64]).backward()
+        o.step()
+
+    for _ in range(3):
+        step(model, opt)
+    model2 = _digits_model()
+    model2.load_state_dict(model.state_dict())
+    opt2 = TorchOptimizer(
+        [{"params": model2[0].parameters()}, {"params": model2[2].parameters(), "lr": 0.5}], lopt
+    )
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.state_dict()["param_groups"][1]["lr"] == 0.5
+    step(model, opt)
+    step(model2, opt2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    # zero_grad clears gradients
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    # a non-finite update names the parameter and leaves the model untouched
+    named = TorchOptimizer(model.named_parameters(), lopt)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(X[:8]), y[:8]).backward()
+    model[2].bias.grad[3] = float("nan")
+    with pytest.raises(FloatingPointError, match="'2.bias'"):
+        named.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(TypeError, match="LearnedOptimizer"):
+        TorchOptimizer(model.parameters(), torch.optim.Adam)
+
+
+def test_cli_parser_has_train_lopt():
+    args = _parse(["--arch", "mlp"])
+    assert isinstance(args, argparse.Namespace) and args.arch == "mlp" and args.method == "tbptt"
