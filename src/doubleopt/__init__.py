@@ -21,3 +21,4 @@ __all__ = [
 
 # Feature packages (each issue adds its line here):
 from . import physical  # noqa: E402,F401
+from . import learned  # noqa: E402,F401
