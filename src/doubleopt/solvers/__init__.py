@@ -7,10 +7,16 @@ from .linesearch import LineSearchResult, armijo_backtracking
 from .ncg import NonlinearCG
 from .newton import Newton
 from .proximal import FISTA, ISTA
+from .qp import QP, QPState, qp_solve
 
 __all__ = [
     "Solver", "GradientState", "GradientRuleSolver", "RuleState", "UpdateRule",
     "GD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam",
     "LBFGS", "NonlinearCG", "Newton", "ISTA", "FISTA",
     "armijo_backtracking", "LineSearchResult",
+    "QP", "QPState", "qp_solve",
 ]
+
+from .sinkhorn import Sinkhorn, SinkhornState  # noqa: E402
+
+__all__ += ["Sinkhorn", "SinkhornState"]

@@ -18,6 +18,16 @@ from torch import Tensor
 from .._solution import RESULTS
 
 
+def _sufficient_decrease(value, slope0, t, f_t, slope_t, c1, eps):
+    """Armijo, or its derivative form where f is flat to rounding (Hager & Zhang 2005's approximate
+    Wolfe): :math:`f(t) \\le f(0) + 4\\epsilon|f(0)|` and :math:`\\phi'(t) \\le (2 c_1 - 1)\\phi'(0)`.
+    The second form lets line searches reach gradient norms below :math:`\\sqrt{\\epsilon}`."""
+    finite = torch.isfinite(f_t) & torch.isfinite(slope_t)
+    armijo = f_t <= value + c1 * t * slope0
+    approx = (f_t <= value + 4 * eps * value.abs()) & (slope_t <= (2 * c1 - 1) * slope0)
+    return finite & (armijo | approx)
+
+
 @dataclass
 class LineSearchResult:
     y: Tensor
@@ -38,8 +48,7 @@ def armijo_backtracking(problem, x, y: Tensor, value: Tensor, grad: Tensor, dire
     for _ in range(max_iter):
         y_try = y + t[:, None] * direction
         v_try, g_try = problem.value_and_grad(y_try, x)
-        # relative slack guards against rounding when f(y) is large
-        ok = torch.isfinite(v_try) & (v_try <= value + c1 * t * slope + 4 * tiny * value.abs())
+        ok = _sufficient_decrease(value, slope, t, v_try, (g_try * direction).sum(-1), c1, tiny)
         new = ok & ~accepted
         y_acc = torch.where(new[:, None], y_try, y_acc)
         v_acc = torch.where(new, v_try, v_acc)
@@ -51,3 +60,66 @@ def armijo_backtracking(problem, x, y: Tensor, value: Tensor, grad: Tensor, dire
         t = torch.where(accepted, t, t * shrink)
     status = torch.where(accepted, int(RESULTS.successful), int(RESULTS.line_search_failed))
     return LineSearchResult(y_acc, v_acc, g_acc, t_acc, status.to(torch.int64))
+
+
+def wolfe_line_search(problem, x, y: Tensor, value: Tensor, grad: Tensor, direction: Tensor, step0: Tensor,
+                      *, c1: float = 1e-4, c2: float = 0.1, max_iter: int = 30) -> LineSearchResult:
+    r"""Batched strong-Wolfe line search (bracketing then zoom, Nocedal & Wright Alg. 3.5/3.6).
+
+    Finds per instance a step with :math:`\phi(t) \le \phi(0) + c_1 t \phi'(0)` and
+    :math:`|\phi'(t)| \le c_2 |\phi'(0)|`, :math:`\phi(t) = f(y + t d)`. While no upper bracket exists the
+    trial step doubles; inside a bracket the next trial minimizes the quadratic interpolant through
+    :math:`(t_{lo}, \phi_{lo}, \phi'_{lo})` and :math:`(t_{hi}, \phi_{hi})`, safeguarded to the middle 80%
+    of the bracket. If ``max_iter`` trials end without both conditions, the best trial that satisfies the
+    sufficient-decrease condition is accepted; an instance with none fails (``line_search_failed``).
+    """
+    slope0 = (grad * direction).sum(-1)
+    inf = torch.full_like(value, float("inf"))
+    lo, f_lo, d_lo = torch.zeros_like(value), value, slope0
+    hi, f_hi, d_hi = inf.clone(), inf.clone(), torch.full_like(value, float("nan"))
+    t = step0
+    done = torch.zeros_like(value, dtype=torch.bool)
+    y_acc, v_acc, g_acc, t_acc = y, value, grad, torch.zeros_like(t)
+    have_armijo = torch.zeros_like(done)
+    eps = torch.finfo(y.dtype).eps
+    for _ in range(max_iter):
+        y_try = y + t[:, None] * direction
+        f_t, g_t = problem.value_and_grad(y_try, x)
+        d_t = (g_t * direction).sum(-1)
+        finite = torch.isfinite(f_t) & torch.isfinite(d_t)
+        armijo = _sufficient_decrease(value, slope0, t, f_t, d_t, c1, eps)
+        wolfe = armijo & (d_t.abs() <= c2 * slope0.abs())
+        better = armijo & ~done & (~have_armijo | (f_t < v_acc))
+        take = (wolfe & ~done) | better
+        y_acc = torch.where(take[:, None], y_try, y_acc)
+        v_acc = torch.where(take, f_t, v_acc)
+        g_acc = torch.where(take[:, None], g_t, g_acc)
+        t_acc = torch.where(take, t, t_acc)
+        have_armijo = have_armijo | (armijo & ~done)
+        done = done | wolfe
+        if bool(done.all()):
+            break
+        # update the bracket [lo, hi] (derivative-driven, as Hager & Zhang: robust where f is flat to rounding)
+        active = ~done
+        to_hi = active & (~armijo | (d_t >= 0))
+        to_lo = active & ~to_hi
+        hi = torch.where(to_hi, t, hi)
+        f_hi = torch.where(to_hi, torch.where(finite, f_t, inf), f_hi)
+        d_hi = torch.where(to_hi, torch.where(finite & armijo, d_t, torch.full_like(d_t, float("nan"))), d_hi)
+        lo = torch.where(to_lo, t, lo)
+        f_lo = torch.where(to_lo, f_t, f_lo)
+        d_lo = torch.where(to_lo, d_t, d_lo)
+        # next trial: expand while unbracketed; else secant on slopes, else quadratic on values, else bisect
+        width = hi - lo
+        secant = (lo * d_hi - hi * d_lo) / (d_hi - d_lo)
+        ok_secant = torch.isfinite(secant) & (d_hi > d_lo)
+        denom = 2 * (f_hi - f_lo - d_lo * width)
+        quad = lo - d_lo * width * width / torch.where(denom.abs() > 0, denom, torch.ones_like(denom))
+        ok_quad = torch.isfinite(quad) & (denom > 0)
+        pad = 0.1 * width
+        inner = torch.where(ok_secant, secant, torch.where(ok_quad, quad, 0.5 * (lo + hi)))
+        inner = torch.where(torch.isfinite(inner), inner, 0.5 * (lo + hi)).clamp(lo + pad, hi - pad)
+        t = torch.where(torch.isinf(hi), 2.0 * lo.clamp_min(1e-300), inner)
+    ok = done | have_armijo
+    status = torch.where(ok, int(RESULTS.successful), int(RESULTS.line_search_failed)).to(torch.int64)
+    return LineSearchResult(y_acc, v_acc, g_acc, t_acc, status)

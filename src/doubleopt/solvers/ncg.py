@@ -1,4 +1,4 @@
-r"""Batched nonlinear conjugate gradient, Polak-Ribiere+ with restarts and Armijo backtracking.
+r"""Batched nonlinear conjugate gradient, Polak-Ribiere+ with restarts and a strong-Wolfe line search.
 
 :math:`d_{k+1} = -g_{k+1} + \beta_k d_k,\ \beta_k = \max(0, g_{k+1}^\top (g_{k+1} - g_k) / \|g_k\|^2)`;
 the direction restarts at :math:`-g` every ``restart`` steps (default ``n``) or when it is not a descent
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._base import Solver
-from .linesearch import armijo_backtracking
+from .linesearch import wolfe_line_search
 
 
 @dataclass
@@ -34,12 +34,13 @@ class NonlinearCG(Solver):
 
     Args:
         restart: restart period (``None``: the problem dimension).
-        c1: Armijo constant.
+        c1, c2: the strong-Wolfe constants (sufficient decrease, curvature).
     """
 
     restart: int | None = None
     c1: float = 1e-4
-    max_line_search: int = 40
+    c2: float = 0.1
+    max_line_search: int = 30
 
     def init(self, problem, y, x):
         value, grad = problem.value_and_grad(y, x)
@@ -56,9 +57,8 @@ class NonlinearCG(Solver):
         d = torch.where(restart[:, None], -state.grad, d)
         slope = torch.where(restart, -(state.grad**2).sum(-1), slope)
         t0 = (state.step * state.slope / slope.clamp_max(-torch.finfo(y.dtype).tiny)).clamp(1e-10, 1e10)
-        t0 = torch.minimum(t0 * 2.0, torch.full_like(t0, 1e10))
-        ls = armijo_backtracking(problem, x, y, state.value, state.grad, d, t0, c1=self.c1,
-                                 max_iter=self.max_line_search)
+        ls = wolfe_line_search(problem, x, y, state.value, state.grad, d, t0, c1=self.c1, c2=self.c2,
+                               max_iter=self.max_line_search)
         g_new = ls.grad
         g_old_sq = (state.grad**2).sum(-1).clamp_min(torch.finfo(y.dtype).tiny)
         beta = ((g_new * (g_new - state.grad)).sum(-1) / g_old_sq).clamp_min(0.0)

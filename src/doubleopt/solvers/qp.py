@@ -1,0 +1,470 @@
+r"""A batched primal-dual interior-point QP solver (Mehrotra predictor-corrector) and its KKT adjoint.
+
+Solves, for every instance of a batch,
+
+.. math:: \min_z \tfrac12 z^\top Q z + q^\top z \quad \text{s.t.} \quad A z = b,\; G z + s = h,\; s \ge 0.
+
+**Iteration.** With multipliers :math:`\lambda \ge 0` (inequalities) and :math:`\nu` (equalities), the
+residuals are :math:`r_d = Qz + q + G^\top\lambda + A^\top\nu`, :math:`r_e = Az - b`, :math:`r_i = Gz + s - h`
+and the complementarity :math:`s \circ \lambda`. A Newton step on the perturbed KKT conditions eliminates
+:math:`ds = -r_i - G\,dz` and :math:`d\lambda = D G\,dz + S^{-1}(\Lambda r_i - r_c)`, :math:`D = \Lambda S^{-1}`,
+leaving the reduced system
+
+.. math:: (Q + G^\top D G)\, dz + A^\top d\nu = -r_d - G^\top S^{-1}(\Lambda r_i - r_c), \qquad A\, dz = -r_e,
+
+solved with one Cholesky factor :math:`L L^\top = H = Q + G^\top D G + \delta I` and the Schur complement
+:math:`M = A H^{-1} A^\top + \delta I` (a second, ``p x p`` Cholesky). Both factors are computed **once per
+iteration** (at the end of the previous one, for the new point) and used by the affine predictor
+(:math:`r_c = s\circ\lambda`) and the centering corrector
+(:math:`r_c = s\circ\lambda + ds_a \circ d\lambda_a - \sigma\mu`, :math:`\sigma = (\mu_a/\mu)^3`), then by the
+backward pass. The tiny shift :math:`\delta` (``eps^{3/4}`` relative) only perturbs the Newton direction,
+not the fixed point (residuals are evaluated exactly), and makes rank-deficient ``A`` and singular ``Q``
+(linear programs) work. Steps keep ``s, lambda > 0`` (fraction to the boundary 0.99). With no inequalities
+one Newton step is exact; with no constraints it is a Cholesky solve.
+
+**Stopping.** ``stationarity`` is the scaled KKT residual
+:math:`\max(\|r_d\|_\infty/(1+\|q\|_\infty), \|r_e\|_\infty/(1+\|b\|_\infty), \|r_i\|_\infty/(1+\|h\|_\infty),
+\mu/(1+|f|))`, compared with ``tol`` by the one :func:`~doubleopt.solve` loop.
+
+**Infeasibility / unboundedness** (per instance, from the iterates as they diverge):
+a primal infeasibility certificate is a ray :math:`y=(\lambda,\nu)`, :math:`\lambda\ge0`, with
+:math:`G^\top\lambda + A^\top\nu \approx 0` and :math:`h^\top\lambda + b^\top\nu < 0` (Farkas); a dual
+infeasibility (unboundedness) certificate is a direction :math:`d` with :math:`Qd \approx 0`,
+:math:`Ad \approx 0`, :math:`Gd \le 0`, :math:`q^\top d < 0`. Both are tested on the normalized iterates
+(OSQP-style, Banjac et al. 2019) once their norm exceeds ``divergence``; the instance stops with
+``RESULTS.infeasible`` / ``RESULTS.unbounded``.
+
+**Differentiation** (Amos & Kolter 2017, OptNet). At the solution, differentiating
+:math:`Qz + q + G^\top\lambda + A^\top\nu = 0`, :math:`\Lambda(Gz - h) = 0`, :math:`Az = b` gives, for an
+incoming gradient :math:`\bar z`, the adjoint system :math:`H w_z + A^\top w_\nu = -\bar z`,
+:math:`A w_z = 0` with the same :math:`H` (so the forward factorization is reused; active constraints
+have :math:`D \to \infty`), :math:`\hat w = D G w_z`, and
+
+.. math:: \nabla_q = w_z,\ \nabla_b = -w_\nu,\ \nabla_h = -\hat w,\
+   \nabla_Q = \tfrac12(w_z z^\top + z w_z^\top),\ \nabla_A = \nu w_z^\top + w_\nu z^\top,\
+   \nabla_G = \lambda w_z^\top + \hat w z^\top.
+
+``do.Implicit()`` uses it through :meth:`~doubleopt.problems.QPProblem.implicit_solution` (the same
+implicit-function theorem as for unconstrained problems, applied to the KKT map instead of
+:math:`\nabla f`); ``do.Unroll()`` backpropagates through the interior-point iterations instead.
+
+References:
+    Mehrotra, "On the implementation of a primal-dual interior point method", SIAM J. Optim. 1992.
+    Amos & Kolter, "OptNet: Differentiable optimization as a layer in neural networks", ICML 2017.
+    Vandenberghe, "The CVXOPT linear and quadratic cone program solvers", 2010 (initial point).
+    Banjac et al., "Infeasibility detection in the alternating direction method of multipliers for
+    convex optimization", JOTA 2019.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._solution import RESULTS
+from ..problems.qp import QPData, QPProblem, QPStart, make_qp_data
+from ._base import Solver
+
+
+@dataclass
+class QPState:
+    """Interior-point state; ``Solution.y`` is the primal ``z``.
+
+    ``s, lam, nu`` with ``z`` are a warm start for a later solve (:class:`~doubleopt.problems.QPStart`).
+    ``L, W, LM`` are the factorization at the current point (``H = L L^T``, ``W = H^{-1} A^T``,
+    ``M = LM LM^T``), reused by the backward pass.
+    """
+
+    value: Tensor  # (B,) objective 1/2 z'Qz + q'z
+    grad: Tensor  # (B, n) dual residual r_d = Qz + q + G'lam + A'nu
+    s: Tensor  # (B, m) slacks
+    lam: Tensor  # (B, m) inequality multipliers
+    nu: Tensor  # (B, p) equality multipliers
+    residual: Tensor  # (B,) scaled KKT residual (the stationarity measure)
+    d: Tensor  # (B, m) the scaling lam / s of the factorization (clipped at 1 / shift)
+    status: Tensor  # (B,) RESULTS code (0 = keep going)
+    L: Tensor  # (B, n, n)
+    W: Tensor  # (B, n, p)
+    LM: Tensor  # (B, p, p)
+
+
+def _shared(M: Tensor) -> bool:
+    return M.dim() == 3 and M.shape[0] > 1 and M.stride(0) == 0
+
+
+def _mv(M: Tensor, v: Tensor) -> Tensor:
+    """``M v`` per instance, ``M (B, r, c)`` (possibly an expanded shared matrix), ``v (B, c)``."""
+    if _shared(M):
+        return v @ M[0].transpose(0, 1)
+    return (v[:, None, :] @ M.transpose(-1, -2))[:, 0]
+
+
+def _mtv(M: Tensor, v: Tensor) -> Tensor:
+    """``M^T v`` per instance, ``v (B, r)`` -> ``(B, c)``."""
+    if _shared(M):
+        return v @ M[0]
+    return (v[:, None, :] @ M)[:, 0]
+
+
+def _gtdg(G: Tensor, d: Tensor) -> Tensor:
+    """``G^T diag(d) G`` per instance."""
+    if _shared(G):
+        G0 = G[0]
+        return (G0.transpose(0, 1) * d[:, None, :]) @ G0
+    X = G * d.sqrt()[..., None]
+    return X.transpose(-1, -2) @ X
+
+
+def _sym(Q: Tensor) -> Tensor:
+    if _shared(Q):
+        Q0 = Q[0]
+        return (0.5 * (Q0 + Q0.transpose(0, 1))).expand_as(Q)
+    return 0.5 * (Q + Q.transpose(-1, -2))
+
+
+def _chol_solve(L: Tensor, R: Tensor) -> Tensor:
+    """``(L L^T)^{-1} R`` by two triangular solves (much faster than ``cholesky_solve`` for batches on CPU)."""
+    y = torch.linalg.solve_triangular(L, R, upper=False)
+    return torch.linalg.solve_triangular(L.transpose(-1, -2), y, upper=True)
+
+
+def _step_to_boundary(v: Tensor, dv: Tensor) -> Tensor:
+    """Largest ``a`` in ``(0, 1e30]`` with ``v + a dv >= 0`` per instance (``v > 0``)."""
+    if v.shape[-1] == 0:
+        return v.new_full(v.shape[:1], 1e30)
+    ratio = torch.where(dv < 0, -v / torch.where(dv < 0, dv, -torch.ones_like(dv)), torch.full_like(v, 1e30))
+    return ratio.amin(-1)
+
+
+@dataclass(frozen=True)
+class QP(Solver):
+    """Batched primal-dual interior-point QP solver (Mehrotra predictor-corrector); see the module docstring.
+
+    Use it with :class:`~doubleopt.problems.QPProblem` contexts (:class:`~doubleopt.problems.QPData`), or
+    through :func:`qp_solve`.
+
+    Args:
+        shift: the relative diagonal shift ``delta`` of the reduced KKT matrices (default ``eps**0.75``:
+            1.9e-12 in float64, 6.4e-6 in float32).
+        step_fraction: fraction of the step to the boundary of ``s, lam >= 0``.
+        divergence: iterates whose (scaled) norm exceeds this are tested for infeasibility/unboundedness
+            certificates (default ``1e6`` in float64, ``1e4`` in float32).
+        certificate_tol: tolerance of those certificates (default ``1e-6`` / ``1e-3``).
+        warm_start_floor: ``s`` and ``lam`` of a warm start are clipped to at least this.
+
+    Example:
+        >>> import torch, doubleopt as do
+        >>> fam = do.problems.RandomQP(n=10, m=20, p=2)
+        >>> sol = do.solve(fam, do.solvers.QP(), fam.sample(8, seed=0), tol=1e-9)
+        >>> sol.summary(), int(sol.num_steps.max()) < 30
+        ('8 successful', True)
+    """
+
+    shift: float | None = None
+    step_fraction: float = 0.99
+    divergence: float | None = None
+    certificate_tol: float | None = None
+    warm_start_floor: float = 1e-3
+
+    def check_problem(self, problem) -> None:
+        if not isinstance(problem, QPProblem):
+            raise ValueError(f"QP solves do.problems.QPProblem (contexts QPData), got {type(problem).__name__}")
+
+    # ---- numerics -------------------------------------------------------------------------------------
+    def _delta(self, x: QPData) -> float:
+        if self.shift is not None:
+            return float(self.shift)
+        return float(torch.finfo(x.q.dtype).eps) ** 0.75
+
+    def _factor(self, Qs: Tensor, x: QPData, d: Tensor):
+        B, n = x.q.shape
+        eye = torch.eye(n, dtype=x.q.dtype, device=x.q.device)
+        scale = Qs.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1.0)
+        H = Qs + _gtdg(x.G, d) if x.m > 0 else Qs
+        shift = self._delta(x) * scale
+        L, info = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
+        ok = info == 0
+        for _ in range(3):  # rare (ill-conditioned H, mostly float32): larger shift for the failed instances
+            if bool(ok.all()):
+                break
+            shift = shift * 1e3
+            L2, info2 = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
+            L = torch.where(ok[:, None, None], L, L2)
+            ok = ok | (info2 == 0)
+        if not bool(ok.all()):
+            L = torch.where(ok[:, None, None], L, eye.expand_as(L))
+        if x.p > 0:
+            At = x.A.transpose(-1, -2)
+            W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
+            M = x.A @ W
+            eye_p = torch.eye(x.p, dtype=x.q.dtype, device=x.q.device)
+            mscale = M.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
+            M = M + (self._delta(x) * mscale)[:, None, None] * eye_p
+            LM, info2 = torch.linalg.cholesky_ex(M)
+            ok2 = info2 == 0
+            if not bool(ok2.all()):
+                LM = torch.where(ok2[:, None, None], LM, eye_p.expand_as(LM))
+            ok = ok & ok2
+        else:
+            W = x.q.new_zeros(B, n, 0)
+            LM = x.q.new_zeros(B, 0, 0)
+        return L, W, LM, ok
+
+    @staticmethod
+    def _reduced_solve(L, W, LM, A: Tensor, r1: Tensor, r2: Tensor):
+        """Solve ``H dz + A' dnu = r1, A dz = r2`` with the stored factors."""
+        u = _chol_solve(L, r1[..., None])[..., 0]
+        if A.shape[-2] == 0:
+            return u, r1.new_zeros(r1.shape[0], 0)
+        dnu = _chol_solve(LM, (_mv(A, u) - r2)[..., None])[..., 0]
+        return u - (W @ dnu[..., None])[..., 0], dnu
+
+    def _newton(self, st: QPState, x: QPData, rd, req, rin, rc):
+        s, lam = st.s, st.lam
+        t = (lam * rin - rc) / s
+        r1 = -rd - _mtv(x.G, t) if x.m > 0 else -rd
+        dz, dnu = self._reduced_solve(st.L, st.W, st.LM, x.A, r1, -req)
+        if x.m == 0:
+            return dz, s, lam, dnu
+        Gdz = _mv(x.G, dz)
+        dlam = st.d * Gdz + t
+        ds = -rin - Gdz
+        return dz, ds, dlam, dnu
+
+    def _state(self, problem, z: Tensor, x: QPData, s, lam, nu, status, Qs: Tensor | None = None) -> QPState:
+        Qs = _sym(x.Q) if Qs is None else Qs
+        Qz = _mv(Qs, z)
+        value = 0.5 * (z * Qz).sum(-1) + (x.q * z).sum(-1)
+        rd = Qz + x.q
+        if x.m > 0:
+            rd = rd + _mtv(x.G, lam)
+        if x.p > 0:
+            rd = rd + _mtv(x.A, nu)
+        d = (lam / s).clamp(max=1.0 / self._delta(x)) if x.m > 0 else x.q.new_zeros(x.q.shape[0], 0)
+        L, W, LM, ok = self._factor(Qs, x, d)
+        with torch.no_grad():
+            res = self._residual(z, x, s, lam, rd, value)
+            status = self._certificates(z, x, s, lam, nu, Qs, status)
+            status = torch.where(ok | (status != 0), status, int(RESULTS.linear_solver_failed))
+        return QPState(value, rd, s, lam, nu, res, d, status, L, W, LM)
+
+    @staticmethod
+    def _residual(z, x: QPData, s, lam, rd, value) -> Tensor:
+        def inf(v):
+            return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[0])
+
+        res = inf(rd) / (1 + inf(x.q))
+        if x.p > 0:
+            res = torch.maximum(res, inf(_mv(x.A, z) - x.b) / (1 + inf(x.b)))
+        if x.m > 0:
+            res = torch.maximum(res, inf(_mv(x.G, z) + s - x.h) / (1 + inf(x.h)))
+            mu = (s * lam).sum(-1) / x.m
+            res = torch.maximum(res, mu / (1 + value.abs()))
+        return res.detach()
+
+    def _certificates(self, z, x: QPData, s, lam, nu, Qs, status) -> Tensor:
+        dt = x.q.dtype
+        big = self.divergence if self.divergence is not None else (1e6 if dt == torch.float64 else 1e4)
+        eps = self.certificate_tol if self.certificate_tol is not None else (1e-6 if dt == torch.float64 else 1e-3)
+
+        def inf(v):
+            return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[0])
+
+        # dual ray (lam, nu) -> primal infeasible
+        ny = torch.maximum(inf(lam), inf(nu))
+        scale_y = 1 + torch.maximum(inf(x.h), inf(x.b))
+        yl, yn = lam / ny.clamp_min(1e-300)[:, None], nu / ny.clamp_min(1e-300)[:, None]
+        farkas = x.q.new_zeros(x.q.shape)
+        supp = x.q.new_zeros(x.q.shape[0])
+        if x.m > 0:
+            farkas = farkas + _mtv(x.G, yl)
+            supp = supp + (x.h * yl).sum(-1)
+        if x.p > 0:
+            farkas = farkas + _mtv(x.A, yn)
+            supp = supp + (x.b * yn).sum(-1)
+        pinf = (ny > big * scale_y) & (inf(farkas) <= eps * 10) & (supp < -eps)
+        # primal ray z -> unbounded
+        nz = inf(z)
+        dvec = z / nz.clamp_min(1e-300)[:, None]
+        qscale = 1 + inf(x.q)
+        ok = (nz > big * qscale) & (inf(_mv(Qs, dvec)) <= eps * 10) & ((x.q * dvec).sum(-1) < -eps)
+        if x.p > 0:
+            ok = ok & (inf(_mv(x.A, dvec)) <= eps * 10)
+        if x.m > 0:
+            ok = ok & (_mv(x.G, dvec).amax(-1) <= eps * 10)
+        status = torch.where((status == 0) & pinf, int(RESULTS.infeasible), status)
+        return torch.where((status == 0) & ok, int(RESULTS.unbounded), status)
+
+    # ---- the solver protocol ------------------------------------------------------------------------
+    def init(self, problem, y, x: QPData) -> QPState:
+        B, n = x.q.shape
+        Qs = _sym(x.Q)
+        status = torch.zeros(B, dtype=torch.int64, device=y.device)
+        if x.start is not None:
+            st = x.start
+            z = y
+            s = st.s if st.s is not None else (x.h - _mv(x.G, z) if x.m > 0 else z.new_zeros(B, 0))
+            s = s.clamp_min(self.warm_start_floor)
+            lam = st.lam.clamp_min(self.warm_start_floor) if st.lam is not None else torch.ones_like(s)
+            nu = st.nu if st.nu is not None else z.new_zeros(B, x.p)
+            return self._state(problem, z, x, s, lam, nu, status, Qs)
+        # cold start (CVXOPT): min 1/2 z'Qz + q'z + 1/2 ||s||^2 s.t. Gz + s = h, Az = b, then shift s, lam > 0
+        L, W, LM, ok = self._factor(Qs, x, x.q.new_ones(B, x.m))
+        r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
+        z, nu = self._reduced_solve(L, W, LM, x.A, r1, x.b)
+        if x.m > 0:
+            s = x.h - _mv(x.G, z)
+            lam = -s
+            a_p = (-s).amax(-1, keepdim=True)
+            s = torch.where(a_p >= 0, s + 1 + a_p, s)
+            a_d = (-lam).amax(-1, keepdim=True)
+            lam = torch.where(a_d >= 0, lam + 1 + a_d, lam)
+        else:
+            s = lam = z.new_zeros(B, 0)
+        status = torch.where(ok, status, int(RESULTS.linear_solver_failed))
+        return self._state(problem, z, x, s, lam, nu, status, Qs)
+
+    def step(self, problem, z, x: QPData, st: QPState):
+        Qs = _sym(x.Q)
+        rd = st.grad
+        req = _mv(x.A, z) - x.b if x.p > 0 else z.new_zeros(z.shape[0], 0)
+        if x.m == 0:
+            dz, _, _, dnu = self._newton(st, x, rd, req, st.s, st.s)
+            return z + dz, self._state(problem, z + dz, x, st.s, st.lam, st.nu + dnu, st.status, Qs)
+        s, lam = st.s, st.lam
+        rin = _mv(x.G, z) + s - x.h
+        # predictor (affine scaling)
+        dz_a, ds_a, dl_a, _ = self._newton(st, x, rd, req, rin, s * lam)
+        a_aff = torch.minimum(_step_to_boundary(s, ds_a), _step_to_boundary(lam, dl_a)).clamp(max=1.0)
+        mu = (s * lam).sum(-1) / x.m
+        mu_aff = ((s + a_aff[:, None] * ds_a) * (lam + a_aff[:, None] * dl_a)).sum(-1) / x.m
+        sigma = (mu_aff / mu.clamp_min(1e-300)).clamp(0.0, 1.0) ** 3
+        # corrector (centering + second-order term), same factorization
+        rc = s * lam + ds_a * dl_a - (sigma * mu)[:, None]
+        dz, ds, dl, dnu = self._newton(st, x, rd, req, rin, rc)
+        a = torch.minimum(_step_to_boundary(s, ds), _step_to_boundary(lam, dl))
+        a = (self.step_fraction * a).clamp(max=1.0)[:, None]
+        z = z + a * dz
+        return z, self._state(problem, z, x, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status, Qs)
+
+    def stationarity(self, problem, y, x, state: QPState) -> Tensor:
+        return state.residual
+
+    def current_value(self, state: QPState) -> Tensor:
+        return state.value
+
+
+# ---- the KKT backward (OptNet) ----------------------------------------------------------------------
+
+
+class _QPKKT(torch.autograd.Function):
+    """Forward: the solution ``z`` (already computed). Backward: the OptNet adjoint system."""
+
+    @staticmethod
+    def forward(ctx, z, lam, nu, d, L, W, LM, Q, q, A, b, G, h):
+        ctx.save_for_backward(z, lam, nu, d, L, W, LM)
+        ctx.p, ctx.m = b.shape[-1], h.shape[-1]
+        ctx.shared = {name: _shared(t) for name, t in (("Q", Q), ("A", A), ("G", G))}
+        ctx.A, ctx.G = A.detach(), G.detach()
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, gz):
+        z, lam, nu, d, L, W, LM = ctx.saved_tensors
+        A, G = ctx.A, ctx.G
+        wz, wnu = QP._reduced_solve(L, W, LM, A, -gz, gz.new_zeros(gz.shape[0], ctx.p))
+        need = ctx.needs_input_grad
+        gQ = gq = gA = gb = gG = gh = None
+        if need[7]:
+            outer = wz[:, :, None] * z[:, None, :]
+            gQ = 0.5 * (outer + outer.transpose(-1, -2))
+        if need[8]:
+            gq = wz
+        if need[9]:
+            gA = nu[:, :, None] * wz[:, None, :] + wnu[:, :, None] * z[:, None, :]
+        if need[10]:
+            gb = -wnu
+        if ctx.m > 0 and (need[11] or need[12]):
+            what = d * _mv(G, wz)
+            if need[11]:
+                gG = lam[:, :, None] * wz[:, None, :] + what[:, :, None] * z[:, None, :]
+            if need[12]:
+                gh = -what
+        elif need[11] or need[12]:
+            gG = torch.zeros_like(G) if need[11] else None
+            gh = gz.new_zeros(gz.shape[0], 0) if need[12] else None
+        return None, None, None, None, None, None, None, gQ, gq, gA, gb, gG, gh
+
+
+def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
+    """``z`` with a backward through the KKT conditions (used by ``do.Implicit()`` on QP problems)."""
+    tensors = (x.Q, x.q, x.A, x.b, x.G, x.h)
+    if not any(t.requires_grad for t in tensors):
+        return z
+    st = state
+    return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.d.detach(), st.L.detach(),
+                        st.W.detach(), st.LM.detach(), *tensors)
+
+
+QP_DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+
+
+def qp_solve(
+    Q: Tensor,
+    q: Tensor,
+    A: Tensor | None = None,
+    b: Tensor | None = None,
+    G: Tensor | None = None,
+    h: Tensor | None = None,
+    *,
+    start: QPStart | None = None,
+    solver: QP | None = None,
+    adjoint=None,
+    regularization: float = 0.0,
+    max_steps: int = 50,
+    tol: float | None = None,
+    throw: bool = True,
+    trace: bool = False,
+):
+    r"""Solve a batch of convex QPs :math:`\min \tfrac12 z^\top Q z + q^\top z` s.t. :math:`Az = b,\ Gz \le h`.
+
+    Each matrix is shared by the batch (``Q (n, n)``, ``q (n,)``, ``A (p, n)``, ``b (p,)``, ``G (m, n)``,
+    ``h (m,)``) or given per instance with a leading ``B``; omit ``A, b`` (or ``G, h``) for no equality
+    (inequality) constraints. Runs :class:`QP` through :func:`doubleopt.solve`, so the result is a
+    :class:`~doubleopt.Solution`: ``y`` the primal solutions ``(B, n)``, ``result`` per-instance codes
+    (``successful``, ``infeasible``, ``unbounded``, ``max_steps_reached``, ...), ``state`` a
+    :class:`QPState` with the multipliers ``lam`` / ``nu`` and slacks ``s``.
+
+    Args:
+        start: a warm start (:class:`~doubleopt.problems.QPStart`), e.g. from a previous solution's state.
+        solver: a configured :class:`QP` (default ``QP()``).
+        adjoint: ``do.Implicit()`` (default: the OptNet KKT backward, reusing the forward factorization)
+            or ``do.Unroll()`` (backpropagate through the iterations).
+        regularization: solve with ``Q + regularization * I`` (an explicit change of problem; use it for a
+            ``Q`` that is not positive semidefinite, which otherwise raises ``ValueError``).
+        max_steps, throw, trace: as in :func:`doubleopt.solve`.
+        tol: bound on the scaled KKT residual (default 1e-8 in float64, 1e-4 in float32: the float32
+            interior point stalls near 1e-4 relative once the scaling ``lam / s`` is ill-conditioned).
+
+    Example:
+        >>> import torch, doubleopt as do
+        >>> Q = torch.eye(3, dtype=torch.float64); q = torch.tensor([[1., -2, 0.5]], dtype=torch.float64)
+        >>> sol = do.qp_solve(Q, q, A=torch.ones(1, 3, dtype=torch.float64), b=torch.ones(1, dtype=torch.float64),
+        ...                   G=-torch.eye(3, dtype=torch.float64), h=torch.zeros(3, dtype=torch.float64))
+        >>> sol.y.round(decimals=6)
+        tensor([[0., 1., 0.]], dtype=torch.float64)
+    """
+    from .._solve import solve
+
+    if regularization < 0:
+        raise ValueError(f"regularization must be >= 0, got {regularization}")
+    if regularization > 0:
+        Q = Q + regularization * torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
+    data = make_qp_data(Q, q, A, b, G, h, start=start)
+    if tol is None:
+        tol = QP_DEFAULT_TOL.get(data.q.dtype, 1e-4)
+    problem = QPProblem()
+    return solve(problem, solver or QP(), data, data.start.z if start is not None else None, adjoint=adjoint,
+                 max_steps=max_steps, tol=tol, throw=throw, trace=trace)
