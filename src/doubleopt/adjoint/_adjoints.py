@@ -14,7 +14,10 @@ r"""Adjoints: how ``solve`` differentiates the solution :math:`y^*(x)`.
   for every tensor :math:`\theta` the objective depends on (context tensors, problem parameters,
   tensors the objective closes over). The backward pass solves :math:`H v = \bar y` per instance with
   :class:`CG` (Hessian-vector products, matrix-free) or :class:`Cholesky` (dense Hessian, small ``n``).
-  Memory is independent of the number of steps.
+  Memory is independent of the number of steps. A problem whose solutions are not characterized by
+  :math:`\nabla_y s = 0` (a constrained problem, e.g. :class:`~doubleopt.problems.QPProblem`) may define
+  ``implicit_solution(y_star, state, x) -> y``, which returns ``y_star`` made differentiable through its own
+  optimality conditions (for QPs, the KKT conditions); ``Implicit`` then uses it instead.
 
 An adjoint has one job; no solver looks at which adjoint is in use.
 """
@@ -70,10 +73,10 @@ class Truncated(AbstractAdjoint):
         from .._solution import RESULTS
 
         frozen = out.result == RESULTS.nonfinite
-        kw = dict(loop_kwargs, max_steps=self.k, tol=-1.0, rtol=0.0, trace=False, progress=False)
+        kw = dict(loop_kwargs, max_steps=self.k, tol=-1.0, rtol=0.0, trace=False, progress=False,
+                  done0=frozen, result0=out.result)
         with torch.enable_grad():
-            tail = iterate(problem, solver, x, out.y.detach(), state0=tree_detach(out.state), done0=frozen,
-                           result0=out.result, **kw)
+            tail = iterate(problem, solver, x, out.y.detach(), state0=tree_detach(out.state), **kw)
         return replace(out, y=tail.y, state=tail.state)
 
 
@@ -123,6 +126,9 @@ class Implicit(AbstractAdjoint):
         if not torch.is_grad_enabled():
             return out
         y_star = out.y.detach()
+        hook = getattr(problem, "implicit_solution", None)
+        if hook is not None:  # constrained problems differentiate their own optimality (KKT) conditions
+            return replace(out, y=hook(y_star, out.state, x))
         with torch.enable_grad():
             _, g = problem.smooth_value_and_grad(y_star, x)
         if not g.requires_grad:  # nothing the objective depends on requires grad
