@@ -190,6 +190,11 @@ class ResistorNetwork:
         self._set_outputs(output_nodes, output_edges, is_fixed)
         self._check_floating()
         self._build_structure()
+        if np.linalg.matrix_rank(self._Mf.toarray()) < self.n_outputs:
+            raise ValueError(
+                f"the {self.n_outputs} outputs {self.output_pairs.tolist()[:8]} (node, node-or--1 pairs) are "
+                "linearly dependent on the free nodes, so they cannot be clamped independently; remove one"
+            )
         self.k = self.check_k(np.ones(len(e)) if k is None else k)
 
     # ---- construction helpers ------------------------------------------------------------------
@@ -445,6 +450,11 @@ class LaplacianFactor:
     def __init__(self, net: ResistorNetwork, k: np.ndarray):
         self.net, self.k = net, k
         L = net.laplacian(k)
+        if not np.isfinite(L.data).all():
+            raise SingularNetworkError(
+                f"the reduced Laplacian of {net!r} overflows (conductances up to {k.max():.3g}); rescale k"
+            )
+        self.L = L
         try:
             self.lu = spla.splu(
                 L, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
@@ -515,6 +525,14 @@ class LaplacianFactor:
             rhs = np.zeros((net.n_free, B))
             rhs[net._pos[net.sources]] = x.T
         Vf = self.solve(rhs)
+        # a posteriori check (one sparse mat-vec): a numerically singular system never passes silently
+        res = np.abs(self.L @ Vf - rhs).max(initial=0.0)
+        scale = abs(self.L).max() * np.abs(Vf).max(initial=0.0) + np.abs(rhs).max(initial=0.0)
+        if not res <= 1e-8 * scale:
+            raise SingularNetworkError(
+                f"the free-state solve is numerically singular (residual {res:.3g} vs scale {scale:.3g}); "
+                f"conductances span [{self.k.min():.3g}, {self.k.max():.3g}]"
+            )
         V = np.empty((B, net.n_nodes))
         V[:, net.free] = Vf.T
         V[:, net.fixed] = VF
