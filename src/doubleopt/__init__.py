@@ -20,5 +20,6 @@ __all__ = [
 ]
 
 # Feature packages (each issue adds its line here):
+from .solvers.qp import QP, qp_solve  # noqa: E402,F401  (issue 5: OptNet)
 from . import physical  # noqa: E402,F401
 from . import learned  # noqa: E402,F401

@@ -12,3 +12,11 @@ __all__ = [
     "RobustRegression", "RegressionContext", "MLPClassifier", "ClassificationContext", "Lasso", "LassoContext",
     "soft_threshold", "load_dataset",
 ]
+
+from .qp import PortfolioQP, QPData, QPProblem, QPStart, RandomQP, make_qp_data  # noqa: E402
+
+__all__ += ["QPProblem", "QPData", "QPStart", "RandomQP", "PortfolioQP", "make_qp_data"]
+
+from .ot import DigitsOT, EntropicOT, OTContext, SphereOT  # noqa: E402
+
+__all__ += ["EntropicOT", "OTContext", "DigitsOT", "SphereOT"]

@@ -363,39 +363,63 @@ class _QPKKT(torch.autograd.Function):
     """Forward: the solution ``z`` (already computed). Backward: the OptNet adjoint system."""
 
     @staticmethod
-    def forward(ctx, z, lam, nu, d, L, W, LM, Q, q, A, b, G, h):
-        ctx.save_for_backward(z, lam, nu, d, L, W, LM)
+    def forward(ctx, z, lam, nu, s, d, L, W, LM, Q, q, A, b, G, h):
+        ctx.save_for_backward(z, lam, nu, s, d, L, W, LM)
         ctx.p, ctx.m = b.shape[-1], h.shape[-1]
-        ctx.shared = {name: _shared(t) for name, t in (("Q", Q), ("A", A), ("G", G))}
-        ctx.A, ctx.G = A.detach(), G.detach()
+        ctx.Q, ctx.A, ctx.G = _sym(Q.detach()), A.detach(), G.detach()
         return z.clone()
 
     @staticmethod
     def backward(ctx, gz):
-        z, lam, nu, d, L, W, LM = ctx.saved_tensors
-        A, G = ctx.A, ctx.G
-        wz, wnu = QP._reduced_solve(L, W, LM, A, -gz, gz.new_zeros(gz.shape[0], ctx.p))
+        z, lam, nu, s, d, L, W, LM = ctx.saved_tensors
+        wz, what, wnu = kkt_adjoint_solve(ctx.Q, ctx.A, ctx.G, lam, s, d, L, W, LM, gz)
         need = ctx.needs_input_grad
         gQ = gq = gA = gb = gG = gh = None
-        if need[7]:
+        if need[8]:
             outer = wz[:, :, None] * z[:, None, :]
             gQ = 0.5 * (outer + outer.transpose(-1, -2))
-        if need[8]:
-            gq = wz
         if need[9]:
-            gA = nu[:, :, None] * wz[:, None, :] + wnu[:, :, None] * z[:, None, :]
+            gq = wz
         if need[10]:
+            gA = nu[:, :, None] * wz[:, None, :] + wnu[:, :, None] * z[:, None, :]
+        if need[11]:
             gb = -wnu
-        if ctx.m > 0 and (need[11] or need[12]):
-            what = d * _mv(G, wz)
-            if need[11]:
-                gG = lam[:, :, None] * wz[:, None, :] + what[:, :, None] * z[:, None, :]
-            if need[12]:
-                gh = -what
-        elif need[11] or need[12]:
-            gG = torch.zeros_like(G) if need[11] else None
-            gh = gz.new_zeros(gz.shape[0], 0) if need[12] else None
-        return None, None, None, None, None, None, None, gQ, gq, gA, gb, gG, gh
+        if need[12]:
+            gG = lam[:, :, None] * wz[:, None, :] + what[:, :, None] * z[:, None, :]
+        if need[13]:
+            gh = -what
+        return (None,) * 8 + (gQ, gq, gA, gb, gG, gh)
+
+
+def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
+    r"""Solve the OptNet adjoint system at a QP solution, reusing the interior-point factorization.
+
+    Unknowns :math:`(w_z, \hat w, w_\nu)` with :math:`\hat w = \Lambda w_\lambda`:
+
+    .. math:: Q w_z + G^\top \hat w + A^\top w_\nu = -\bar z,\quad G w_z - (s/\lambda) \circ \hat w = 0,
+       \quad A w_z = 0.
+
+    Eliminating :math:`\hat w = D G w_z` gives the reduced matrix :math:`H = Q + G^\top D G` that the
+    forward pass factorized. ``H`` is ill-conditioned near the solution (``D -> inf`` on active
+    constraints), so a few steps of iterative refinement on this well-scaled system recover full accuracy.
+    """
+    m = lam.shape[-1]
+    wz = torch.zeros_like(gz)
+    what = gz.new_zeros(gz.shape[0], m)
+    wnu = gz.new_zeros(gz.shape[0], A.shape[-2])
+    E = s / lam.clamp_min(torch.finfo(s.dtype).tiny)
+    R1, R2, R3 = -gz, what, wnu
+    for k in range(refinements + 1):
+        rhs = R1 + _mtv(G, d * R2) if m > 0 else R1
+        dz, dnu = QP._reduced_solve(L, W, LM, A, rhs, R3)
+        dw = d * (_mv(G, dz) - R2) if m > 0 else what
+        wz, what, wnu = wz + dz, what + dw, wnu + dnu
+        if k == refinements:
+            break
+        R1 = -gz - _mv(Q, wz) - (_mtv(G, what) if m > 0 else 0.0) - (_mtv(A, wnu) if A.shape[-2] > 0 else 0.0)
+        R2 = -(_mv(G, wz) - E * what) if m > 0 else what
+        R3 = -_mv(A, wz) if A.shape[-2] > 0 else wnu
+    return wz, what, wnu
 
 
 def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
@@ -404,8 +428,8 @@ def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
     if not any(t.requires_grad for t in tensors):
         return z
     st = state
-    return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.d.detach(), st.L.detach(),
-                        st.W.detach(), st.LM.detach(), *tensors)
+    return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.s.detach(), st.d.detach(),
+                        st.L.detach(), st.W.detach(), st.LM.detach(), *tensors)
 
 
 QP_DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
