@@ -49,8 +49,8 @@ class QPStart:
 class QPData:
     """A batch of QPs ``min 1/2 z'Qz + q'z  s.t.  Az = b, Gz <= h`` (shapes with batch first).
 
-    ``Q (B, n, n)``, ``q (B, n)``, ``A (B, p, n)``, ``b (B, p)``, ``G (B, m, n)``, ``h (B, m)``; matrices shared
-    by the batch may be ``expand`` ed views (no copy). ``start`` is an optional warm start.
+    ``Q (B, n, n)``, ``q (B, n)``, ``A (B, p, n)``, ``b (B, p)``, ``G (B, m, n)``, ``h (B, m)``; matrices
+    shared by the batch may be ``expand`` ed views (no copy). ``start`` is an optional warm start.
     """
 
     Q: Tensor
@@ -89,12 +89,12 @@ def _as_batched(name: str, t: Tensor | None, B: int, shape: tuple[int, ...], lik
     if tuple(t.shape) == (B, *shape):
         return t
     want = " x ".join(map(str, shape)) or "scalar"
-    raise ValueError(f"{name} must have shape {shape} (shared by the batch) or {(B, *shape)} (one per instance; "
-                     f"{want} each), got {tuple(t.shape)}")
+    raise ValueError(f"{name} must have shape {shape} (shared by the batch) or {(B, *shape)} (one per "
+                     f"instance; {want} each), got {tuple(t.shape)}")
 
 
-def make_qp_data(Q: Tensor, q: Tensor, A: Tensor | None = None, b: Tensor | None = None, G: Tensor | None = None,
-                 h: Tensor | None = None, start: QPStart | None = None) -> QPData:
+def make_qp_data(Q: Tensor, q: Tensor, A: Tensor | None = None, b: Tensor | None = None,
+                 G: Tensor | None = None, h: Tensor | None = None, start: QPStart | None = None) -> QPData:
     """Validate and broadcast QP matrices into a :class:`QPData` batch.
 
     Each of ``Q (n, n)``, ``q (n,)``, ``A (p, n)``, ``b (p,)``, ``G (m, n)``, ``h (m,)`` is either shared by
@@ -120,7 +120,7 @@ def make_qp_data(Q: Tensor, q: Tensor, A: Tensor | None = None, b: Tensor | None
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
             if t.dtype != dtype:
-                raise ValueError(f"dtype mismatch: q is {dtype} but {name} is {t.dtype}; use one dtype for all")
+                raise ValueError(f"dtype mismatch: q is {dtype} but {name} is {t.dtype}; use one dtype")
             if t.device != device:
                 raise ValueError(f"device mismatch: q is on {device} but {name} is on {t.device}")
     p = 0 if A is None else A.shape[-2] if A.dim() >= 2 else -1
@@ -165,9 +165,9 @@ class QPProblem(ProblemFamily):
 
     Example:
         >>> import torch, doubleopt as do
-        >>> data = do.problems.make_qp_data(torch.eye(2, dtype=torch.float64),
-        ...                                 -torch.ones(1, 2, dtype=torch.float64),
-        ...                                 G=torch.eye(2, dtype=torch.float64), h=0.5 * torch.ones(2, dtype=torch.float64))
+        >>> f64 = torch.float64
+        >>> data = do.problems.make_qp_data(torch.eye(2, dtype=f64), -torch.ones(1, 2, dtype=f64),
+        ...                                 G=torch.eye(2, dtype=f64), h=0.5 * torch.ones(2, dtype=f64))
         >>> sol = do.solve(do.problems.QPProblem(), do.solvers.QP(), data, tol=1e-10)
         >>> sol.y
         tensor([[0.5000, 0.5000]], dtype=torch.float64)
@@ -199,7 +199,8 @@ class QPProblem(ProblemFamily):
         shapes = {"Q": (B, n, n), "A": (B, x.p, n), "b": (B, x.p), "G": (B, x.m, n), "h": (B, x.m)}
         for name, shape in shapes.items():
             if tuple(getattr(x, name).shape) != shape:
-                raise ValueError(f"QPData.{name} must have shape {shape}, got {tuple(getattr(x, name).shape)}")
+                got = tuple(getattr(x, name).shape)
+                raise ValueError(f"QPData.{name} must have shape {shape}, got {got}")
         if x.start is not None:
             st = x.start
             for name, t, shape in (("z", st.z, (B, n)), ("s", st.s, (B, x.m)), ("lam", st.lam, (B, x.m)),
@@ -211,9 +212,10 @@ class QPProblem(ProblemFamily):
         bad = not_psd(x.Q, self.psd_tol)
         if bool(bad.any()):
             idx = torch.nonzero(bad).flatten().tolist()
-            raise ValueError(f"Q is not positive semidefinite for instances {idx[:10]}{' ...' if len(idx) > 10 else ''}"
-                             "; the QP is not convex. Fix Q or pass regularization=r > 0 to qp_solve to use "
-                             "Q + r I (a different, convex problem)")
+            more = " ..." if len(idx) > 10 else ""
+            raise ValueError(f"Q is not positive semidefinite for instances {idx[:10]}{more}; the QP is not "
+                             "convex. Fix Q or pass regularization=r > 0 to qp_solve to use Q + r I "
+                             "(a different, convex problem)")
 
     def implicit_solution(self, y: Tensor, state, x: QPData) -> Tensor:
         """Hook used by ``do.Implicit()``: ``y`` made differentiable through the KKT conditions."""
@@ -260,8 +262,8 @@ class RandomQP(QPProblem):
         (torch.Size([4, 10, 10]), torch.Size([4, 20, 10]), torch.Size([4, 3, 10]))
     """
 
-    def __init__(self, n: int = 50, m: int = 100, p: int = 10, eps: float = 1e-1, shared_matrices: bool = False,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(self, n: int = 50, m: int = 100, p: int = 10, eps: float = 1e-1,
+                 shared_matrices: bool = False, dtype: torch.dtype = torch.float64):
         super().__init__()
         if n < 1 or m < 0 or p < 0 or p > n:
             raise ValueError(f"need n >= 1, m >= 0, 0 <= p <= n; got n={n}, m={m}, p={p}")
@@ -312,7 +314,7 @@ class PortfolioQP(QPProblem):
                  sigma_mu: float = 0.05, model_seed: int = 0, dtype: torch.dtype = torch.float64):
         super().__init__()
         if n_assets < 1 or w_max * n_assets < 1:
-            raise ValueError(f"need n_assets >= 1 and w_max * n_assets >= 1 (feasible), got {n_assets}, {w_max}")
+            raise ValueError(f"need n_assets >= 1 and w_max * n_assets >= 1, got {n_assets}, {w_max}")
         g = torch.Generator().manual_seed(model_seed)
         n = n_assets
         F = 0.2 * torch.randn(n, n_factors, generator=g, dtype=torch.float64)
@@ -323,7 +325,8 @@ class PortfolioQP(QPProblem):
         self.register_buffer("mu_bar", mu_bar.to(dtype))
         eye = torch.eye(n, dtype=dtype)
         self.register_buffer("G", torch.cat([eye, -eye]))
-        self.register_buffer("h", torch.cat([torch.full((n,), w_max, dtype=dtype), torch.zeros(n, dtype=dtype)]))
+        upper = torch.full((n,), w_max, dtype=dtype)
+        self.register_buffer("h", torch.cat([upper, torch.zeros(n, dtype=dtype)]))
         self.register_buffer("A", torch.ones(1, n, dtype=dtype))
         self.register_buffer("b", torch.ones(1, dtype=dtype))
         self.n, self.dim, self.sigma_mu, self.dtype = n, n, sigma_mu, dtype

@@ -7,8 +7,8 @@ Solves, for every instance of a batch,
 **Iteration.** With multipliers :math:`\lambda \ge 0` (inequalities) and :math:`\nu` (equalities), the
 residuals are :math:`r_d = Qz + q + G^\top\lambda + A^\top\nu`, :math:`r_e = Az - b`, :math:`r_i = Gz + s - h`
 and the complementarity :math:`s \circ \lambda`. A Newton step on the perturbed KKT conditions eliminates
-:math:`ds = -r_i - G\,dz` and :math:`d\lambda = D G\,dz + S^{-1}(\Lambda r_i - r_c)`, :math:`D = \Lambda S^{-1}`,
-leaving the reduced system
+:math:`ds = -r_i - G\,dz` and :math:`d\lambda = D G\,dz + S^{-1}(\Lambda r_i - r_c)`,
+:math:`D = \Lambda S^{-1}`, leaving the reduced system
 
 .. math:: (Q + G^\top D G)\, dz + A^\top d\nu = -r_d - G^\top S^{-1}(\Lambda r_i - r_c), \qquad A\, dz = -r_e,
 
@@ -24,7 +24,7 @@ one Newton step is exact; with no constraints it is a Cholesky solve.
 
 **Stopping.** ``stationarity`` is the scaled KKT residual
 :math:`\max(\|r_d\|_\infty/(1+\|q\|_\infty), \|r_e\|_\infty/(1+\|b\|_\infty), \|r_i\|_\infty/(1+\|h\|_\infty),
-\mu/(1+|f|))`, compared with ``tol`` by the one :func:`~doubleopt.solve` loop.
+\mu)` with :math:`\mu = s^\top\lambda / m`, compared with ``tol`` by the one :func:`~doubleopt.solve` loop.
 
 **Infeasibility / unboundedness** (per instance, from the iterates as they diverge):
 a primal infeasibility certificate is a ray :math:`y=(\lambda,\nu)`, :math:`\lambda\ge0`, with
@@ -125,7 +125,7 @@ def _sym(Q: Tensor) -> Tensor:
 
 
 def _chol_solve(L: Tensor, R: Tensor) -> Tensor:
-    """``(L L^T)^{-1} R`` by two triangular solves (much faster than ``cholesky_solve`` for batches on CPU)."""
+    """``(L L^T)^{-1} R`` by two triangular solves (faster than ``cholesky_solve`` for CPU batches)."""
     y = torch.linalg.solve_triangular(L, R, upper=False)
     return torch.linalg.solve_triangular(L.transpose(-1, -2), y, upper=True)
 
@@ -170,7 +170,7 @@ class QP(Solver):
 
     def check_problem(self, problem) -> None:
         if not isinstance(problem, QPProblem):
-            raise ValueError(f"QP solves do.problems.QPProblem (contexts QPData), got {type(problem).__name__}")
+            raise ValueError(f"QP solves do.problems.QPProblem (QPData contexts), not {type(problem)}")
 
     # ---- numerics -------------------------------------------------------------------------------------
     def _delta(self, x: QPData) -> float:
@@ -261,13 +261,14 @@ class QP(Solver):
         if x.m > 0:
             res = torch.maximum(res, inf(_mv(x.G, z) + s - x.h) / (1 + inf(x.h)))
             mu = (s * lam).sum(-1) / x.m
-            res = torch.maximum(res, mu / (1 + value.abs()))
+            res = torch.maximum(res, mu)
         return res.detach()
 
     def _certificates(self, z, x: QPData, s, lam, nu, Qs, status) -> Tensor:
         dt = x.q.dtype
         big = self.divergence if self.divergence is not None else (1e6 if dt == torch.float64 else 1e4)
-        eps = self.certificate_tol if self.certificate_tol is not None else (1e-6 if dt == torch.float64 else 1e-3)
+        eps = self.certificate_tol
+        eps = eps if eps is not None else (1e-6 if dt == torch.float64 else 1e-3)
 
         def inf(v):
             return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[0])
@@ -452,7 +453,7 @@ def qp_solve(
     throw: bool = True,
     trace: bool = False,
 ):
-    r"""Solve a batch of convex QPs :math:`\min \tfrac12 z^\top Q z + q^\top z` s.t. :math:`Az = b,\ Gz \le h`.
+    r"""Solve a batch of convex QPs :math:`\min \tfrac12 z^\top Q z + q^\top z`, :math:`Az = b,\ Gz \le h`.
 
     Each matrix is shared by the batch (``Q (n, n)``, ``q (n,)``, ``A (p, n)``, ``b (p,)``, ``G (m, n)``,
     ``h (m,)``) or given per instance with a leading ``B``; omit ``A, b`` (or ``G, h``) for no equality
@@ -474,9 +475,10 @@ def qp_solve(
 
     Example:
         >>> import torch, doubleopt as do
-        >>> Q = torch.eye(3, dtype=torch.float64); q = torch.tensor([[1., -2, 0.5]], dtype=torch.float64)
-        >>> sol = do.qp_solve(Q, q, A=torch.ones(1, 3, dtype=torch.float64), b=torch.ones(1, dtype=torch.float64),
-        ...                   G=-torch.eye(3, dtype=torch.float64), h=torch.zeros(3, dtype=torch.float64))
+        >>> f64 = torch.float64
+        >>> Q = torch.eye(3, dtype=f64); q = torch.tensor([[1., -2, 0.5]], dtype=f64)
+        >>> sol = do.qp_solve(Q, q, A=torch.ones(1, 3, dtype=f64), b=torch.ones(1, dtype=f64),
+        ...                   G=-torch.eye(3, dtype=f64), h=torch.zeros(3, dtype=f64))
         >>> sol.y.round(decimals=6)
         tensor([[0., 1., 0.]], dtype=torch.float64)
     """

@@ -1,0 +1,5 @@
+"""Optimization layers: ``nn.Module`` s whose forward pass is a solve (OptNet QP)."""
+
+from .qp import QPLayer
+
+__all__ = ["QPLayer"]
