@@ -17,7 +17,7 @@ ZOO = {
     "robust": lambda dt: do.problems.RobustRegression(n_features=3, n_points=40, dtype=dt),
     "mlp_synthetic": lambda dt: do.problems.MLPClassifier(hidden=(6,), dataset="synthetic", n_inputs=4,
                                                           n_classes=3, n_points=32, dtype=dt),
-    "mlp_digits": lambda dt: do.problems.MLPClassifier(hidden=(8,), dataset="digits", n_points=32, dtype=dt),
+    "mlp_digits": lambda dt: do.problems.MLPClassifier(hidden=(4,), dataset="digits", n_points=32, dtype=dt),
     "lasso": lambda dt: do.problems.Lasso(n_measurements=12, n_atoms=24, lam=0.05, dtype=dt),
 }
 
@@ -35,6 +35,8 @@ SMOOTH_SOLVERS = {
 }
 PROXIMAL_SOLVERS = {"ista": lambda: do.ISTA(), "fista": lambda: do.FISTA()}
 SOLVERS = {**SMOOTH_SOLVERS, **PROXIMAL_SOLVERS}
+# solvers with a sufficient-decrease line search never increase the objective
+MONOTONE = {"gd_armijo", "lbfgs", "ncg", "newton", "ista"}
 
 
 def compatible(problem: do.Problem, solver_name: str) -> bool:
