@@ -23,3 +23,4 @@ __all__ = [
 from .solvers.qp import QP, qp_solve  # noqa: E402,F401  (issue 5: OptNet)
 from . import physical  # noqa: E402,F401
 from . import learned  # noqa: E402,F401
+from . import layers  # noqa: E402,F401  (issue 5: OptNet QPLayer)
