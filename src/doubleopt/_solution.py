@@ -97,6 +97,10 @@ class Solution:
             ``tol``, ``solver``.
         state: the solver's final state (a dataclass of tensors).
         trace: ``(T+1, B)`` objective values per step when ``solve(..., trace=True)``, else ``None``.
+        certified: ``(B,)`` bool, set by :class:`doubleopt.amortized.Safeguarded`: the amortized answer
+            passed its certificate directly (``None`` for plain solves).
+        fell_back: ``(B,)`` bool, set by :class:`doubleopt.amortized.Safeguarded`: the fallback solver ran
+            for this instance, warm-started from the amortized answer (``None`` for plain solves).
     """
 
     y: Tensor
@@ -107,6 +111,8 @@ class Solution:
     stats: dict[str, Any] = field(default_factory=dict)
     state: Any = None
     trace: Tensor | None = None
+    certified: Tensor | None = None
+    fell_back: Tensor | None = None
 
     @property
     def successful(self) -> Tensor:

@@ -53,8 +53,10 @@ class Sinkhorn(Solver):
 
     def check_problem(self, problem) -> None:
         if not hasattr(problem, "evaluate") or not hasattr(problem, "lse_rows"):
-            raise ValueError(f"Sinkhorn needs an entropic OT problem (do.problems.EntropicOT and its families), "
-                             f"got {type(problem).__name__}")
+            raise ValueError(
+                f"Sinkhorn needs an entropic OT problem (do.problems.EntropicOT and its families), "
+                f"got {type(problem).__name__}"
+            )
         super().check_problem(problem)
 
     def _state(self, problem, f, x) -> SinkhornState:
