@@ -189,7 +189,10 @@ class QPProblem(ProblemFamily):
     def init(self, x: QPData) -> Tensor:
         if x.start is not None:
             return x.start.z
-        return torch.zeros_like(x.q)
+        from ..solvers.qp import QP
+
+        with torch.no_grad():
+            return QP().cold_start(x)
 
     def check_context(self, x: QPData) -> None:
         if not isinstance(x, QPData):

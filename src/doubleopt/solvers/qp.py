@@ -311,10 +311,9 @@ class QP(Solver):
             lam = st.lam.clamp_min(self.warm_start_floor) if st.lam is not None else torch.ones_like(s)
             nu = st.nu if st.nu is not None else z.new_zeros(B, x.p)
             return self._state(problem, z, x, s, lam, nu, status, Qs)
-        # cold start (CVXOPT): min 1/2 z'Qz + q'z + 1/2 ||s||^2 s.t. Gz + s = h, Az = b, then shift s, lam > 0
-        L, W, LM, ok = self._factor(Qs, x, x.q.new_ones(B, x.m))
-        r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
-        z, nu = self._reduced_solve(L, W, LM, x.A, r1, x.b)
+        # primal start y (QPProblem.init: the CVXOPT cold start); slacks and multipliers as in CVXOPT:
+        # s = h - Gz, lam = -s, both shifted to be > 0
+        z = y
         if x.m > 0:
             s = x.h - _mv(x.G, z)
             lam = -s
@@ -324,8 +323,15 @@ class QP(Solver):
             lam = torch.where(a_d >= 0, lam + 1 + a_d, lam)
         else:
             s = lam = z.new_zeros(B, 0)
-        status = torch.where(ok, status, int(RESULTS.linear_solver_failed))
-        return self._state(problem, z, x, s, lam, nu, status, Qs)
+        return self._state(problem, z, x, s, lam, z.new_zeros(B, x.p), status, Qs)
+
+    def cold_start(self, x: QPData) -> Tensor:
+        """The CVXOPT initial primal point: ``argmin 1/2 z'Qz + q'z + 1/2 ||h - Gz||^2`` s.t. ``Az = b``."""
+        B = x.q.shape[0]
+        L, W, LM, ok = self._factor(_sym(x.Q), x, x.q.new_ones(B, x.m))
+        r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
+        z, _ = self._reduced_solve(L, W, LM, x.A, r1, x.b)
+        return torch.where(ok[:, None], z, torch.zeros_like(z))
 
     def step(self, problem, z, x: QPData, st: QPState):
         Qs = _sym(x.Q)

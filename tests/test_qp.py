@@ -1,0 +1,209 @@
+"""The batched interior-point QP solver: oracles (CVXPY/Clarabel), edge cases, result codes, gradients."""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+import doubleopt as do
+from doubleopt.problems import QPStart, RandomQP
+
+F64 = torch.float64
+
+
+def cvxpy_solve(Q, q, A, b, G, h):
+    n = q.shape[-1]
+    z = cp.Variable(n)
+    cons = []
+    if A is not None and A.shape[0] > 0:
+        cons.append(A @ z == b)
+    if G is not None and G.shape[0] > 0:
+        cons.append(G @ z <= h)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(z, cp.psd_wrap(Q)) + q @ z), cons)
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    return prob.status, z.value
+
+
+def _np(t, i):
+    return t[i].detach().numpy() if t.shape[-1] > 0 or t.dim() > 1 else None
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("n,m,p", [(8, 12, 3), (6, 10, 0), (5, 0, 2)])
+def test_matches_cvxpy(shared, n, m, p):
+    x = RandomQP(n=n, m=m, p=p, shared_matrices=shared).sample(4, seed=3)
+    sol = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-10)
+    assert bool(sol.successful.all())
+    for i in range(4):
+        status, z = cvxpy_solve(*(t[i].numpy() for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
+        assert status == "optimal"
+        np.testing.assert_allclose(sol.y[i].numpy(), z, atol=1e-6)
+    # the multipliers satisfy the KKT conditions
+    st = sol.state
+    assert bool((st.lam >= 0).all()) and bool((st.s >= 0).all())
+    assert float((st.lam * st.s).sum(-1).max()) < 1e-8 * max(m, 1)
+
+
+def test_unconstrained_and_b1_shapes():
+    g = torch.Generator().manual_seed(0)
+    L = torch.randn(5, 5, generator=g, dtype=F64)
+    Q = L @ L.T + torch.eye(5, dtype=F64)
+    q = torch.randn(5, generator=g, dtype=F64)
+    sol = do.qp_solve(Q, q)  # everything shared -> B = 1
+    assert sol.y.shape == (1, 5)
+    torch.testing.assert_close(sol.y[0], torch.linalg.solve(Q, -q))
+    assert int(sol.num_steps[0]) <= 1
+
+
+def test_equality_only_closed_form():
+    g = torch.Generator().manual_seed(1)
+    B, n, p = 3, 6, 2
+    Q = torch.eye(n, dtype=F64).expand(B, n, n) * 2
+    q = torch.randn(B, n, generator=g, dtype=F64)
+    A = torch.randn(B, p, n, generator=g, dtype=F64)
+    b = torch.randn(B, p, generator=g, dtype=F64)
+    sol = do.qp_solve(Q, q, A, b)
+    K = torch.cat([torch.cat([Q, A.transpose(1, 2)], 2), torch.cat([A, torch.zeros(B, p, p, dtype=F64)], 2)], 1)
+    ref = torch.linalg.solve(K, torch.cat([-q, b], 1))
+    torch.testing.assert_close(sol.y, ref[:, :n])
+    torch.testing.assert_close(sol.state.nu, ref[:, n:])
+
+
+def test_per_instance_infeasible_and_unbounded_codes():
+    # instance 0 feasible, 1 infeasible (z <= -1 and z >= 1), 2 unbounded (min -z2, z >= 0, Q = diag(1, 0))
+    Q = torch.stack([torch.eye(2, dtype=F64), torch.eye(2, dtype=F64), torch.diag(torch.tensor([1.0, 0.0], dtype=F64))])
+    q = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, -1.0]], dtype=F64)
+    G = torch.stack([-torch.eye(2, dtype=F64), torch.tensor([[1.0, 0], [-1, 0]], dtype=F64), -torch.eye(2, dtype=F64)])
+    h = torch.tensor([[0.0, 0.0], [-1.0, -1.0], [0.0, 0.0]], dtype=F64)
+    sol = do.qp_solve(Q, q, G=G, h=h, throw=False, max_steps=200)
+    assert sol.result.tolist() == [do.RESULTS.successful, do.RESULTS.infeasible, do.RESULTS.unbounded]
+    assert torch.isfinite(sol.y).all()
+    with pytest.raises(do.SolveError, match="infeasible"):
+        do.qp_solve(Q, q, G=G, h=h, max_steps=200)
+
+
+def test_unbounded_unconstrained_and_equality_infeasible():
+    Q = torch.diag(torch.tensor([1.0, 0.0], dtype=F64))
+    sol = do.qp_solve(Q, torch.tensor([0.0, 1.0], dtype=F64), throw=False)
+    assert sol.result.tolist() == [do.RESULTS.unbounded]
+    # rank-deficient and inconsistent equalities: z1 + z2 = 1 and z1 + z2 = 2
+    A = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64)
+    sol = do.qp_solve(torch.eye(2, dtype=F64), torch.zeros(2, dtype=F64), A, torch.tensor([1.0, 2.0], dtype=F64),
+                      G=-torch.eye(2, dtype=F64), h=torch.ones(2, dtype=F64), throw=False, max_steps=200)
+    assert sol.result.tolist() == [do.RESULTS.infeasible]
+
+
+def test_rank_deficient_consistent_equalities():
+    A = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+    b = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
+    q = torch.tensor([0.3, -0.2, 0.0], dtype=F64)
+    sol = do.qp_solve(torch.eye(3, dtype=F64), q, A, b, G=-torch.eye(3, dtype=F64), h=torch.zeros(3, dtype=F64))
+    status, z = cvxpy_solve(np.eye(3), q.numpy(), A.numpy(), b.numpy(), -np.eye(3), np.zeros(3))
+    np.testing.assert_allclose(sol.y[0].numpy(), z, atol=1e-6)
+
+
+def test_not_psd_is_a_clear_error_and_regularization_option():
+    Q = torch.diag(torch.tensor([1.0, -0.5], dtype=F64))
+    q = torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"not positive semidefinite for instances \[0, 1\]"):
+        do.qp_solve(Q, q, G=torch.eye(2, dtype=F64), h=torch.ones(2, dtype=F64))
+    sol = do.qp_solve(Q, q, G=torch.eye(2, dtype=F64), h=torch.ones(2, dtype=F64), regularization=1.0)
+    assert bool(sol.successful.all())
+
+
+def test_bad_inputs():
+    Q, q = torch.eye(3, dtype=F64), torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(ValueError, match="A and b come together"):
+        do.qp_solve(Q, q, A=torch.ones(1, 3, dtype=F64))
+    with pytest.raises(ValueError, match="G must have shape"):
+        do.qp_solve(Q, q, G=torch.ones(4, 2, dtype=F64), h=torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        do.qp_solve(Q.float(), q)
+    with pytest.raises(ValueError, match="batch size"):
+        do.qp_solve(torch.eye(3, dtype=F64).expand(4, 3, 3), q)
+    with pytest.raises(ValueError, match="more equality constraints"):
+        do.qp_solve(Q, q, A=torch.ones(4, 3, dtype=F64), b=torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match="non-finite"):
+        do.qp_solve(Q, torch.tensor([[0.0, float("nan"), 0.0]], dtype=F64))
+    sol = do.qp_solve(Q, torch.tensor([[0.0, float("nan"), 0.0], [1.0, 0.0, 0.0]], dtype=F64), throw=False)
+    assert sol.result.tolist() == [do.RESULTS.nonfinite, do.RESULTS.successful]
+
+
+def test_warm_start_from_solution_is_faster():
+    fam = do.problems.PortfolioQP(n_assets=20)
+    x = fam.sample(16, seed=0)
+    cold = do.solve(fam, do.solvers.QP(), x, tol=1e-9)
+    mu = fam.returns(x) * (1 + 1e-3)  # a nearby problem, warm-started from the previous solution
+    st = cold.state
+    warm = do.solve(fam, do.solvers.QP(warm_start_floor=1e-4),
+                    fam.context(mu, start=QPStart(cold.y, st.s, st.lam, st.nu)), tol=1e-11)
+    ref = do.solve(fam, do.solvers.QP(), fam.context(mu), tol=1e-11)
+    assert bool(warm.successful.all())
+    torch.testing.assert_close(warm.y, ref.y, atol=1e-5, rtol=0)  # near-degenerate bounds: z error ~ mu / lam
+    assert float(warm.num_steps.double().mean()) < float(ref.num_steps.double().mean())
+
+
+def test_family_sampling_is_seeded():
+    fam = RandomQP(n=4, m=5, p=1)
+    a, b = fam.sample(3, seed=7), fam.sample(3, seed=7)
+    assert torch.equal(a.Q, b.Q) and torch.equal(a.h, b.h)
+    assert not torch.equal(a.q, fam.sample(3, seed=8).q)
+
+
+def test_float32_close_to_float64():
+    x = RandomQP(n=10, m=20, p=2).sample(8, seed=0)
+    ref = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h)
+    x32 = [t.float() for t in (x.Q, x.q, x.A, x.b, x.G, x.h)]
+    sol = do.qp_solve(*x32, tol=1e-5, throw=False)
+    assert bool(sol.successful.all())
+    assert float((sol.y.double() - ref.y).abs().max()) < 1e-3  # float32 is good to ~1e-4, not 1e-6
+
+
+def _fd_check(x, names, eps=1e-6):
+    w = torch.randn(x.q.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    base = {k: getattr(x, k).clone() for k in "QqAbGh"}
+
+    def loss(**kw):
+        return (do.qp_solve(*(kw[k] for k in "QqAbGh"), tol=1e-12, max_steps=100).y * w).sum()
+
+    leaves = {k: base[k].clone().requires_grad_(k in names) for k in "QqAbGh"}
+    loss(**leaves).backward()
+    for k in names:
+        fd = torch.zeros_like(base[k]).reshape(-1)
+        for i in range(fd.numel()):
+            tp, tm = base[k].clone().reshape(-1), base[k].clone().reshape(-1)
+            tp[i] += eps
+            tm[i] -= eps
+            fd[i] = (loss(**{**base, k: tp.reshape(base[k].shape)}) -
+                     loss(**{**base, k: tm.reshape(base[k].shape)})) / (2 * eps)
+        torch.testing.assert_close(leaves[k].grad, fd.reshape(base[k].shape), atol=1e-6, rtol=1e-5,
+                                   msg=f"gradient of {k}")
+
+
+def test_gradients_match_finite_differences():
+    x = RandomQP(n=3, m=4, p=1).sample(2, seed=1)
+    _fd_check(x, "QqAbGh")
+
+
+def test_implicit_matches_unrolled():
+    x = RandomQP(n=6, m=9, p=2).sample(3, seed=2)
+    grads = []
+    for adjoint in (do.Implicit(), do.Unroll()):
+        leaves = [getattr(x, k).clone().requires_grad_() for k in "QqAbGh"]
+        sol = do.qp_solve(*leaves, adjoint=adjoint, tol=1e-12, max_steps=100)
+        (sol.y ** 2).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for k, gi, gu in zip("QqAbGh", *grads):
+        torch.testing.assert_close(gi, gu, atol=1e-6, rtol=1e-5, msg=f"implicit vs unrolled for {k}")
+
+
+def test_shared_matrix_gradient_sums_over_batch():
+    x = RandomQP(n=4, m=5, p=1, shared_matrices=True).sample(3, seed=4)
+    G = x.G[0].clone().requires_grad_()
+    do.qp_solve(x.Q[0], x.q, x.A[0], x.b, G, x.h).y.sum().backward()
+    g_sum = torch.zeros_like(G)
+    for i in range(3):
+        Gi = x.G[0].clone().requires_grad_()
+        do.qp_solve(x.Q[0], x.q[i], x.A[0], x.b[i], Gi, x.h[i]).y.sum().backward()
+        g_sum += Gi.grad
+    torch.testing.assert_close(G.grad, g_sum)
