@@ -61,6 +61,25 @@ def test_free_state_matches_dense_oracle(input_kind, output_kind):
     np.testing.assert_allclose(V.numpy(), _dense_free_state(net, x), atol=1e-11)
 
 
+@pytest.mark.parametrize("input_kind", ["voltage", "current"])
+def test_superposition_equals_direct_solves(input_kind):
+    net = ph.random_network(60, n_inputs=2, n_outputs=2, seed=9, input_kind=input_kind, k_init="uniform")
+    x, t = _data(net, B=12)
+    f = net.factorize()
+    a, b = f.free(x, t, superpose=True), f.free(x, t, superpose=False)
+    assert a.coef.shape[1] < b.coef.shape[1] == 12
+    np.testing.assert_allclose(a.V, b.V, atol=1e-13)
+    np.testing.assert_allclose(a.dV, b.dV, atol=1e-13)
+    np.testing.assert_allclose(a.residual, b.residual, atol=1e-13)
+    for rule in (ph.CoupledLearning(0.2), ph.EquilibriumPropagation(0.2, True), ph.ExactGradient()):
+        np.testing.assert_allclose(rule.estimate(f, a), rule.estimate(f, b), atol=1e-13)
+    # the low-rank rule formulas equal the plain (B, E) formulas
+    dVC = b.dV + f.drop_response(f.clamp_weights(b, 0.2))
+    np.testing.assert_allclose(
+        ph.CoupledLearning(0.2).estimate(f, a), (dVC**2 - b.dV**2).mean(0) / 0.2, atol=1e-13
+    )
+
+
 def test_grid_free_state_symmetry():
     g = ph.grid_graph(5, 5)
     net = ph.ResistorNetwork(g.n_nodes, g.edges, sources=[0], ground=[24], output_nodes=[12, 6])

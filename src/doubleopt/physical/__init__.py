@@ -121,3 +121,7 @@ __all__ = [
     "mode_alignment",
     "ModeAlignment",
 ]
+
+from ._tasks import Task, allosteric_task, iris_task, regression_task  # noqa: E402
+
+__all__ += ["Task", "allosteric_task", "regression_task", "iris_task"]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._network import ArrayLike, FreeState, LaplacianFactor, ResistorNetwork
+from ._network import ArrayLike, FreeState, LaplacianFactor, ResistorNetwork, mean_product
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ class CoupledLearning:
             raise ValueError(f"CoupledLearning needs 0 < eta <= 1, got {self.eta}")
 
     def estimate(self, factor: LaplacianFactor, st: FreeState) -> np.ndarray:
-        dVC = st.dV + factor.drop_response(factor.clamp_weights(st, self.eta))
-        return (dVC**2 - st.dV**2).mean(0) / self.eta
+        # mean_b (dV^C)^2 - (dV^F)^2 = mean_b 2 dV^F d + d^2, with d = W dZ^T the clamping response
+        W, A, dZ = factor.clamp_weights(st, self.eta), st.drop_basis, factor.dZ
+        return (2 * mean_product(st.coef, A, W, dZ) + mean_product(W, dZ, W, dZ)) / self.eta
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,13 @@ class EquilibriumPropagation:
             raise ValueError(f"EquilibriumPropagation needs beta > 0, got {self.beta}")
 
     def estimate(self, factor: LaplacianFactor, st: FreeState) -> np.ndarray:
-        dVp = st.dV + factor.drop_response(factor.nudge_weights(st, self.beta))
-        if not self.symmetric:
-            return (dVp**2 - st.dV**2).mean(0) / (2 * self.beta)
-        dVm = st.dV + factor.drop_response(factor.nudge_weights(st, -self.beta))
-        return (dVp**2 - dVm**2).mean(0) / (4 * self.beta)
+        Wp, A, dZ = factor.nudge_weights(st, self.beta), st.drop_basis, factor.dZ
+        if not self.symmetric:  # (dV + d)^2 - dV^2 = 2 dV d + d^2
+            return (2 * mean_product(st.coef, A, Wp, dZ) + mean_product(Wp, dZ, Wp, dZ)) / (2 * self.beta)
+        Wm = factor.nudge_weights(st, -self.beta)
+        Wd = Wp - Wm  # (dV + dp)^2 - (dV + dm)^2 = 2 dV (dp - dm) + dp^2 - dm^2
+        sq = mean_product(Wp, dZ, Wp, dZ) - mean_product(Wm, dZ, Wm, dZ)
+        return (2 * mean_product(st.coef, A, Wd, dZ) + sq) / (4 * self.beta)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class ExactGradient:
     """The exact gradient of the cost by the sparse adjoint method."""
 
     def estimate(self, factor: LaplacianFactor, st: FreeState) -> np.ndarray:
-        return -(st.dV * factor.drop_response(st.residual)).mean(0)
+        return -mean_product(st.coef, st.drop_basis, st.residual, factor.dZ)
 
 
 Rule = CoupledLearning | EquilibriumPropagation | ExactGradient
@@ -108,7 +111,7 @@ def coupled_learning_limit(
     f = net.factorize(k)
     st = f.free(inputs, targets)
     w = f._solve_S(st.residual.T).T
-    return torch.from_numpy(-2.0 * (st.dV * f.drop_response(w)).mean(0))
+    return torch.from_numpy(-2.0 * mean_product(st.coef, st.drop_basis, w, f.dZ))
 
 
 def gradient_estimate(
@@ -129,11 +132,20 @@ class StepResult:
 
 
 def learning_step(
-    net: ResistorNetwork, k: np.ndarray, inputs: np.ndarray, targets: np.ndarray, rule: Rule, lr: float
+    net: ResistorNetwork,
+    k: np.ndarray,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    rule: Rule,
+    lr: float,
+    superpose: bool | None = None,
 ) -> StepResult:
-    """One step of ``rule``: factorize once, free state, clamped/nudged/adjoint state, clipped update."""
+    """One step of ``rule``: factorize once, free state, clamped/nudged/adjoint state, clipped update.
+
+    ``superpose`` is passed to :meth:`LaplacianFactor.free` (default: superpose when it saves solves).
+    """
     f = LaplacianFactor(net, k)
-    st = f.free(inputs, targets)
+    st = f.free(inputs, targets, superpose)
     g = rule.estimate(f, st)
     return StepResult(np.clip(k - lr * g, net.k_min, net.k_max), st.cost, g)
 

@@ -417,27 +417,50 @@ class ResistorNetwork:
 
 @dataclass
 class FreeState:
-    """The free state of a batch of ``B`` samples (float64 NumPy arrays).
+    r"""The free state of a batch of ``B`` samples, in factored (superposition) form, float64 NumPy.
+
+    The free state is linear in the imposed values, so it is stored as ``coef (B, p) @ basis^T``:
+    ``basis`` holds ``p`` node-voltage responses (one per fixed node for voltage inputs, one per source for
+    current inputs, or the ``B`` solutions themselves when ``B <= p``). Then
+    :math:`V = \text{coef}\, \text{basis}^\top` and :math:`\Delta V = \text{coef}\, A^\top` with the
+    basis edge drops :math:`A = D\, \text{basis}` (``E x p``); the learning rules never form
+    ``(B, E)`` arrays.
 
     Attributes:
-        V: ``(B, n)`` node voltages.
-        dV: ``(B, E)`` edge drops.
-        out: ``(B, m)`` outputs.
-        residual: ``(B, m)`` ``out - targets`` (``None`` without targets).
-        targets: ``(B, m)`` or ``None``.
+        coef: ``(B, p)``. basis: ``(n, p)``. drop_basis: ``(E, p)``.
+        out: ``(B, m)`` outputs. residual: ``(B, m)`` ``out - targets`` (``None`` without targets).
     """
 
-    V: np.ndarray
-    dV: np.ndarray
+    coef: np.ndarray
+    basis: np.ndarray
+    drop_basis: np.ndarray
     out: np.ndarray
     residual: np.ndarray | None = None
     targets: np.ndarray | None = None
+
+    @property
+    def V(self) -> np.ndarray:
+        """Node voltages ``(B, n)``."""
+        return self.coef @ self.basis.T
+
+    @property
+    def dV(self) -> np.ndarray:
+        """Edge drops ``(B, E)``."""
+        return self.coef @ self.drop_basis.T
 
     @property
     def cost(self) -> float:
         if self.residual is None:
             raise ValueError("this free state was computed without targets")
         return float(0.5 * (self.residual**2).sum(1).mean())
+
+
+def mean_product(P: np.ndarray, Q: np.ndarray, R: np.ndarray, S: np.ndarray) -> np.ndarray:
+    r""":math:`\frac1B \sum_b (P Q^\top)_{b,:} \odot (R S^\top)_{b,:}`, ``(E,)``, without ``(B, E)`` arrays.
+
+    ``P (B, p)``, ``Q (E, p)``, ``R (B, r)``, ``S (E, r)``: equals ``((Q @ (P^T R / B)) * S).sum(1)``.
+    """
+    return ((Q @ (P.T @ R / P.shape[0])) * S).sum(1)
 
 
 class LaplacianFactor:
@@ -509,21 +532,39 @@ class LaplacianFactor:
         return np.linalg.solve(c.T, np.linalg.solve(c, rhs))
 
     # ---- states ----------------------------------------------------------------------------------------
-    def free(self, inputs: ArrayLike, targets: ArrayLike | None = None) -> FreeState:
-        """The free state for inputs ``(B, n_inputs)`` (and the residual if ``targets`` are given)."""
+    def free(
+        self, inputs: ArrayLike, targets: ArrayLike | None = None, superpose: bool | None = None
+    ) -> FreeState:
+        """The free state for inputs ``(B, n_inputs)`` (and the residual if ``targets`` are given).
+
+        Args:
+            superpose: solve for the ``p`` unit responses of the fixed nodes / sources and superpose them
+                (``p`` right-hand sides instead of ``B``); default: when ``p < B``.
+        """
         net = self.net
         x = net._check_inputs(inputs)
-        B = x.shape[0]
+        B, nF = x.shape[0], len(net.fixed)
+        p = nF if net.input_kind == "voltage" else net.n_inputs
+        if superpose is None:
+            superpose = p < B
         if net.input_kind == "voltage":
             VF = np.concatenate([x, np.zeros((B, len(net.ground)))], 1)  # (B, n_fixed)
-            Lb = sp.csr_matrix(
-                (self.k[net._bnd], (net._bnd_free, net._bnd_fixed)), shape=(net.n_free, len(net.fixed))
-            )
-            rhs = np.asarray(Lb @ VF.T)  # -L_fF V_F
+            Lb = sp.csr_matrix((self.k[net._bnd], (net._bnd_free, net._bnd_fixed)), shape=(net.n_free, nF))
+            if superpose:
+                coef, rhs = VF, Lb.toarray()  # unit voltage on each fixed node: -L_fF e_j
+                fixed_part = np.eye(nF)
+            else:
+                coef, rhs = np.eye(B), np.asarray(Lb @ VF.T)  # -L_fF V_F
+                fixed_part = VF.T
         else:
-            VF = np.zeros((B, len(net.ground)))
-            rhs = np.zeros((net.n_free, B))
-            rhs[net._pos[net.sources]] = x.T
+            src = net._pos[net.sources]
+            if superpose:
+                coef, rhs = x, np.zeros((net.n_free, p))
+                rhs[src, np.arange(p)] = 1.0
+            else:
+                coef, rhs = np.eye(B), np.zeros((net.n_free, B))
+                rhs[src] = x.T
+            fixed_part = np.zeros((nF, rhs.shape[1]))
         Vf = self.solve(rhs)
         # a posteriori check (one sparse mat-vec): a numerically singular system never passes silently
         res = np.abs(self.L @ Vf - rhs).max(initial=0.0)
@@ -533,17 +574,17 @@ class LaplacianFactor:
                 f"the free-state solve is numerically singular (residual {res:.3g} vs scale {scale:.3g}); "
                 f"conductances span [{self.k.min():.3g}, {self.k.max():.3g}]"
             )
-        V = np.empty((B, net.n_nodes))
-        V[:, net.free] = Vf.T
-        V[:, net.fixed] = VF
-        e = net.edges
-        dV = V[:, e[:, 0]] - V[:, e[:, 1]]
-        op = net.output_pairs
-        out = V[:, op[:, 0]] - np.where(op[:, 1] >= 0, V[:, np.maximum(op[:, 1], 0)], 0.0)
+        basis = np.empty((net.n_nodes, Vf.shape[1]))
+        basis[net.free] = Vf
+        basis[net.fixed] = fixed_part
+        e, op = net.edges, net.output_pairs
+        drop_basis = basis[e[:, 0]] - basis[e[:, 1]]
+        out_basis = basis[op[:, 0]] - np.where(op[:, 1, None] >= 0, basis[np.maximum(op[:, 1], 0)], 0.0)
+        out = coef @ out_basis.T
         if targets is None:
-            return FreeState(V, dV, out)
+            return FreeState(coef, basis, drop_basis, out)
         t = net._check_targets(targets, B)
-        return FreeState(V, dV, out, out - t, t)
+        return FreeState(coef, basis, drop_basis, out, out - t, t)
 
     def clamp_weights(self, st: FreeState, eta: float) -> np.ndarray:
         r"""Output currents ``(B, m)`` clamping at :math:`O^F + \eta(T - O^F)`, :math:`-\eta S^{-1} r`."""
