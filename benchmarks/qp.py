@@ -1,0 +1,162 @@
+"""Differentiable QP layers: doubleopt's batched interior point vs qpth and cvxpylayers.
+
+Same random feasible QPs (do.problems.RandomQP, per-instance matrices) for every method; solutions are
+checked to agree within `agree_tol` before anything is timed. Timed: forward + backward of sum(z * w) w.r.t.
+(Q, q, A, b, G, h), median of repeats after a warm-up, threads fixed. Then a scaling sweep of our layer over
+n and B, and the float32 vs float64 accuracy. Run: doubleopt bench qp [-- --quick]
+qpth / cvxpylayers are benchmark-only dependencies (pip install --no-deps qpth==0.0.18; cvxpylayers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import doubleopt as do
+from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+
+
+@dataclass
+class Args:
+    batch: int = 128  # headline batch size B
+    n: int = 50  # variables
+    m: int = 100  # inequalities
+    p: int = 10  # equalities
+    threads: int = 2  # torch / BLAS threads
+    repeats: int = 3  # timed repeats (median)
+    agree_tol: float = 1e-6  # max |z_ours - z_other| before timing
+    scale_n: list[int] = field(default_factory=lambda: [10, 50, 100, 200])  # sweep over n (B = batch)
+    scale_b: list[int] = field(default_factory=lambda: [1, 32, 128, 512])  # sweep over B (n = n)
+    skip_cvxpylayers: bool = False  # cvxpylayers is slow (seconds per batch)
+    quick: bool = False  # seconds-long smoke run (tiny sizes)
+    seed: int = 0  # problem seed
+    out: str = "bench_results/qp"  # output folder
+
+
+def make(args, B, n, m, p, dtype=torch.float64):
+    x = do.problems.RandomQP(n=n, m=m, p=p, dtype=dtype).sample(B, seed=args.seed)
+    return [getattr(x, k) for k in "QqAbGh"]
+
+
+def ours(tensors, w, tol=1e-10):
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    sol = do.qp_solve(*leaves, tol=tol, throw=False)
+    (sol.y * w).sum().backward()
+    return sol.y.detach(), [t.grad for t in leaves], sol
+
+
+def qpth_run(tensors, w):
+    from qpth.qp import QPFunction, QPSolvers
+
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    Q, q, A, b, G, h = leaves  # qpth's argument order is (Q, p, G, h, A, b)
+    z = QPFunction(verbose=-1, solver=QPSolvers.PDIPM_BATCHED)(Q, q, G, h, A, b)
+    (z * w).sum().backward()
+    return z.detach(), [t.grad for t in leaves]
+
+
+def cvxpylayers_build(n, m, p):
+    import cvxpy as cp
+    from cvxpylayers.torch import CvxpyLayer
+
+    Lq, q, A, b, G, h = (cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter((p, n)), cp.Parameter(p),
+                         cp.Parameter((m, n)), cp.Parameter(m))
+    z = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(Lq @ z) + q @ z), [A @ z == b, G @ z <= h])
+    return CvxpyLayer(prob, parameters=[Lq, q, A, b, G, h], variables=[z])
+
+
+def cvxpylayers_run(layer, tensors, w):
+    Q, q, A, b, G, h = tensors
+    leaves = [torch.linalg.cholesky(Q).transpose(-1, -2).clone().requires_grad_(), *[t.clone().requires_grad_()
+                                                                                      for t in (q, A, b, G, h)]]
+    (z,) = layer(*leaves, solver_args={"eps": 1e-10, "max_iters": 10000})
+    (z * w).sum().backward()
+    return z.detach(), [None, *[t.grad for t in leaves[1:]]]
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.batch, args.n, args.m, args.p, args.repeats = 8, 10, 20, 3, 1
+        args.scale_n, args.scale_b = [5, 10], [1, 8]
+    set_threads(args.threads)
+    report = Report("qp", out_dir=args.out)
+    B, n, m, p = args.batch, args.n, args.m, args.p
+    data = make(args, B, n, m, p)
+    w = torch.randn(B, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    t_ours = time_call(lambda: ours(data, w), warmup=1, repeats=args.repeats)
+    z_ours, g_ours, sol = t_ours.result
+    rows = {"doubleopt": t_ours.median}
+    report.add_row(method="doubleopt (KKT adjoint)", fwd_bwd_s=t_ours.median, speedup=1.0, max_dz=0.0,
+                   max_dgrad_q=0.0, steps=float(sol.num_steps.double().mean()))
+    agree = {}
+    try:
+        z_q, g_q = qpth_run(data, w)
+        dz = float((z_q - z_ours).abs().max())
+        agree["qpth"] = dz
+        if dz > args.agree_tol:
+            print(f"qpth disagrees: max |dz| = {dz:.2e} > {args.agree_tol}; timing anyway but flagged")
+        t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
+        rows["qpth"] = t_q.median
+        report.add_row(method="qpth 0.0.18 (PDIPM batched)", fwd_bwd_s=t_q.median,
+                       speedup=t_q.median / t_ours.median, max_dz=dz,
+                       max_dgrad_q=float((g_q[1] - g_ours[1]).abs().max()), steps=float("nan"))
+    except ImportError:
+        print("qpth not installed (pip install --no-deps qpth==0.0.18); skipped")
+    if not args.skip_cvxpylayers:
+        try:
+            layer = cvxpylayers_build(n, m, p)
+            z_c, g_c = cvxpylayers_run(layer, data, w)
+            dz = float((z_c - z_ours).abs().max())
+            agree["cvxpylayers"] = dz
+            if dz > args.agree_tol:
+                print(f"cvxpylayers disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
+            t_c = time_call(lambda: cvxpylayers_run(layer, data, w), warmup=0, repeats=max(1, args.repeats // 2))
+            rows["cvxpylayers"] = t_c.median
+            report.add_row(method="cvxpylayers (SCS)", fwd_bwd_s=t_c.median, speedup=t_c.median / t_ours.median,
+                           max_dz=dz, max_dgrad_q=float((g_c[1] - g_ours[1]).abs().max()), steps=float("nan"))
+        except ImportError:
+            print("cvxpylayers not installed; skipped")
+
+    # scaling sweeps (ours) and float32 vs float64 accuracy
+    scaling = []
+    from tqdm.auto import tqdm
+
+    grid = [(B, nn) for nn in args.scale_n] + [(bb, n) for bb in args.scale_b]
+    for bb, nn in tqdm(grid, desc="scaling"):
+        d = make(args, bb, nn, 2 * nn, max(1, nn // 5))
+        ww = torch.randn(bb, nn, dtype=torch.float64)
+        t = time_call(lambda d=d, ww=ww: ours(d, ww), warmup=1, repeats=args.repeats)
+        d32 = [x.float() for x in d]
+        z32 = do.qp_solve(*d32, tol=1e-5, max_steps=100, throw=False).y.double()
+        scaling.append({"B": bb, "n": nn, "m": 2 * nn, "p": max(1, nn // 5), "fwd_bwd_s": t.median,
+                        "f32_max_err": float((z32 - t.result[0]).abs().max())})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    sn = [r for r in scaling[: len(args.scale_n)]]
+    sb = [r for r in scaling[len(args.scale_n):]]
+    axes[0].loglog([r["n"] for r in sn], [r["fwd_bwd_s"] for r in sn], "o-")
+    axes[0].set(xlabel="n (m = 2n, p = n/5)", ylabel="fwd+bwd time (s)", title=f"B = {B}")
+    axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s"] for r in sb], "o-")
+    axes[1].set(xlabel="batch B", ylabel="fwd+bwd time (s)", title=f"n = {n}")
+    names = list(rows)
+    axes[2].bar(names, [rows[k] for k in names])
+    axes[2].set_yscale("log")
+    axes[2].set(ylabel="fwd+bwd time (s)", title=f"B={B}, n={n}, m={m}, p={p}, float64")
+    report.save({"conditions": conditions(dtype="float64", batch=B, n=n, m=m, p=p, note="machine shared with "
+                                          "other engineers; absolute times are noisy, ratios are same-run"),
+                 "agreement_max_abs_dz": agree, "scaling": scaling}, fig)
+    print(report.table())
+    print("scaling:", *scaling, sep="\n  ")
+    return report
+
+
+if __name__ == "__main__":
+    main()
