@@ -60,8 +60,14 @@ def cvxpylayers_build(n, m, p):
     import cvxpy as cp
     from cvxpylayers.torch import CvxpyLayer
 
-    Lq, q, A, b, G, h = (cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter((p, n)), cp.Parameter(p),
-                         cp.Parameter((m, n)), cp.Parameter(m))
+    Lq, q, A, b, G, h = (
+        cp.Parameter((n, n)),
+        cp.Parameter(n),
+        cp.Parameter((p, n)),
+        cp.Parameter(p),
+        cp.Parameter((m, n)),
+        cp.Parameter(m),
+    )
     z = cp.Variable(n)
     prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(Lq @ z) + q @ z), [A @ z == b, G @ z <= h])
     return CvxpyLayer(prob, parameters=[Lq, q, A, b, G, h], variables=[z])
@@ -69,8 +75,10 @@ def cvxpylayers_build(n, m, p):
 
 def cvxpylayers_run(layer, tensors, w):
     Q, q, A, b, G, h = tensors
-    leaves = [torch.linalg.cholesky(Q).transpose(-1, -2).clone().requires_grad_(), *[t.clone().requires_grad_()
-                                                                                      for t in (q, A, b, G, h)]]
+    leaves = [
+        torch.linalg.cholesky(Q).transpose(-1, -2).clone().requires_grad_(),
+        *[t.clone().requires_grad_() for t in (q, A, b, G, h)],
+    ]
     (z,) = layer(*leaves, solver_args={"eps": 1e-10, "max_iters": 10000})
     (z * w).sum().backward()
     return z.detach(), [None, *[t.grad for t in leaves[1:]]]
@@ -90,8 +98,14 @@ def main(argv=None):
     t_ours = time_call(lambda: ours(data, w), warmup=1, repeats=args.repeats)
     z_ours, g_ours, sol = t_ours.result
     rows = {"doubleopt": t_ours.median}
-    report.add_row(method="doubleopt (KKT adjoint)", fwd_bwd_s=t_ours.median, speedup=1.0, max_dz=0.0,
-                   max_dgrad_q=0.0, steps=float(sol.num_steps.double().mean()))
+    report.add_row(
+        method="doubleopt (KKT adjoint)",
+        fwd_bwd_s=t_ours.median,
+        speedup=1.0,
+        max_dz=0.0,
+        max_dgrad_q=0.0,
+        steps=float(sol.num_steps.double().mean()),
+    )
     agree = {}
     try:
         z_q, g_q = qpth_run(data, w)
@@ -101,9 +115,14 @@ def main(argv=None):
             print(f"qpth disagrees: max |dz| = {dz:.2e} > {args.agree_tol}; timing anyway but flagged")
         t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
         rows["qpth"] = t_q.median
-        report.add_row(method="qpth 0.0.18 (PDIPM batched)", fwd_bwd_s=t_q.median,
-                       speedup=t_q.median / t_ours.median, max_dz=dz,
-                       max_dgrad_q=float((g_q[1] - g_ours[1]).abs().max()), steps=float("nan"))
+        report.add_row(
+            method="qpth 0.0.18 (PDIPM batched)",
+            fwd_bwd_s=t_q.median,
+            speedup=t_q.median / t_ours.median,
+            max_dz=dz,
+            max_dgrad_q=float((g_q[1] - g_ours[1]).abs().max()),
+            steps=float("nan"),
+        )
     except ImportError:
         print("qpth not installed (pip install --no-deps qpth==0.0.18); skipped")
     if not args.skip_cvxpylayers:
@@ -114,10 +133,18 @@ def main(argv=None):
             agree["cvxpylayers"] = dz
             if dz > args.agree_tol:
                 print(f"cvxpylayers disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
-            t_c = time_call(lambda: cvxpylayers_run(layer, data, w), warmup=0, repeats=max(1, args.repeats // 2))
+            t_c = time_call(
+                lambda: cvxpylayers_run(layer, data, w), warmup=0, repeats=max(1, args.repeats // 2)
+            )
             rows["cvxpylayers"] = t_c.median
-            report.add_row(method="cvxpylayers (SCS)", fwd_bwd_s=t_c.median, speedup=t_c.median / t_ours.median,
-                           max_dz=dz, max_dgrad_q=float((g_c[1] - g_ours[1]).abs().max()), steps=float("nan"))
+            report.add_row(
+                method="cvxpylayers (SCS)",
+                fwd_bwd_s=t_c.median,
+                speedup=t_c.median / t_ours.median,
+                max_dz=dz,
+                max_dgrad_q=float((g_c[1] - g_ours[1]).abs().max()),
+                steps=float("nan"),
+            )
         except ImportError:
             print("cvxpylayers not installed; skipped")
 
@@ -132,8 +159,16 @@ def main(argv=None):
         t = time_call(lambda d=d, ww=ww: ours(d, ww), warmup=1, repeats=args.repeats)
         d32 = [x.float() for x in d]
         z32 = do.qp_solve(*d32, tol=1e-5, max_steps=100, throw=False).y.double()
-        scaling.append({"B": bb, "n": nn, "m": 2 * nn, "p": max(1, nn // 5), "fwd_bwd_s": t.median,
-                        "f32_max_err": float((z32 - t.result[0]).abs().max())})
+        scaling.append(
+            {
+                "B": bb,
+                "n": nn,
+                "m": 2 * nn,
+                "p": max(1, nn // 5),
+                "fwd_bwd_s": t.median,
+                "f32_max_err": float((z32 - t.result[0]).abs().max()),
+            }
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +176,7 @@ def main(argv=None):
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     sn = [r for r in scaling[: len(args.scale_n)]]
-    sb = [r for r in scaling[len(args.scale_n):]]
+    sb = [r for r in scaling[len(args.scale_n) :]]
     axes[0].loglog([r["n"] for r in sn], [r["fwd_bwd_s"] for r in sn], "o-")
     axes[0].set(xlabel="n (m = 2n, p = n/5)", ylabel="fwd+bwd time (s)", title=f"B = {B}")
     axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s"] for r in sb], "o-")
@@ -150,9 +185,21 @@ def main(argv=None):
     axes[2].bar(names, [rows[k] for k in names])
     axes[2].set_yscale("log")
     axes[2].set(ylabel="fwd+bwd time (s)", title=f"B={B}, n={n}, m={m}, p={p}, float64")
-    report.save({"conditions": conditions(dtype="float64", batch=B, n=n, m=m, p=p, note="machine shared with "
-                                          "other engineers; absolute times are noisy, ratios are same-run"),
-                 "agreement_max_abs_dz": agree, "scaling": scaling}, fig)
+    report.save(
+        {
+            "conditions": conditions(
+                dtype="float64",
+                batch=B,
+                n=n,
+                m=m,
+                p=p,
+                note="machine shared with other engineers; absolute times are noisy, ratios are same-run",
+            ),
+            "agreement_max_abs_dz": agree,
+            "scaling": scaling,
+        },
+        fig,
+    )
     print(report.table())
     print("scaling:", *scaling, sep="\n  ")
     return report

@@ -23,10 +23,20 @@ def test_layer_learns_and_matches_functional():
     assert layer.b.grad is None if isinstance(layer.b, torch.nn.Parameter) else True
     assert "A" in repr(layer)
     # the same gradient through the unrolled iterations
-    layer_u = do.layers.QPLayer(Q=x.Q[0], A=x.A[0], b=x.b[0], G=x.G[0], h=x.h[0], learnable=("G",),
-                                adjoint=do.Unroll(), tol=1e-11, max_steps=100)
-    layer_i = do.layers.QPLayer(Q=x.Q[0], A=x.A[0], b=x.b[0], G=x.G[0], h=x.h[0], learnable=("G",), tol=1e-11,
-                                max_steps=100)
+    layer_u = do.layers.QPLayer(
+        Q=x.Q[0],
+        A=x.A[0],
+        b=x.b[0],
+        G=x.G[0],
+        h=x.h[0],
+        learnable=("G",),
+        adjoint=do.Unroll(),
+        tol=1e-11,
+        max_steps=100,
+    )
+    layer_i = do.layers.QPLayer(
+        Q=x.Q[0], A=x.A[0], b=x.b[0], G=x.G[0], h=x.h[0], learnable=("G",), tol=1e-11, max_steps=100
+    )
     for lay in (layer_u, layer_i):
         lay(q=q.detach()).pow(2).sum().backward()
     torch.testing.assert_close(layer_u.G.grad, layer_i.G.grad, atol=1e-6, rtol=1e-5)
@@ -38,7 +48,9 @@ def test_layer_reports_failures_per_instance():
     z = layer(q=torch.zeros(2, 1, dtype=F64), h=h)
     assert layer.last_solution.result.tolist() == [do.RESULTS.successful, do.RESULTS.infeasible]
     assert torch.isfinite(z).all()
-    strict = do.layers.QPLayer(Q=torch.eye(1, dtype=F64), G=torch.tensor([[1.0], [-1.0]], dtype=F64), throw=True)
+    strict = do.layers.QPLayer(
+        Q=torch.eye(1, dtype=F64), G=torch.tensor([[1.0], [-1.0]], dtype=F64), throw=True
+    )
     with pytest.raises(do.SolveError, match="infeasible"):
         strict(q=torch.zeros(2, 1, dtype=F64), h=h)
 

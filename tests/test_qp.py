@@ -63,7 +63,9 @@ def test_equality_only_closed_form():
     A = torch.randn(B, p, n, generator=g, dtype=F64)
     b = torch.randn(B, p, generator=g, dtype=F64)
     sol = do.qp_solve(Q, q, A, b)
-    K = torch.cat([torch.cat([Q, A.transpose(1, 2)], 2), torch.cat([A, torch.zeros(B, p, p, dtype=F64)], 2)], 1)
+    K = torch.cat(
+        [torch.cat([Q, A.transpose(1, 2)], 2), torch.cat([A, torch.zeros(B, p, p, dtype=F64)], 2)], 1
+    )
     ref = torch.linalg.solve(K, torch.cat([-q, b], 1))
     torch.testing.assert_close(sol.y, ref[:, :n])
     torch.testing.assert_close(sol.state.nu, ref[:, n:])
@@ -71,9 +73,13 @@ def test_equality_only_closed_form():
 
 def test_per_instance_infeasible_and_unbounded_codes():
     # instance 0 feasible, 1 infeasible (z <= -1 and z >= 1), 2 unbounded (min -z2, z >= 0, Q = diag(1, 0))
-    Q = torch.stack([torch.eye(2, dtype=F64), torch.eye(2, dtype=F64), torch.diag(torch.tensor([1.0, 0.0], dtype=F64))])
+    Q = torch.stack(
+        [torch.eye(2, dtype=F64), torch.eye(2, dtype=F64), torch.diag(torch.tensor([1.0, 0.0], dtype=F64))]
+    )
     q = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, -1.0]], dtype=F64)
-    G = torch.stack([-torch.eye(2, dtype=F64), torch.tensor([[1.0, 0], [-1, 0]], dtype=F64), -torch.eye(2, dtype=F64)])
+    G = torch.stack(
+        [-torch.eye(2, dtype=F64), torch.tensor([[1.0, 0], [-1, 0]], dtype=F64), -torch.eye(2, dtype=F64)]
+    )
     h = torch.tensor([[0.0, 0.0], [-1.0, -1.0], [0.0, 0.0]], dtype=F64)
     sol = do.qp_solve(Q, q, G=G, h=h, throw=False, max_steps=200)
     assert sol.result.tolist() == [do.RESULTS.successful, do.RESULTS.infeasible, do.RESULTS.unbounded]
@@ -88,8 +94,16 @@ def test_unbounded_unconstrained_and_equality_infeasible():
     assert sol.result.tolist() == [do.RESULTS.unbounded]
     # rank-deficient and inconsistent equalities: z1 + z2 = 1 and z1 + z2 = 2
     A = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64)
-    sol = do.qp_solve(torch.eye(2, dtype=F64), torch.zeros(2, dtype=F64), A, torch.tensor([1.0, 2.0], dtype=F64),
-                      G=-torch.eye(2, dtype=F64), h=torch.ones(2, dtype=F64), throw=False, max_steps=200)
+    sol = do.qp_solve(
+        torch.eye(2, dtype=F64),
+        torch.zeros(2, dtype=F64),
+        A,
+        torch.tensor([1.0, 2.0], dtype=F64),
+        G=-torch.eye(2, dtype=F64),
+        h=torch.ones(2, dtype=F64),
+        throw=False,
+        max_steps=200,
+    )
     assert sol.result.tolist() == [do.RESULTS.infeasible]
 
 
@@ -97,7 +111,9 @@ def test_rank_deficient_consistent_equalities():
     A = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
     b = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
     q = torch.tensor([0.3, -0.2, 0.0], dtype=F64)
-    sol = do.qp_solve(torch.eye(3, dtype=F64), q, A, b, G=-torch.eye(3, dtype=F64), h=torch.zeros(3, dtype=F64))
+    sol = do.qp_solve(
+        torch.eye(3, dtype=F64), q, A, b, G=-torch.eye(3, dtype=F64), h=torch.zeros(3, dtype=F64)
+    )
     status, z = cvxpy_solve(np.eye(3), q.numpy(), A.numpy(), b.numpy(), -np.eye(3), np.zeros(3))
     np.testing.assert_allclose(sol.y[0].numpy(), z, atol=1e-6)
 
@@ -135,8 +151,12 @@ def test_warm_start_from_solution_is_faster():
     cold = do.solve(fam, do.solvers.QP(), x, tol=1e-9)
     mu = fam.returns(x) * (1 + 1e-3)  # a nearby problem, warm-started from the previous solution
     st = cold.state
-    warm = do.solve(fam, do.solvers.QP(warm_start_floor=1e-4),
-                    fam.context(mu, start=QPStart(cold.y, st.s, st.lam, st.nu)), tol=1e-11)
+    warm = do.solve(
+        fam,
+        do.solvers.QP(warm_start_floor=1e-4),
+        fam.context(mu, start=QPStart(cold.y, st.s, st.lam, st.nu)),
+        tol=1e-11,
+    )
     ref = do.solve(fam, do.solvers.QP(), fam.context(mu), tol=1e-11)
     assert bool(warm.successful.all())
     torch.testing.assert_close(warm.y, ref.y, atol=1e-5, rtol=0)  # near-degenerate bounds: z error ~ mu / lam
@@ -174,10 +194,13 @@ def _fd_check(x, names, eps=1e-6):
             tp, tm = base[k].clone().reshape(-1), base[k].clone().reshape(-1)
             tp[i] += eps
             tm[i] -= eps
-            fd[i] = (loss(**{**base, k: tp.reshape(base[k].shape)}) -
-                     loss(**{**base, k: tm.reshape(base[k].shape)})) / (2 * eps)
-        torch.testing.assert_close(leaves[k].grad, fd.reshape(base[k].shape), atol=1e-6, rtol=1e-5,
-                                   msg=f"gradient of {k}")
+            fd[i] = (
+                loss(**{**base, k: tp.reshape(base[k].shape)})
+                - loss(**{**base, k: tm.reshape(base[k].shape)})
+            ) / (2 * eps)
+        torch.testing.assert_close(
+            leaves[k].grad, fd.reshape(base[k].shape), atol=1e-6, rtol=1e-5, msg=f"gradient of {k}"
+        )
 
 
 def test_gradients_match_finite_differences():
@@ -191,7 +214,7 @@ def test_implicit_matches_unrolled():
     for adjoint in (do.Implicit(), do.Unroll()):
         leaves = [getattr(x, k).clone().requires_grad_() for k in "QqAbGh"]
         sol = do.qp_solve(*leaves, adjoint=adjoint, tol=1e-12, max_steps=100)
-        (sol.y ** 2).sum().backward()
+        (sol.y**2).sum().backward()
         grads.append([t.grad for t in leaves])
     for k, gi, gu in zip("QqAbGh", *grads):
         torch.testing.assert_close(gi, gu, atol=1e-6, rtol=1e-5, msg=f"implicit vs unrolled for {k}")
