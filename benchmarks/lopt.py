@@ -92,7 +92,7 @@ def first_step_below(mean_curve, target):
 def main(argv=None):
     args = parse_args(Args, argv)
     if args.quick:
-        args.runs, args.steps, args.tune_runs, args.lr_grid_points, args.quad_meta_steps = 3, 10, 2, 3, 4
+        args.runs, args.steps, args.tune_runs, args.lr_grid_points, args.quad_meta_steps = 3, 6, 2, 2, 2
     set_threads(args.threads)
     train_task = DigitsMLPTask(split="train")
     learned = {

@@ -310,3 +310,11 @@ def test_torch_optimizer_state_dict_param_groups_and_nonfinite():
 def test_cli_parser_has_train_lopt():
     args = _parse(["--arch", "mlp"])
     assert isinstance(args, argparse.Namespace) and args.arch == "mlp" and args.method == "tbptt"
+
+
+def test_bench_lopt_quick_smoke(tmp_path):
+    from doubleopt.bench import run_study
+
+    goals = run_study("lopt", ["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "lopt.png").exists() and (tmp_path / "table.md").exists()
+    assert set(goals) == {"LSTM (learned)", "MLP (learned)"}
