@@ -1,0 +1,213 @@
+"""Meta OT: an MLP predicts the entropic OT dual potential; Sinkhorn refines from it (Amos et al. 2023).
+
+Two tasks: pairs of scikit-learn 8x8 digits as measures on the pixel grid (squared Euclidean cost,
+eps = 1e-2 as in Meta OT's MNIST setting), and random von Mises-Fisher mixtures on a 100-point spherical grid
+(geodesic cost, eps = 1e-2). For each, a ``PotentialMLP`` is trained on the train split / fresh samples by
+maximizing the dual (``do.amortized.fit(..., loss="objective")``), then on held-out pairs we time, to L1
+marginal error 1e-2 and 1e-4 per instance:
+
+* cold: our batched log-domain Sinkhorn from f = 0 (``do.solve(fam, Sinkhorn(), x, tol=t)``),
+* warm: the same from the predicted potential (``SemiAmortized(model, Sinkhorn(), steps)``; prediction
+  included in the time),
+* POT: ``ot.sinkhorn`` (float64, kernel method) in a Python loop over the pairs, ``stopThr`` set so that
+  its achieved L1 marginal error is at most the target (checked and reported).
+
+Break-even: training time / (cold time - warm time per instance). Timing: median of ``--repeats`` runs
+of the whole batch after a warm-up, ``--threads`` torch threads; the machine is shared with other jobs.
+
+Run: ``doubleopt bench meta_ot`` (``-- --quick`` for a seconds-long smoke run).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import doubleopt as do
+from doubleopt.amortized import FullyAmortized, PotentialMLP, SemiAmortized, break_even, fit
+from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.solvers import Sinkhorn
+
+
+@dataclass
+class Args:
+    quick: bool = False  # tiny sizes: a smoke run of a few seconds
+    tasks: tuple = ("digits", "sphere")  # which families: digits (8x8 image pairs), sphere (vMF mixtures)
+    eps: float = 1e-2  # entropic regularization (Meta OT's choice)
+    hidden: int = 512  # width of the potential MLP (2 hidden layers)
+    train_steps: int = 4000  # training steps of the MLP (objective loss = negative dual)
+    batch_size: int = 128  # training pairs per step
+    lr: float = 1e-3  # Adam learning rate (cosine schedule)
+    n_test: int = 1000  # held-out pairs
+    targets: tuple = (1e-2, 1e-4)  # L1 marginal errors to reach
+    max_steps: int = 20000  # Sinkhorn step cap
+    pot_pairs: int = 1000  # pairs in the POT loop (time is reported per instance)
+    curve_steps: int = 300  # iterations shown in the convergence plot
+    repeats: int = 3  # timed repeats (median) of each batched solve
+    threads: int = 1  # torch threads (fixed; reported)
+    seed: int = 0  # seed of training stream and test pairs
+    out: str = "bench_results/meta_ot"  # output folder
+
+
+def make_family(task: str, split: str, eps: float):
+    if task == "digits":
+        return do.problems.DigitsOT(split=split, eps=eps)
+    if task == "sphere":
+        return do.problems.SphereOT(n_points=100, eps=eps)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def pot_loop(fam, x, n_pairs: int, target: float, max_steps: int):
+    """ot.sinkhorn per pair; returns (seconds per pair, achieved L1 marginal errors)."""
+    import ot
+
+    C = fam.cost.numpy()
+    a, b = x.a[:n_pairs].numpy(), x.b[:n_pairs].numpy()
+    thr = target / math.sqrt(fam.m)  # POT checks the L2 column error; L1 <= sqrt(m) L2 gives equal accuracy
+    errs = []
+    ot.sinkhorn(a[0], b[0], C, fam.eps, stopThr=thr, numItermax=max_steps, warn=False)  # warm-up
+    start = time.perf_counter()
+    plans = [
+        ot.sinkhorn(a[i], b[i], C, fam.eps, stopThr=thr, numItermax=max_steps, warn=False)
+        for i in range(n_pairs)
+    ]
+    per_pair = (time.perf_counter() - start) / n_pairs
+    for i, P in enumerate(plans):
+        errs.append(np.abs(P.sum(1) - a[i]).sum() + np.abs(P.sum(0) - b[i]).sum())
+    return per_pair, np.array(errs)
+
+
+def error_curve(fam, x, f0, steps: int) -> list[float]:
+    """Median L1 marginal error after each Sinkhorn step from f0 (the loop written out, for the plot)."""
+    solver = Sinkhorn()
+    f, state = f0, solver.init(fam, f0, x)
+    errs = [float(solver.stationarity(fam, f, x, state).median())]
+    for _ in range(steps):
+        f, state = solver.step(fam, f, x, state)
+        errs.append(float(solver.stationarity(fam, f, x, state).median()))
+    return errs
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.train_steps, args.n_test, args.pot_pairs, args.hidden = 40, 32, 8, 64
+        args.curve_steps, args.repeats, args.batch_size = 30, 1, 32
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = Report("meta_ot", out_dir=args.out)
+    fig, axes = plt.subplots(1, 2 * len(args.tasks), figsize=(6 * len(args.tasks), 4))
+    summary = {}
+    for ti, task in enumerate(args.tasks):
+        train_fam = make_family(task, "train", args.eps)
+        test_fam = make_family(task, "test", args.eps)
+        model = PotentialMLP(test_fam.n, test_fam.m, hidden=args.hidden)
+        print(f"== {task}: training the potential MLP ({args.train_steps} steps)")
+        fit_res = fit(
+            FullyAmortized(model),
+            train_fam,
+            loss="objective",
+            steps=args.train_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            val_every=max(args.train_steps // 10, 1),
+        )
+        x = test_fam.sample(args.n_test, seed=args.seed + 12345)
+        B = args.n_test
+        with torch.no_grad():
+            pred_err = test_fam.marginal_error(model(x), x)
+        summary[task] = {
+            "train_time_s": fit_res.train_time,
+            "prediction_marginal_error_median": float(pred_err.median()),
+        }
+        for target in args.targets:
+            with torch.no_grad():
+                cold = time_call(
+                    lambda t=target, fam=test_fam, x=x: do.solve(
+                        fam, Sinkhorn(), x, tol=t, max_steps=args.max_steps, throw=False
+                    ),
+                    repeats=args.repeats,
+                )
+                warm_solver = SemiAmortized(model, Sinkhorn(), steps=args.max_steps)
+                warm = time_call(
+                    lambda t=target, fam=test_fam, s=warm_solver, x=x: do.solve(
+                        fam, s, x, tol=t, max_steps=args.max_steps + 2, throw=False
+                    ),
+                    repeats=args.repeats,
+                )
+            pot_t, pot_err = pot_loop(test_fam, x, min(args.pot_pairs, B), target, args.max_steps)
+            sc, sw = cold.result, warm.result
+            t_cold, t_warm = cold.median / B, warm.median / B
+            row = dict(
+                task=task,
+                target=target,
+                cold_ms_per_inst=1e3 * t_cold,
+                warm_ms_per_inst=1e3 * t_warm,
+                pot_ms_per_inst=1e3 * pot_t,
+                warm_speedup=t_cold / t_warm,
+                cold_vs_pot=pot_t / t_cold,
+                cold_iters_median=float(sc.num_steps.float().median()),
+                warm_iters_median=float(sw.num_steps.float().median() - 1),
+                cold_ok=f"{int(sc.successful.sum())}/{B}",
+                warm_ok=f"{int(sw.successful.sum())}/{B}",
+                pot_err_max=float(pot_err.max()),
+                ours_err_max=float(test_fam.marginal_error(sc.y, x).max()),
+                break_even_instances=break_even(fit_res.train_time, t_cold, t_warm),
+            )
+            report.add_row(**row)
+            print(row)
+        with torch.no_grad():
+            cold_curve = error_curve(test_fam, x, test_fam.init(x), args.curve_steps)
+            warm_curve = error_curve(test_fam, x, model(x), args.curve_steps)
+        ax = axes[2 * ti]
+        ax.semilogy(cold_curve, label="cold (f = 0)")
+        ax.semilogy(warm_curve, label="warm (Meta OT prediction)")
+        for t in args.targets:
+            ax.axhline(t, color="gray", lw=0.5, ls="--")
+        ax.set_xlabel("Sinkhorn iteration")
+        ax.set_ylabel("median L1 marginal error")
+        ax.set_title(f"{task}: held-out pairs (B={B})")
+        ax.legend()
+        ax = axes[2 * ti + 1]
+        rows = [r for r in report.rows if r["task"] == task]
+        idx = np.arange(len(rows))
+        for k, (key, lab) in enumerate(
+            [
+                ("cold_ms_per_inst", "ours cold"),
+                ("warm_ms_per_inst", "ours warm"),
+                ("pot_ms_per_inst", "POT loop"),
+            ]
+        ):
+            ax.bar(idx + 0.27 * (k - 1), [r[key] for r in rows], width=0.27, label=lab)
+        ax.set_xticks(idx, [f"err {r['target']:g}" for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per instance")
+        ax.set_title(f"{task}: time to marginal error")
+        ax.legend(fontsize=8)
+    print(report.table())
+    path = report.save(
+        {
+            "args": vars(args),
+            "conditions": conditions(
+                dtype="float64", batch=args.n_test, note="shared machine: other jobs running"
+            ),
+            "summary": summary,
+        },
+        fig,
+    )
+    print(f"wrote {path}")
+    return report.rows
+
+
+if __name__ == "__main__":
+    main()
