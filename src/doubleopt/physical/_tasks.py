@@ -5,9 +5,11 @@ r"""Learning tasks for resistor networks (data generated with explicit seeds or 
 * :func:`regression_task`: ``m`` outputs that are linear functions of ``n_in`` input voltages,
   :math:`T = W x` with :math:`W \ge 0` and row sums ``< 1`` (a resistor network's outputs are convex
   combinations of its imposed voltages, so only such maps are realizable).
-* :func:`iris_task` (Dillavou et al. 2022): the four Iris features as source voltages (min-max scaled on the
-  training split) plus a bias source at 1 V; three output nodes, the correct class's output should sit at
-  ``high`` and the others at ``low``; predicted class = the largest output.
+* :func:`iris_task` (after Dillavou et al. 2022): the four Iris features as source voltages (min-max scaled
+  on the training split) together with their complements ``1 - x`` (a passive network's outputs are
+  combinations of its inputs with non-negative weights; the complements give it the sign flips a
+  classifier needs), plus a bias source at 1 V; three output nodes, the correct class's output should sit
+  at ``high`` and the others at ``low``; predicted class = the largest output.
 """
 
 from __future__ import annotations
@@ -87,12 +89,12 @@ def iris_task(
 
     def enc(X):
         Xs = np.clip((X.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-        return np.concatenate([Xs, np.ones((len(X), 1))], 1)  # bias source at 1 V
+        return np.concatenate([Xs, 1.0 - Xs, np.ones((len(X), 1))], 1)  # complements, bias source at 1 V
 
     def tgt(y):
         t = np.full((len(y), 3), low)
         t[np.arange(len(y)), y] = high
         return t
 
-    net = random_network(n_nodes, mean_degree, n_inputs=5, n_outputs=3, seed=seed)
+    net = random_network(n_nodes, mean_degree, n_inputs=9, n_outputs=3, seed=seed)
     return Task("iris", net, enc(Xtr), tgt(ytr), enc(Xte), tgt(yte), _accuracy, "accuracy")
