@@ -6,7 +6,8 @@ r"""Certified amortization: check every amortized answer, fall back to a classic
 2. compute each instance's certificate :math:`r_i = r(\hat y_i; x_i)`; instances with :math:`r_i \le`
    ``tol`` are *certified* and returned as they are;
 3. run ``fallback`` only on the other instances (a sub-batch), warm-started from their amortized answers,
-   then certify its answers again with the same certificate.
+   then certify its answers again with the same certificate (optionally in rounds of growing length on
+   the shrinking set of still-uncertified instances, ``round_steps``).
 
 The returned :class:`~doubleopt.Solution` has ``certified`` (passed directly) and ``fell_back`` (the fallback
 ran) per instance. ``result`` is ``successful`` only for instances whose final answer passes the
@@ -47,6 +48,10 @@ class Safeguarded:
         fallback: a classical solver run only where the check fails, from the amortized answer.
         tol: the certificate threshold.
         fallback_steps: step budget of the fallback.
+        round_steps: if set, the fallback runs in rounds of ``round_steps``, ``2 round_steps``, ... steps,
+            each on the instances still uncertified, restarted from their last iterate (compaction: finished
+            instances stop costing work). Lossless for solvers whose state is a function of ``y``
+            (Sinkhorn, GD); solvers with memory (L-BFGS, Adam) restart it each round. ``None``: one round.
 
     Example:
         >>> import torch, doubleopt as do
@@ -67,6 +72,7 @@ class Safeguarded:
     fallback: Solver | None = None
     tol: float = 1e-5
     fallback_steps: int = 1000
+    round_steps: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.amortized, SemiAmortized):
@@ -103,34 +109,41 @@ class Safeguarded:
             num_steps = amort.num_steps.clone()
             value = amort.value.clone()
             fb_stats = {"fallback_instances": int(need.sum()), "fallback_wall_time": 0.0, "fallback_steps": 0}
-            if bool(need.any()):
-                idx = need.nonzero().flatten()
-                xs = index_context(x, idx, batch_size(x) if B else 0)
-                y0 = y[idx]
-                y0 = torch.where(torch.isfinite(y0).all(-1, keepdim=True), y0, problem.init(xs))
+            remaining = need.nonzero().flatten()
+            y = y.clone()
+            residual = residual.clone()
+            B_ctx = batch_size(x) if B else 0
+            y_cur = y[remaining]
+            budget, k = self.fallback_steps, self.round_steps or self.fallback_steps
+            while remaining.numel() > 0 and budget > 0:
+                k = min(k, budget)
+                xs = index_context(x, remaining, B_ctx)
+                y_cur = torch.where(torch.isfinite(y_cur).all(-1, keepdim=True), y_cur, problem.init(xs))
                 fb = solve(
                     problem,
                     self.fallback,
                     xs,
-                    y0,
+                    y_cur,
                     tol=self.tol if fallback_tol is None else fallback_tol,
-                    max_steps=self.fallback_steps,
+                    max_steps=k,
                     throw=False,
                 )
                 r_fb = cert(problem, fb.y, xs)
                 ok = r_fb <= self.tol
                 code = torch.where(fb.result == RESULTS.successful, int(RESULTS.not_certified), fb.result)
                 code = torch.where(ok, int(RESULTS.successful), code)
-                y = y.clone()
-                y[idx] = fb.y
-                residual = residual.clone()
-                residual[idx] = r_fb
-                result[idx] = code
-                num_steps[idx] = num_steps[idx] + fb.num_steps
-                value[idx] = fb.value
-                fb_stats.update(
-                    fallback_wall_time=fb.stats["wall_time"], fallback_steps=int(fb.num_steps.max())
-                )
+                y[remaining] = fb.y
+                residual[remaining] = r_fb
+                result[remaining] = code
+                num_steps[remaining] = num_steps[remaining] + fb.num_steps
+                value[remaining] = fb.value
+                fb_stats["fallback_wall_time"] += fb.stats["wall_time"]
+                fb_stats["fallback_steps"] += int(fb.num_steps.max())
+                fb_stats["fallback_rounds"] = fb_stats.get("fallback_rounds", 0) + 1
+                budget -= k
+                go_on = (fb.result == RESULTS.max_steps_reached) & ~ok
+                remaining, y_cur = remaining[go_on], fb.y[go_on]
+                k *= 2
         sol = Solution(
             y=y,
             value=value,
