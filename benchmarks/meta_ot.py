@@ -28,7 +28,16 @@ import numpy as np
 import torch
 
 import doubleopt as do
-from doubleopt.amortized import FullyAmortized, PotentialMLP, SemiAmortized, break_even, fit
+from doubleopt.amortized import (
+    FullyAmortized,
+    MarginalError,
+    PotentialMLP,
+    Safeguarded,
+    SemiAmortized,
+    ZeroPotential,
+    break_even,
+    fit,
+)
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
 from doubleopt.solvers import Sinkhorn
 
@@ -46,6 +55,7 @@ class Args:
     targets: tuple = (1e-2, 1e-4)  # L1 marginal errors to reach
     max_steps: int = 20000  # Sinkhorn step cap
     pot_pairs: int = 1000  # pairs in the POT loop (time is reported per instance)
+    round_steps: int = 16  # first round of the compaction variants (then 32, 64, ...)
     curve_steps: int = 300  # iterations shown in the convergence plot
     repeats: int = 3  # timed repeats (median) of each batched solve
     threads: int = 1  # torch threads (fixed; reported)
@@ -95,8 +105,8 @@ def error_curve(fam, x, f0, steps: int) -> list[float]:
 def main(argv=None):
     args = parse_args(Args, argv)
     if args.quick:
-        args.train_steps, args.n_test, args.pot_pairs, args.hidden = 40, 32, 8, 64
-        args.curve_steps, args.repeats, args.batch_size = 30, 1, 32
+        args.train_steps, args.n_test, args.pot_pairs, args.hidden, args.targets = 20, 16, 4, 32, (1e-2,)
+        args.curve_steps, args.repeats, args.batch_size = 20, 1, 16
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     import matplotlib
@@ -130,42 +140,86 @@ def main(argv=None):
             "train_time_s": fit_res.train_time,
             "prediction_marginal_error_median": float(pred_err.median()),
         }
+        cold_model = ZeroPotential(test_fam.n)
         for target in args.targets:
+            # the batched loop: the whole batch steps until its slowest instance reaches the target
+            methods = {
+                "cold": Sinkhorn(),
+                "warm": SemiAmortized(model, Sinkhorn(), steps=args.max_steps),
+            }
+            # compaction rounds (Safeguarded, fallback in rounds on the still-uncertified instances)
+            guards = {
+                "cold (rounds)": Safeguarded(
+                    FullyAmortized(cold_model),
+                    MarginalError(),
+                    Sinkhorn(),
+                    tol=target,
+                    fallback_steps=args.max_steps,
+                    round_steps=args.round_steps,
+                ),
+                "warm safeguarded (rounds)": Safeguarded(
+                    FullyAmortized(model),
+                    MarginalError(),
+                    Sinkhorn(),
+                    tol=target,
+                    fallback_steps=args.max_steps,
+                    round_steps=args.round_steps,
+                ),
+            }
+            timings = {}
             with torch.no_grad():
-                cold = time_call(
-                    lambda t=target, fam=test_fam, x=x: do.solve(
-                        fam, Sinkhorn(), x, tol=t, max_steps=args.max_steps, throw=False
-                    ),
-                    repeats=args.repeats,
-                )
-                warm_solver = SemiAmortized(model, Sinkhorn(), steps=args.max_steps)
-                warm = time_call(
-                    lambda t=target, fam=test_fam, s=warm_solver, x=x: do.solve(
-                        fam, s, x, tol=t, max_steps=args.max_steps + 2, throw=False
-                    ),
-                    repeats=args.repeats,
-                )
+                for name, solver in methods.items():
+                    timings[name] = time_call(
+                        lambda s=solver, t=target, fam=test_fam, x=x: do.solve(
+                            fam, s, x, tol=t, max_steps=args.max_steps + 2, throw=False
+                        ),
+                        repeats=args.repeats,
+                    )
+                for name, guard in guards.items():
+                    timings[name] = time_call(
+                        lambda g=guard, fam=test_fam, x=x: g.solve(fam, x), repeats=args.repeats
+                    )
             pot_t, pot_err = pot_loop(test_fam, x, min(args.pot_pairs, B), target, args.max_steps)
-            sc, sw = cold.result, warm.result
-            t_cold, t_warm = cold.median / B, warm.median / B
-            row = dict(
+            per_inst = {name: tm.median / B for name, tm in timings.items()}
+            base = {
+                "cold": "cold",
+                "warm": "cold",
+                "cold (rounds)": "cold (rounds)",
+                "warm safeguarded (rounds)": "cold (rounds)",
+            }
+            for name, tm in timings.items():
+                sol = tm.result
+                steps = sol.num_steps.float() - (0 if name == "cold" else 1)  # minus the prediction step
+                report.add_row(
+                    task=task,
+                    target=target,
+                    method=name,
+                    ms_per_inst=1e3 * per_inst[name],
+                    speedup_vs_cold=per_inst[base[name]] / per_inst[name],
+                    vs_pot=pot_t / per_inst[name],
+                    iters_median=float(steps.median()),
+                    iters_max=float(steps.max()),
+                    certified=f"{int(sol.successful.sum())}/{B}",
+                    max_marginal_err=float(test_fam.marginal_error(sol.y, x).max()),
+                    break_even_instances=break_even(fit_res.train_time, per_inst[base[name]], per_inst[name])
+                    if name.startswith("warm")
+                    else float("nan"),
+                )
+            report.add_row(
                 task=task,
                 target=target,
-                cold_ms_per_inst=1e3 * t_cold,
-                warm_ms_per_inst=1e3 * t_warm,
-                pot_ms_per_inst=1e3 * pot_t,
-                warm_speedup=t_cold / t_warm,
-                cold_vs_pot=pot_t / t_cold,
-                cold_iters_median=float(sc.num_steps.float().median()),
-                warm_iters_median=float(sw.num_steps.float().median() - 1),
-                cold_ok=f"{int(sc.successful.sum())}/{B}",
-                warm_ok=f"{int(sw.successful.sum())}/{B}",
-                pot_err_max=float(pot_err.max()),
-                ours_err_max=float(test_fam.marginal_error(sc.y, x).max()),
-                break_even_instances=break_even(fit_res.train_time, t_cold, t_warm),
+                method="POT ot.sinkhorn loop",
+                ms_per_inst=1e3 * pot_t,
+                speedup_vs_cold=per_inst["cold"] / pot_t,
+                vs_pot=1.0,
+                iters_median=float("nan"),
+                iters_max=float("nan"),
+                certified=f"{int((pot_err <= target).sum())}/{len(pot_err)}",
+                max_marginal_err=float(pot_err.max()),
+                break_even_instances=float("nan"),
             )
-            report.add_row(**row)
-            print(row)
+            for r in report.rows[-5:]:
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
         with torch.no_grad():
             cold_curve = error_curve(test_fam, x, test_fam.init(x), args.curve_steps)
             warm_curve = error_curve(test_fam, x, model(x), args.curve_steps)
@@ -180,16 +234,16 @@ def main(argv=None):
         ax.legend()
         ax = axes[2 * ti + 1]
         rows = [r for r in report.rows if r["task"] == task]
-        idx = np.arange(len(rows))
-        for k, (key, lab) in enumerate(
-            [
-                ("cold_ms_per_inst", "ours cold"),
-                ("warm_ms_per_inst", "ours warm"),
-                ("pot_ms_per_inst", "POT loop"),
+        names = list(dict.fromkeys(r["method"] for r in rows))
+        idx = np.arange(len(args.targets))
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            vals = [
+                next(r["ms_per_inst"] for r in rows if r["method"] == name and r["target"] == t)
+                for t in args.targets
             ]
-        ):
-            ax.bar(idx + 0.27 * (k - 1), [r[key] for r in rows], width=0.27, label=lab)
-        ax.set_xticks(idx, [f"err {r['target']:g}" for r in rows])
+            ax.bar(idx + width * (k - (len(names) - 1) / 2), vals, width=width, label=name)
+        ax.set_xticks(idx, [f"err {t:g}" for t in args.targets])
         ax.set_yscale("log")
         ax.set_ylabel("ms per instance")
         ax.set_title(f"{task}: time to marginal error")

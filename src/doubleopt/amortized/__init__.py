@@ -25,7 +25,7 @@ from ._train import (
     unrolled_loss,
 )
 from .lista import ALISTA, LISTA, analytic_weight
-from .meta_ot import PotentialMLP
+from .meta_ot import PotentialMLP, ZeroPotential
 
 __all__ = [
     "FullyAmortized",
@@ -51,4 +51,5 @@ __all__ = [
     "ALISTA",
     "analytic_weight",
     "PotentialMLP",
+    "ZeroPotential",
 ]

@@ -55,3 +55,15 @@ class PotentialMLP(nn.Module):
             )
         inp = torch.cat([x.a * self.n, x.b * self.m], dim=-1).to(self.net[0].weight.dtype)
         return self.net(inp).to(x.a.dtype)
+
+
+class ZeroPotential(nn.Module):
+    """The cold start ``f = 0`` as a model: ``Safeguarded(FullyAmortized(ZeroPotential(n)), ...)`` is plain
+    Sinkhorn from scratch with the same per-instance certificate and compaction rounds (a fair baseline)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: OTContext) -> Tensor:
+        return torch.zeros(x.a.shape[0], self.n, dtype=x.a.dtype, device=x.a.device)
