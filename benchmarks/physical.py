@@ -144,6 +144,7 @@ def main(argv=None):
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.loglog(ns, base_t, "o-", label=f"spsolve loop (slope {slope_b:.2f})")
+    ax.loglog(ns, [r["no_superpose_ms"] for r in rows], "^--", label="doubleopt, 64 RHS (no superposition)")
     ax.loglog(ns, ours_t, "s-", label=f"doubleopt, one factorization (slope {slope:.2f})")
     for nn, a, b in zip(ns, ours_t, base_t):
         ax.annotate(f"{b / a:.0f}x", (nn, a), textcoords="offset points", xytext=(4, -12))
