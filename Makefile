@@ -20,7 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# qpth (benchmark baseline only) pins numpy<2 although it runs on numpy 2, so it is installed without deps.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps qpth==0.0.18
 	$(BIN)/doubleopt bench all
 
 lint: $(STAMP)

@@ -94,8 +94,11 @@ def iterate(
             finite = _finite_rows(y_new, value_new)
             status = getattr(state_new, "status", None)
             accept = active & finite
-            y = torch.where(accept[:, None], y_new, y)
-            state = tree_where(accept, state_new, state)
+            if bool(accept.all()):  # fast path: every instance moves
+                y, state = y_new, state_new
+            else:
+                y = torch.where(accept[:, None], y_new, y)
+                state = tree_where(accept, state_new, state)
             num_steps = num_steps + active.to(torch.int64)
 
             newly_bad = active & ~finite
