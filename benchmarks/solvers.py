@@ -31,7 +31,9 @@ class Args:
     adam_steps: int = 300  # Adam steps (both implementations)
     threads: int = 2  # torch / BLAS threads
     repeats: int = 3  # timed repeats (median reported)
-    adam_loop_subset: int = 32  # torch.optim loop timed on this many instances, scaled by B / subset (it is linear in B)
+    adam_loop_subset: int = (
+        32  # torch.optim loop timed on this many instances, scaled by B / subset (it is linear in B)
+    )
     seed: int = 0  # seed of the problem batch
     quick: bool = False  # tiny sizes for a smoke test
     out: str = "bench_results/solvers"  # output folder
@@ -93,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_grad_norm=float(g_ours.max()),
         speedup=ref.median / ours.median,
     )
-    report.add_row(
-        method="scipy L-BFGS-B (loop)", time_s=ref.median, max_grad_norm=float(g_ref.max()), speedup=1.0
-    )
+    report.add_row(method="scipy L-BFGS-B (loop)", time_s=ref.median, max_grad_norm=float(g_ref.max()), speedup=1.0)
 
     # ---- Adam: batched vs torch.optim loop -----------------------------------------------------------
     adam = do.Adam(lr=args.adam_lr)
@@ -122,17 +122,16 @@ def main(argv: list[str] | None = None) -> dict:
     ref_adam.median *= args.batch / subset  # per-instance loop: linear in B
     adam_agree = float((ours_adam.result.y[:subset] - ref_adam.result).abs().max())
     ga = fam.value_and_grad(ours_adam.result.y, x)[1].norm(dim=-1)
-    gb = fam.value_and_grad(ref_adam.result, do.problems.RegressionContext(x.features[:subset],
-                                                                          x.targets[:subset]))[1].norm(dim=-1)
+    gb = fam.value_and_grad(ref_adam.result, do.problems.RegressionContext(x.features[:subset], x.targets[:subset]))[
+        1
+    ].norm(dim=-1)
     report.add_row(
         method="doubleopt Adam (batched)",
         time_s=ours_adam.median,
         max_grad_norm=float(ga.max()),
         speedup=ref_adam.median / ours_adam.median,
     )
-    report.add_row(
-        method="torch.optim.Adam (loop)", time_s=ref_adam.median, max_grad_norm=float(gb.max()), speedup=1.0
-    )
+    report.add_row(method="torch.optim.Adam (loop)", time_s=ref_adam.median, max_grad_norm=float(gb.max()), speedup=1.0)
 
     cond = conditions(dtype="float64", batch=args.batch, n=n, n_points=args.n_points)
     data = {

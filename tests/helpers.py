@@ -12,11 +12,13 @@ ZOO = {
     "rosenbrock": lambda dt: do.problems.Rosenbrock(dim=4, dtype=dt),
     "logistic": lambda dt: do.problems.LogisticRegression(n_features=4, n_points=40, dtype=dt),
     "logistic_breast_cancer": lambda dt: do.problems.LogisticRegression(
-        n_features=30, n_points=60, l2=0.1, dataset="breast_cancer", dtype=dt),
+        n_features=30, n_points=60, l2=0.1, dataset="breast_cancer", dtype=dt
+    ),
     "ridge": lambda dt: do.problems.RidgeRegression(n_features=4, n_points=30, dtype=dt),
     "robust": lambda dt: do.problems.RobustRegression(n_features=3, n_points=40, dtype=dt),
-    "mlp_synthetic": lambda dt: do.problems.MLPClassifier(hidden=(6,), dataset="synthetic", n_inputs=4,
-                                                          n_classes=3, n_points=32, dtype=dt),
+    "mlp_synthetic": lambda dt: do.problems.MLPClassifier(
+        hidden=(6,), dataset="synthetic", n_inputs=4, n_classes=3, n_points=32, dtype=dt
+    ),
     "mlp_digits": lambda dt: do.problems.MLPClassifier(hidden=(4,), dataset="digits", n_points=32, dtype=dt),
     "lasso": lambda dt: do.problems.Lasso(n_measurements=12, n_atoms=24, lam=0.05, dtype=dt),
 }

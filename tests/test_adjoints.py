@@ -25,8 +25,11 @@ def test_implicit_unroll_fd_agree_on_context_gradient(name):
     fam = _families()[name]
     x = fam.sample(3, seed=11)
     grads = {}
-    for label, adjoint in [("implicit_cg", do.Implicit()), ("implicit_chol", do.Implicit(do.Cholesky())),
-                           ("unroll", do.Unroll())]:
+    for label, adjoint in [
+        ("implicit_cg", do.Implicit()),
+        ("implicit_chol", do.Implicit(do.Cholesky())),
+        ("unroll", do.Unroll()),
+    ]:
         t = x.targets.clone().requires_grad_(True)
         _loss_of_targets(fam, x, t, adjoint, do.LBFGS()).backward()
         grads[label] = t.grad
@@ -38,8 +41,10 @@ def test_implicit_unroll_fd_agree_on_context_gradient(name):
             tp[i, j] += eps
             tm[i, j] -= eps
             with torch.no_grad():
-                fd = (_loss_of_targets(fam, x, tp, do.Implicit(), do.LBFGS())
-                      - _loss_of_targets(fam, x, tm, do.Implicit(), do.LBFGS())) / (2 * eps)
+                fd = (
+                    _loss_of_targets(fam, x, tp, do.Implicit(), do.LBFGS())
+                    - _loss_of_targets(fam, x, tm, do.Implicit(), do.LBFGS())
+                ) / (2 * eps)
             for label, g in grads.items():
                 assert abs(float(g[i, j]) - float(fd)) < 1e-6, (label, i, j, float(g[i, j]), float(fd))
     torch.testing.assert_close(grads["implicit_cg"], grads["unroll"], atol=1e-7, rtol=1e-6)

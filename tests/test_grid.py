@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import MONOTONE, SOLVERS, ZOO, compatible
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import doubleopt as do
-from helpers import MONOTONE, SOLVERS, ZOO, compatible
 
 VALID_CODES = {int(c) for c in do.RESULTS}
 PAIRS = [(p, s) for p in ZOO for s in SOLVERS]

@@ -112,10 +112,17 @@ def test_unknown_option_is_an_error(logistic):
         do.LBFGS(history=5)
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: do.GD(lr=-1.0), lambda: do.Adam(lr=0.0), lambda: do.Adam(betas=(1.0, 0.9)),
-    lambda: do.Momentum(momentum=1.5), lambda: do.LBFGS(memory=0), lambda: do.RMSProp(alpha=1.0),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: do.GD(lr=-1.0),
+        lambda: do.Adam(lr=0.0),
+        lambda: do.Adam(betas=(1.0, 0.9)),
+        lambda: do.Momentum(momentum=1.5),
+        lambda: do.LBFGS(memory=0),
+        lambda: do.RMSProp(alpha=1.0),
+    ],
+)
 def test_bad_solver_configuration(bad):
     with pytest.raises(ValueError):
         bad()

@@ -11,18 +11,30 @@ from doubleopt._tree import tree_index
 RULES = [
     ("sgd", lambda: do.GD(lr=0.3), lambda p: torch.optim.SGD(p, lr=0.3)),
     ("momentum", lambda: do.Momentum(lr=0.1, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
-    ("momentum_wd", lambda: do.Momentum(lr=0.1, momentum=0.5, weight_decay=0.1),
-     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5, weight_decay=0.1)),
-    ("nesterov", lambda: do.Nesterov(lr=0.1, momentum=0.9),
-     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True)),
+    (
+        "momentum_wd",
+        lambda: do.Momentum(lr=0.1, momentum=0.5, weight_decay=0.1),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5, weight_decay=0.1),
+    ),
+    (
+        "nesterov",
+        lambda: do.Nesterov(lr=0.1, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    ),
     ("adagrad", lambda: do.Adagrad(lr=0.2, lr_decay=0.01), lambda p: torch.optim.Adagrad(p, lr=0.2, lr_decay=0.01)),
     ("rmsprop", lambda: do.RMSProp(lr=0.01), lambda p: torch.optim.RMSprop(p, lr=0.01)),
-    ("rmsprop_centered_mom", lambda: do.RMSProp(lr=0.01, momentum=0.5, centered=True),
-     lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True)),
+    (
+        "rmsprop_centered_mom",
+        lambda: do.RMSProp(lr=0.01, momentum=0.5, centered=True),
+        lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
+    ),
     ("adam", lambda: do.Adam(lr=0.05), lambda p: torch.optim.Adam(p, lr=0.05)),
     ("adam_l2", lambda: do.Adam(lr=0.05, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1)),
-    ("adamw", lambda: do.Adam(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
-     lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1)),
+    (
+        "adamw",
+        lambda: do.Adam(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
+        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
+    ),
 ]
 
 
@@ -52,8 +64,13 @@ def _scipy_min(fam, x, i, y0, method):
         v, g = fam.value_and_grad(y, xi)
         return float(v[0]), g[0].numpy()
 
-    return scipy.optimize.minimize(fun, y0[i].numpy(), jac=True, method=method,
-                                   options={"gtol": 1e-12, "maxiter": 20000, **({"ftol": 1e-16} if method == "L-BFGS-B" else {})}).x
+    return scipy.optimize.minimize(
+        fun,
+        y0[i].numpy(),
+        jac=True,
+        method=method,
+        options={"gtol": 1e-12, "maxiter": 20000, **({"ftol": 1e-16} if method == "L-BFGS-B" else {})},
+    ).x
 
 
 @pytest.mark.parametrize("solver", [do.LBFGS(), do.NonlinearCG()], ids=["lbfgs", "ncg"])
@@ -62,8 +79,11 @@ def test_rosenbrock_reaches_scipy_optimum(solver, dim):
     fam = do.problems.Rosenbrock(dim=dim, curvature_range=(50.0, 150.0), dtype=torch.float64)
     x = fam.sample(4, seed=dim)
     # n >= 4 has a second local minimum near (-1, 1, ..., 1): start in the global basin so SciPy and we agree
-    y0 = fam.init(x) if dim == 2 else 1.0 + 0.4 * torch.randn(4, dim, generator=torch.Generator().manual_seed(0),
-                                                            dtype=torch.float64)
+    y0 = (
+        fam.init(x)
+        if dim == 2
+        else 1.0 + 0.4 * torch.randn(4, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )
     sol = do.solve(fam, solver, x, y0, max_steps=20000, tol=1e-9)
     for i in range(4):
         ref = _scipy_min(fam, x, i, y0, "BFGS")
@@ -92,7 +112,9 @@ def test_newton_solves_quadratic_in_one_step():
     torch.testing.assert_close(sol.y, fam.solution(x), atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("solver", [do.FISTA(), do.ISTA(), do.FISTA(step_size=0.1)], ids=["fista", "ista", "fista_fixed"])
+@pytest.mark.parametrize(
+    "solver", [do.FISTA(), do.ISTA(), do.FISTA(step_size=0.1)], ids=["fista", "ista", "fista_fixed"]
+)
 def test_lasso_matches_sklearn(solver):
     from sklearn.linear_model import Lasso as SkLasso
 
@@ -122,7 +144,17 @@ def test_quadratic_all_solvers_reach_solution():
     fam = do.problems.Quadratic(dim=5, condition_number=10.0, dtype=torch.float64)
     x = fam.sample(6, seed=4)
     star = fam.solution(x)
-    for solver in [do.GD(lr=0.15), do.GD(line_search=True), do.Momentum(lr=0.05), do.Nesterov(lr=0.05),
-                   do.Adam(lr=0.05), do.LBFGS(), do.NonlinearCG(), do.Newton(), do.ISTA(), do.FISTA()]:
+    for solver in [
+        do.GD(lr=0.15),
+        do.GD(line_search=True),
+        do.Momentum(lr=0.05),
+        do.Nesterov(lr=0.05),
+        do.Adam(lr=0.05),
+        do.LBFGS(),
+        do.NonlinearCG(),
+        do.Newton(),
+        do.ISTA(),
+        do.FISTA(),
+    ]:
         sol = do.solve(fam, solver, x, max_steps=20000, tol=1e-8)
         torch.testing.assert_close(sol.y, star, atol=1e-6, rtol=0, msg=type(solver).__name__)

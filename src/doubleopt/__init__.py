@@ -13,14 +13,38 @@ from .solvers import FISTA, GD, ISTA, LBFGS, Adagrad, Adam, Momentum, Nesterov, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "solve", "default_tol", "Problem", "ProblemFamily", "batch_size", "Solution", "SolveError", "RESULTS",
-    "Unroll", "Truncated", "Implicit", "CG", "Cholesky",
-    "GD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam", "LBFGS", "NonlinearCG", "Newton", "ISTA", "FISTA",
-    "adjoint", "linalg", "problems", "solvers",
+    "solve",
+    "default_tol",
+    "Problem",
+    "ProblemFamily",
+    "batch_size",
+    "Solution",
+    "SolveError",
+    "RESULTS",
+    "Unroll",
+    "Truncated",
+    "Implicit",
+    "CG",
+    "Cholesky",
+    "GD",
+    "Momentum",
+    "Nesterov",
+    "Adagrad",
+    "RMSProp",
+    "Adam",
+    "LBFGS",
+    "NonlinearCG",
+    "Newton",
+    "ISTA",
+    "FISTA",
+    "adjoint",
+    "linalg",
+    "problems",
+    "solvers",
 ]
 
 # Feature packages (each issue adds its line here):
-from .solvers.qp import QP, qp_solve  # noqa: E402,F401  (issue 5: OptNet)
-from . import physical  # noqa: E402,F401
-from . import learned  # noqa: E402,F401
-from . import layers  # noqa: E402,F401  (issue 5: OptNet QPLayer)
+from . import amortized, layers, learned, physical  # noqa: E402  (issues 6, 5, 4, 7)
+from .solvers.qp import QP, qp_solve  # noqa: E402  (issue 5: OptNet)
+
+__all__ += ["amortized", "layers", "learned", "physical", "QP", "qp_solve"]

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._iterate import iterate
 from ._problem import Context, Problem, batch_size, count_evaluations
 from ._solution import RESULTS, Solution, SolveError
 from ._tree import tree_tensors
@@ -94,8 +93,19 @@ def solve(
         if B == 0:
             out = _empty_output(problem, solver, x, y0)
         else:
-            out = adjoint.run(problem, solver, x, y0, max_steps=max_steps, tol=tol, rtol=rtol, trace=trace,
-                              progress=progress, done0=bad_input, result0=result0)
+            out = adjoint.run(
+                problem,
+                solver,
+                x,
+                y0,
+                max_steps=max_steps,
+                tol=tol,
+                rtol=rtol,
+                trace=trace,
+                progress=progress,
+                done0=bad_input,
+                result0=result0,
+            )
         value = problem.objective(out.y, x) if B > 0 else y0.new_zeros(0)
     wall = time.perf_counter() - start
     if bool(bad_input.any()):
@@ -161,15 +171,19 @@ def _check_start(problem: Problem, x: Context, y0: Tensor | None) -> Tensor:
             raise ValueError(f"y0 has batch size {y0.shape[0]} but x has batch size {B}")
     for t in float_ctx:
         if t.dtype != y0.dtype:
-            raise ValueError(f"dtype mismatch: y0 is {y0.dtype} but a tensor of x is {t.dtype}; "
-                             "convert both to one dtype (e.g. family.sample(..., ).to(torch.float64))")
+            raise ValueError(
+                f"dtype mismatch: y0 is {y0.dtype} but a tensor of x is {t.dtype}; "
+                "convert both to one dtype (e.g. family.sample(..., ).to(torch.float64))"
+            )
     for t in tensors:
         if t.device != y0.device:
             raise ValueError(f"device mismatch: y0 is on {y0.device} but a tensor of x is on {t.device}")
     for p in problem.parameters():
         if p.is_floating_point() and p.dtype != y0.dtype:
-            raise ValueError(f"dtype mismatch: y0 is {y0.dtype} but a parameter of {type(problem).__name__} "
-                             f"is {p.dtype}; call problem.to({y0.dtype})")
+            raise ValueError(
+                f"dtype mismatch: y0 is {y0.dtype} but a parameter of {type(problem).__name__} "
+                f"is {p.dtype}; call problem.to({y0.dtype})"
+            )
     return y0
 
 

@@ -73,8 +73,16 @@ class Truncated(AbstractAdjoint):
         from .._solution import RESULTS
 
         frozen = out.result == RESULTS.nonfinite
-        kw = dict(loop_kwargs, max_steps=self.k, tol=-1.0, rtol=0.0, trace=False, progress=False,
-                  done0=frozen, result0=out.result)
+        kw = dict(
+            loop_kwargs,
+            max_steps=self.k,
+            tol=-1.0,
+            rtol=0.0,
+            trace=False,
+            progress=False,
+            done0=frozen,
+            result0=out.result,
+        )
         with torch.enable_grad():
             tail = iterate(problem, solver, x, out.y.detach(), state0=tree_detach(out.state), **kw)
         return replace(out, y=tail.y, state=tail.state)
@@ -179,8 +187,10 @@ def inverse_hessian_product(problem, y: Tensor, x, u: Tensor, linear_solver) -> 
                 lu_v = torch.linalg.solve_ex(H[bad], u[bad][..., None])
                 if bool((lu_v.info != 0).any()):
                     idx = torch.nonzero(bad).flatten()[lu_v.info != 0].tolist()
-                    raise RuntimeError(f"Implicit adjoint: the Hessian at the solution is singular for instances "
-                                       f"{idx[:10]}; the implicit derivative does not exist there")
+                    raise RuntimeError(
+                        f"Implicit adjoint: the Hessian at the solution is singular for instances "
+                        f"{idx[:10]}; the implicit derivative does not exist there"
+                    )
                 v = v.clone()
                 v[bad] = lu_v.result[..., 0]
             return v

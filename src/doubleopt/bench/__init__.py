@@ -10,6 +10,14 @@ from .report import Report, markdown_table
 from .timing import Timing, conditions, parse_args, set_threads, time_call, time_to_epsilon
 
 __all__ = [
-    "Timing", "time_call", "time_to_epsilon", "set_threads", "conditions", "parse_args",
-    "Report", "markdown_table", "find_studies", "run_study",
+    "Timing",
+    "time_call",
+    "time_to_epsilon",
+    "set_threads",
+    "conditions",
+    "parse_args",
+    "Report",
+    "markdown_table",
+    "find_studies",
+    "run_study",
 ]

@@ -22,8 +22,15 @@ class CGResult:
     residual_norm: Tensor  # (B,)
 
 
-def batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, *, x0: Tensor | None = None, rtol: float = 1e-6,
-               atol: float = 0.0, max_iter: int | None = None) -> CGResult:
+def batched_cg(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    *,
+    x0: Tensor | None = None,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    max_iter: int | None = None,
+) -> CGResult:
     """Batched CG. Example:
 
     >>> import torch

@@ -40,8 +40,16 @@ class Lasso(ProblemFamily):
 
     is_composite = True
 
-    def __init__(self, n_measurements: int = 250, n_atoms: int = 500, lam: float = 0.1, sparsity: float = 0.1,
-                 noise: float = 0.01, dictionary_seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        n_measurements: int = 250,
+        n_atoms: int = 500,
+        lam: float = 0.1,
+        sparsity: float = 0.1,
+        noise: float = 0.01,
+        dictionary_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
@@ -58,8 +66,9 @@ class Lasso(ProblemFamily):
         support = torch.rand(batch_size, n, generator=generator, dtype=torch.float64) < self.sparsity
         codes = torch.where(support, torch.randn(batch_size, n, generator=generator, dtype=torch.float64), 0.0)
         D = self.dictionary.to(torch.float64)
-        b = codes @ D.T + self.noise * torch.randn(batch_size, self.n_measurements, generator=generator,
-                                                   dtype=torch.float64)
+        b = codes @ D.T + self.noise * torch.randn(
+            batch_size, self.n_measurements, generator=generator, dtype=torch.float64
+        )
         return LassoContext(b.to(self.dtype), codes.to(self.dtype))
 
     def smooth(self, y, x):
@@ -81,7 +90,8 @@ class Lasso(ProblemFamily):
         return torch.tensor(self._lipschitz, dtype=self.dictionary.dtype, device=self.dictionary.device)
 
     def nmse_db(self, y: Tensor, x: LassoContext) -> Tensor:
-        """``(B,)`` normalized MSE to the true codes in dB: :math:`10 \\log_{10} \\|y - y_\\text{true}\\|^2 / \\|y_\\text{true}\\|^2`."""
+        r"""``(B,)`` normalized MSE to the true codes in dB:
+        :math:`10 \log_{10} \|y - y_\text{true}\|^2 / \|y_\text{true}\|^2`."""
         err = ((y - x.codes) ** 2).sum(-1)
         return 10 * torch.log10(err / (x.codes**2).sum(-1).clamp_min(1e-30))
 
@@ -89,4 +99,6 @@ class Lasso(ProblemFamily):
         if not isinstance(x, LassoContext):
             raise ValueError(f"Lasso expects a LassoContext, got {type(x).__name__}")
         if x.measurements.shape[-1] != self.n_measurements:
-            raise ValueError(f"measurements must have shape (B, {self.n_measurements}), got {tuple(x.measurements.shape)}")
+            raise ValueError(
+                f"measurements must have shape (B, {self.n_measurements}), got {tuple(x.measurements.shape)}"
+            )

@@ -48,9 +48,18 @@ class MLPClassifier(ProblemFamily):
         True
     """
 
-    def __init__(self, hidden: tuple[int, ...] = (20,), activation: str = "sigmoid", dataset: str = "digits",
-                 split: str = "train", n_points: int = 128, n_inputs: int = 10, n_classes: int = 3,
-                 init_seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        hidden: tuple[int, ...] = (20,),
+        activation: str = "sigmoid",
+        dataset: str = "digits",
+        split: str = "train",
+        n_points: int = 128,
+        n_inputs: int = 10,
+        n_classes: int = 3,
+        init_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
@@ -63,7 +72,12 @@ class MLPClassifier(ProblemFamily):
             raise ValueError(f"dataset must be 'digits' or 'synthetic', got {dataset!r}")
         self.hidden, self.activation, self.dataset, self.split = tuple(hidden), activation, dataset, split
         self.n_points, self.n_inputs, self.n_classes, self.init_seed, self.dtype = (
-            n_points, n_inputs, n_classes, init_seed, dtype)
+            n_points,
+            n_inputs,
+            n_classes,
+            init_seed,
+            dtype,
+        )
         sizes = [n_inputs, *self.hidden, n_classes]
         self.layer_shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
         self.dim = sum(a * b + b for a, b in self.layer_shapes)
@@ -91,8 +105,11 @@ class MLPClassifier(ProblemFamily):
 
     def objective(self, y, x):
         z = self.logits(y, x.inputs)
-        return F.cross_entropy(z.reshape(-1, z.shape[-1]), x.labels.reshape(-1), reduction="none").reshape(
-            z.shape[:2]).mean(-1)
+        return (
+            F.cross_entropy(z.reshape(-1, z.shape[-1]), x.labels.reshape(-1), reduction="none")
+            .reshape(z.shape[:2])
+            .mean(-1)
+        )
 
     def accuracy(self, y: Tensor, x: ClassificationContext) -> Tensor:
         """``(B,)`` fraction of correctly classified points."""
@@ -116,7 +133,9 @@ class MLPClassifier(ProblemFamily):
         centers = 2.0 * torch.randn(batch_size, self.n_classes, self.n_inputs, generator=generator, dtype=torch.float64)
         labels = torch.randint(self.n_classes, (batch_size, self.n_points), generator=generator)
         inputs = torch.gather(centers, 1, labels[..., None].expand(-1, -1, self.n_inputs))
-        inputs = inputs + torch.randn(batch_size, self.n_points, self.n_inputs, generator=generator, dtype=torch.float64)
+        inputs = inputs + torch.randn(
+            batch_size, self.n_points, self.n_inputs, generator=generator, dtype=torch.float64
+        )
         return ClassificationContext(inputs.to(self.dtype), labels)
 
     def check_context(self, x):
@@ -125,5 +144,7 @@ class MLPClassifier(ProblemFamily):
         if x.inputs.dim() != 3 or x.inputs.shape[-1] != self.n_inputs:
             raise ValueError(f"MLPClassifier expects inputs (B, N, {self.n_inputs}), got {tuple(x.inputs.shape)}")
         if x.labels.shape != x.inputs.shape[:2] or x.labels.dtype != torch.int64:
-            raise ValueError(f"labels must be int64 of shape {tuple(x.inputs.shape[:2])}, "
-                             f"got {x.labels.dtype} {tuple(x.labels.shape)}")
+            raise ValueError(
+                f"labels must be int64 of shape {tuple(x.inputs.shape[:2])}, "
+                f"got {x.labels.dtype} {tuple(x.labels.shape)}"
+            )

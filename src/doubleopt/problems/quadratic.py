@@ -67,5 +67,7 @@ class Quadratic(ProblemFamily):
         if not isinstance(x, QuadraticContext):
             raise ValueError(f"Quadratic expects a QuadraticContext, got {type(x).__name__}")
         if x.A.shape[-2:] != (self.dim, self.dim) or x.b.shape[-1] != self.dim:
-            raise ValueError(f"Quadratic(dim={self.dim}) expects A (B, {self.dim}, {self.dim}) and b (B, {self.dim}),"
-                             f" got {tuple(x.A.shape)} and {tuple(x.b.shape)}")
+            raise ValueError(
+                f"Quadratic(dim={self.dim}) expects A (B, {self.dim}, {self.dim}) and b (B, {self.dim}),"
+                f" got {tuple(x.A.shape)} and {tuple(x.b.shape)}"
+            )

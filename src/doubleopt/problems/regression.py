@@ -57,8 +57,10 @@ class _LinearFamily(ProblemFamily):
         if not isinstance(x, RegressionContext):
             raise ValueError(f"{type(self).__name__} expects a RegressionContext, got {type(x).__name__}")
         if x.features.dim() != 3 or x.features.shape[-1] != self.n_features:
-            raise ValueError(f"{type(self).__name__} expects features of shape (B, N, {self.n_features}), "
-                             f"got {tuple(x.features.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects features of shape (B, N, {self.n_features}), "
+                f"got {tuple(x.features.shape)}"
+            )
         if x.targets.shape != x.features.shape[:2]:
             raise ValueError(f"targets must have shape {tuple(x.features.shape[:2])}, got {tuple(x.targets.shape)}")
 
@@ -78,8 +80,15 @@ class LogisticRegression(_LinearFamily):
         True
     """
 
-    def __init__(self, n_features: int = 3, n_points: int = 100, l2: float = 1e-2, separation: float = 2.0,
-                 dataset: str = "synthetic", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        n_features: int = 3,
+        n_points: int = 100,
+        l2: float = 1e-2,
+        separation: float = 2.0,
+        dataset: str = "synthetic",
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(n_features, n_points, l2, dataset, dtype)
         self.separation = separation
 
@@ -112,8 +121,14 @@ class RidgeRegression(_LinearFamily):
     :meth:`solution` gives the closed form.
     """
 
-    def __init__(self, n_features: int = 5, n_points: int = 50, l2: float = 1e-1, noise: float = 0.1,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        n_features: int = 5,
+        n_points: int = 50,
+        l2: float = 1e-1,
+        noise: float = 0.1,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(n_features, n_points, l2, "synthetic", dtype)
         self.noise = noise
 
@@ -121,8 +136,9 @@ class RidgeRegression(_LinearFamily):
         d, N = self.n_features, self.n_points
         X = torch.randn(batch_size, N, d, generator=generator, dtype=torch.float64)
         w = torch.randn(batch_size, d, generator=generator, dtype=torch.float64)
-        t = (X @ w[..., None])[..., 0] + self.noise * torch.randn(batch_size, N, generator=generator,
-                                                                 dtype=torch.float64)
+        t = (X @ w[..., None])[..., 0] + self.noise * torch.randn(
+            batch_size, N, generator=generator, dtype=torch.float64
+        )
         return RegressionContext(X.to(self.dtype), t.to(self.dtype))
 
     def objective(self, y, x):
@@ -149,8 +165,16 @@ class RobustRegression(_LinearFamily):
     large errors (``N(0, 10^2)``).
     """
 
-    def __init__(self, n_features: int = 5, n_points: int = 100, l2: float = 1e-3, scale: float = 1.0,
-                 outliers: float = 0.2, noise: float = 0.1, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        n_features: int = 5,
+        n_points: int = 100,
+        l2: float = 1e-3,
+        scale: float = 1.0,
+        outliers: float = 0.2,
+        noise: float = 0.1,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(n_features, n_points, l2, "synthetic", dtype)
         self.scale, self.outliers, self.noise = scale, outliers, noise
 
@@ -158,8 +182,9 @@ class RobustRegression(_LinearFamily):
         base = RidgeRegression(self.n_features, self.n_points, noise=self.noise, dtype=torch.float64)
         ctx = base._sample(batch_size, generator)
         mask = torch.rand(batch_size, self.n_points, generator=generator, dtype=torch.float64) < self.outliers
-        t = torch.where(mask, 10 * torch.randn(batch_size, self.n_points, generator=generator, dtype=torch.float64),
-                        ctx.targets)
+        t = torch.where(
+            mask, 10 * torch.randn(batch_size, self.n_points, generator=generator, dtype=torch.float64), ctx.targets
+        )
         return RegressionContext(ctx.features.to(self.dtype), t.to(self.dtype))
 
     def objective(self, y, x):

@@ -30,8 +30,13 @@ class Rosenbrock(ProblemFamily):
         True
     """
 
-    def __init__(self, dim: int = 2, curvature_range: tuple[float, float] = (100.0, 100.0),
-                 start_noise: float = 0.2, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        dim: int = 2,
+        curvature_range: tuple[float, float] = (100.0, 100.0),
+        start_noise: float = 0.2,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if dim < 2:
             raise ValueError(f"Rosenbrock needs dim >= 2, got {dim}")

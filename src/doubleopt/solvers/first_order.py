@@ -63,8 +63,12 @@ class GD(GradientRuleSolver):
             return super().init(problem, y, x)
         value, grad = problem.value_and_grad(y, x)
         B = y.shape[0]
-        return ArmijoGDState(value, grad, torch.full((B,), self.lr, dtype=y.dtype, device=y.device),
-                             torch.zeros(B, dtype=torch.int64, device=y.device))
+        return ArmijoGDState(
+            value,
+            grad,
+            torch.full((B,), self.lr, dtype=y.dtype, device=y.device),
+            torch.zeros(B, dtype=torch.int64, device=y.device),
+        )
 
     def step(self, problem, y, x, state):
         if not self.line_search:
@@ -132,8 +136,9 @@ class Adagrad(GradientRuleSolver):
         _check_positive("lr", self.lr)
 
     def init_rule(self, y):
-        return AdagradRuleState(torch.full_like(y, self.initial_accumulator_value),
-                                torch.zeros(y.shape[0], dtype=y.dtype, device=y.device))
+        return AdagradRuleState(
+            torch.full_like(y, self.initial_accumulator_value), torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+        )
 
     def update(self, grad, rule_state, y):
         step = rule_state.step + 1

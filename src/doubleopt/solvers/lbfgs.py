@@ -71,8 +71,8 @@ def compact_inverse_hessian_product(grad: Tensor, s: Tensor, r: Tensor, rho: Ten
     S = s * valid[..., None]
     Y = r * valid[..., None]
     m = S.shape[1]
-    a = (S @ grad[..., None])  # (B, m, 1)
-    b = (Y @ grad[..., None])
+    a = S @ grad[..., None]  # (B, m, 1)
+    b = Y @ grad[..., None]
     SY = S @ Y.transpose(-1, -2)
     eye = torch.eye(m, dtype=grad.dtype, device=grad.device)
     R = SY * torch.ones_like(eye).triu() + torch.diag_embed(1.0 - valid)
@@ -106,9 +106,16 @@ class LBFGS(Solver):
         value, grad = problem.value_and_grad(y, x)
         B, n = y.shape
         z = y.new_zeros(B, self.memory, n)
-        return LBFGSState(value, grad, z, z, y.new_zeros(B, self.memory), y.new_ones(B),
-                          torch.ones(B, dtype=torch.bool, device=y.device),
-                          torch.zeros(B, dtype=torch.int64, device=y.device))
+        return LBFGSState(
+            value,
+            grad,
+            z,
+            z,
+            y.new_zeros(B, self.memory),
+            y.new_ones(B),
+            torch.ones(B, dtype=torch.bool, device=y.device),
+            torch.zeros(B, dtype=torch.int64, device=y.device),
+        )
 
     def step(self, problem, y, x, state):
         d = -compact_inverse_hessian_product(state.grad, state.s, state.r, state.rho, state.gamma)
@@ -116,8 +123,9 @@ class LBFGS(Solver):
         d = torch.where(descent[:, None], d, -state.grad)  # reset to steepest descent if not descent
         gnorm = torch.linalg.vector_norm(state.grad, dim=-1)
         t0 = torch.where(state.first, 1.0 / gnorm.clamp_min(1.0), torch.ones_like(gnorm))
-        ls = armijo_backtracking(problem, x, y, state.value, state.grad, d, t0, c1=self.c1,
-                                 max_iter=self.max_line_search)
+        ls = armijo_backtracking(
+            problem, x, y, state.value, state.grad, d, t0, c1=self.c1, max_iter=self.max_line_search
+        )
         s_new = ls.y - y
         r_new = ls.grad - state.grad
         sr = (s_new * r_new).sum(-1)

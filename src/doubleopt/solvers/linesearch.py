@@ -37,8 +37,19 @@ class LineSearchResult:
     status: Tensor  # (B,) RESULTS code
 
 
-def armijo_backtracking(problem, x, y: Tensor, value: Tensor, grad: Tensor, direction: Tensor, step0: Tensor,
-                        *, c1: float = 1e-4, shrink: float = 0.5, max_iter: int = 40) -> LineSearchResult:
+def armijo_backtracking(
+    problem,
+    x,
+    y: Tensor,
+    value: Tensor,
+    grad: Tensor,
+    direction: Tensor,
+    step0: Tensor,
+    *,
+    c1: float = 1e-4,
+    shrink: float = 0.5,
+    max_iter: int = 40,
+) -> LineSearchResult:
     slope = (grad * direction).sum(-1)
     t = step0
     accepted = torch.zeros_like(value, dtype=torch.bool)
@@ -62,8 +73,19 @@ def armijo_backtracking(problem, x, y: Tensor, value: Tensor, grad: Tensor, dire
     return LineSearchResult(y_acc, v_acc, g_acc, t_acc, status.to(torch.int64))
 
 
-def wolfe_line_search(problem, x, y: Tensor, value: Tensor, grad: Tensor, direction: Tensor, step0: Tensor,
-                      *, c1: float = 1e-4, c2: float = 0.1, max_iter: int = 30) -> LineSearchResult:
+def wolfe_line_search(
+    problem,
+    x,
+    y: Tensor,
+    value: Tensor,
+    grad: Tensor,
+    direction: Tensor,
+    step0: Tensor,
+    *,
+    c1: float = 1e-4,
+    c2: float = 0.1,
+    max_iter: int = 30,
+) -> LineSearchResult:
     r"""Batched strong-Wolfe line search (bracketing then zoom, Nocedal & Wright Alg. 3.5/3.6).
 
     Finds per instance a step with :math:`\phi(t) \le \phi(0) + c_1 t \phi'(0)` and

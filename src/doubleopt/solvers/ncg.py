@@ -46,9 +46,15 @@ class NonlinearCG(Solver):
         value, grad = problem.value_and_grad(y, x)
         B = y.shape[0]
         gnorm = torch.linalg.vector_norm(grad, dim=-1)
-        return NCGState(value, grad, -grad, 1.0 / gnorm.clamp_min(1.0), -(gnorm**2),
-                        torch.zeros(B, dtype=torch.int64, device=y.device),
-                        torch.zeros(B, dtype=torch.int64, device=y.device))
+        return NCGState(
+            value,
+            grad,
+            -grad,
+            1.0 / gnorm.clamp_min(1.0),
+            -(gnorm**2),
+            torch.zeros(B, dtype=torch.int64, device=y.device),
+            torch.zeros(B, dtype=torch.int64, device=y.device),
+        )
 
     def step(self, problem, y, x, state):
         d = state.direction
@@ -57,8 +63,9 @@ class NonlinearCG(Solver):
         d = torch.where(restart[:, None], -state.grad, d)
         slope = torch.where(restart, -(state.grad**2).sum(-1), slope)
         t0 = (state.step * state.slope / slope.clamp_max(-torch.finfo(y.dtype).tiny)).clamp(1e-10, 1e10)
-        ls = wolfe_line_search(problem, x, y, state.value, state.grad, d, t0, c1=self.c1, c2=self.c2,
-                               max_iter=self.max_line_search)
+        ls = wolfe_line_search(
+            problem, x, y, state.value, state.grad, d, t0, c1=self.c1, c2=self.c2, max_iter=self.max_line_search
+        )
         g_new = ls.grad
         g_old_sq = (state.grad**2).sum(-1).clamp_min(torch.finfo(y.dtype).tiny)
         beta = ((g_new * (g_new - state.grad)).sum(-1) / g_old_sq).clamp_min(0.0)
@@ -68,5 +75,6 @@ class NonlinearCG(Solver):
         beta = torch.where(reset, torch.zeros_like(beta), beta)
         count = torch.where(reset, torch.zeros_like(count), count)
         d_new = -g_new + beta[:, None] * d
-        return ls.y, NCGState(ls.value, g_new, d_new, torch.where(ls.step > 0, ls.step, state.step),
-                              slope, count, ls.status)
+        return ls.y, NCGState(
+            ls.value, g_new, d_new, torch.where(ls.step > 0, ls.step, state.step), slope, count, ls.status
+        )

@@ -50,7 +50,7 @@ class Newton(Solver):
         lam = torch.zeros(B, dtype=y.dtype, device=y.device)
         L = torch.zeros_like(H)
         solved = torch.zeros(B, dtype=torch.bool, device=y.device)
-        for k in range(self.max_damping_tries):
+        for _ in range(self.max_damping_tries):
             Lk, info = torch.linalg.cholesky_ex(H + lam[:, None, None] * eye)
             ok = (info == 0) & ~solved
             L = torch.where(ok[:, None, None], Lk, L)

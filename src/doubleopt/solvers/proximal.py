@@ -67,8 +67,15 @@ class ISTA(Solver):
         sv, sg = problem.value_and_grad(y, x)
         value = sv + problem.nonsmooth(y, x)
         B = y.shape[0]
-        return ProxState(value, torch.full_like(y, float("inf")), sg, sv, self._lipschitz0(problem, y, x), y,
-                         torch.ones(B, dtype=y.dtype, device=y.device))
+        return ProxState(
+            value,
+            torch.full_like(y, float("inf")),
+            sg,
+            sv,
+            self._lipschitz0(problem, y, x),
+            y,
+            torch.ones(B, dtype=y.dtype, device=y.device),
+        )
 
     def step(self, problem, y, x, state):
         if self.accelerated:
