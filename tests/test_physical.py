@@ -88,7 +88,7 @@ def test_grid_free_state_symmetry():
     assert float(V[0, 6] + V[0, 18]) == pytest.approx(2.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("solver", [do.LBFGS(), do.Newton()], ids=["lbfgs", "newton"])
+@pytest.mark.parametrize("solver", [do.LBFGS(), do.Newton(), do.NonlinearCG()], ids=["lbfgs", "newton", "ncg"])
 @pytest.mark.parametrize("input_kind", ["voltage", "current"])
 def test_core_solvers_relax_to_sparse_solution(solver, input_kind):
     net = ph.random_network(40, n_inputs=2, n_outputs=1, seed=1, input_kind=input_kind, k_init="uniform")
