@@ -178,6 +178,7 @@ def test_trace_and_stats(logistic):
     sol = do.solve(fam, do.LBFGS(), x, tol=1e-8, trace=True)
     T = int(sol.num_steps.max())
     assert sol.trace.shape == (T + 1, 5)
+    assert sol.trace_times.shape == (T + 1,) and (sol.trace_times.diff() >= 0).all()
     torch.testing.assert_close(sol.trace[-1], sol.value)
     assert (sol.trace[1:] <= sol.trace[:-1] + 1e-12).all()  # monotone under a line search
     assert sol.stats["grad_evals"] >= T and sol.stats["wall_time"] > 0

@@ -7,6 +7,7 @@ Solvers only implement ``init / step / stationarity / postprocess``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ class LoopOutput:
     num_steps: Tensor
     stationarity: Tensor
     trace: Tensor | None
+    trace_times: Tensor | None = None
 
 
 def _finite_rows(y: Tensor, value: Tensor) -> Tensor:
@@ -79,6 +81,8 @@ def iterate(
 
     num_steps = torch.zeros(B, dtype=torch.int64, device=device)
     values = [value.detach().clone()] if trace else None
+    start = time.perf_counter()
+    times = [0.0] if trace else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -119,6 +123,7 @@ def iterate(
             value = torch.where(accept, value_new, value)
             if values is not None:
                 values.append(value.detach().clone())
+                times.append(time.perf_counter() - start)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(active=int((~done).sum()), refresh=False)
@@ -134,4 +139,5 @@ def iterate(
         num_steps=num_steps,
         stationarity=stat.detach(),
         trace=torch.stack(values) if values is not None else None,
+        trace_times=torch.tensor(times, dtype=torch.float64) if times is not None else None,
     )

@@ -97,6 +97,8 @@ class Solution:
             ``tol``, ``solver``.
         state: the solver's final state (a dataclass of tensors).
         trace: ``(T+1, B)`` objective values per step when ``solve(..., trace=True)``, else ``None``.
+        trace_times: ``(T+1,)`` wall time (s) since the loop started at each traced step (for
+            objective-vs-time curves), else ``None``.
         certified: ``(B,)`` bool, set by :class:`doubleopt.amortized.Safeguarded`: the amortized answer
             passed its certificate directly (``None`` for plain solves).
         fell_back: ``(B,)`` bool, set by :class:`doubleopt.amortized.Safeguarded`: the fallback solver ran
@@ -111,6 +113,7 @@ class Solution:
     stats: dict[str, Any] = field(default_factory=dict)
     state: Any = None
     trace: Tensor | None = None
+    trace_times: Tensor | None = None
     certified: Tensor | None = None
     fell_back: Tensor | None = None
 

@@ -128,6 +128,7 @@ def solve(
         },
         state=out.state,
         trace=out.trace,
+        trace_times=out.trace_times,
     )
     if throw and not bool(sol.successful.all()):
         raise SolveError(sol)
