@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
 
 from .._solution import Solution
@@ -36,6 +37,8 @@ class QPLayer(nn.Module):
         max_steps, tol: interior-point budget and KKT tolerance (default 1e-8 / 1e-4 by dtype).
         throw: raise :class:`~doubleopt.SolveError` if an instance fails (default ``False``: codes are kept in
             ``last_solution``).
+        compute_dtype: dtype of the interior point (default float64 even for float32 layers, whose output
+            and gradients are cast back; ``torch.float32`` iterates natively, accurate to ~1e-3 only).
 
     Example:
         >>> import torch, doubleopt as do
@@ -54,7 +57,7 @@ class QPLayer(nn.Module):
     def __init__(self, Q: Tensor | None = None, q: Tensor | None = None, A: Tensor | None = None,
                  b: Tensor | None = None, G: Tensor | None = None, h: Tensor | None = None, *,
                  learnable: Iterable[str] = (), solver: QP | None = None, adjoint=None, max_steps: int = 50,
-                 tol: float | None = None, throw: bool = False):
+                 tol: float | None = None, throw: bool = False, compute_dtype: torch.dtype | None = None):
         super().__init__()
         learnable = tuple(learnable)
         for name in learnable:
@@ -72,6 +75,7 @@ class QPLayer(nn.Module):
                 self.register_buffer(name, value.detach().clone())
         self.solver = solver or QP()
         self.adjoint, self.max_steps, self.tol, self.throw = adjoint, max_steps, tol, throw
+        self.compute_dtype = compute_dtype
         self.last_solution: Solution | None = None
 
     def forward(self, **inputs: Tensor) -> Tensor:
@@ -83,7 +87,8 @@ class QPLayer(nn.Module):
         if v["Q"] is None or v["q"] is None:
             raise ValueError("QPLayer needs Q and q (as layer values or inputs)")
         sol = qp_solve(v["Q"], v["q"], v["A"], v["b"], v["G"], v["h"], solver=self.solver,
-                       adjoint=self.adjoint, max_steps=self.max_steps, tol=self.tol, throw=self.throw)
+                       adjoint=self.adjoint, max_steps=self.max_steps, tol=self.tol, throw=self.throw,
+                       compute_dtype=self.compute_dtype)
         self.last_solution = sol
         return sol.y
 

@@ -27,7 +27,7 @@ form exactly such a point; an amortized model predicts the four tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -60,6 +60,8 @@ class QPData:
     G: Tensor
     h: Tensor
     start: QPStart | None = None
+    # solver-side constants (symmetrized Q, scales) computed once per solve; not a tensor leaf of the context
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:

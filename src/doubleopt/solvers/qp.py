@@ -58,7 +58,7 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -74,7 +74,7 @@ class QPState:
 
     ``s, lam, nu`` with ``z`` are a warm start for a later solve (:class:`~doubleopt.problems.QPStart`).
     ``L, W, LM`` are the factorization at the current point (``H = L L^T``, ``W = H^{-1} A^T``,
-    ``M = LM LM^T``), reused by the backward pass.
+    ``M = LM LM^T``), reused by the next step's predictor and corrector and by the backward pass.
     """
 
     value: Tensor  # (B,) objective 1/2 z'Qz + q'z
@@ -82,12 +82,25 @@ class QPState:
     s: Tensor  # (B, m) slacks
     lam: Tensor  # (B, m) inequality multipliers
     nu: Tensor  # (B, p) equality multipliers
+    Gz: Tensor  # (B, m) G z (the inequality residual is Gz + s - h)
+    req: Tensor  # (B, p) equality residual A z - b
     residual: Tensor  # (B,) scaled KKT residual (the stationarity measure)
     d: Tensor  # (B, m) the scaling lam / s of the factorization (clipped at 1 / shift)
     status: Tensor  # (B,) RESULTS code (0 = keep going)
     L: Tensor  # (B, n, n)
     W: Tensor  # (B, n, p)
     LM: Tensor  # (B, p, p)
+
+
+@dataclass
+class _Consts:
+    """Per-solve constants, computed once (cached on the :class:`QPData`)."""
+
+    Qs: Tensor  # (B, n, n) symmetric part of Q (an expanded view when Q is shared)
+    shift: Tensor  # (B,) diagonal shift delta * max(1, max |Q_ii|) of H
+    qn: Tensor  # (B,) 1 + ||q||_inf, and the same for b, h (residual scaling)
+    bn: Tensor
+    hn: Tensor
 
 
 def _shared(M: Tensor) -> bool:
@@ -108,13 +121,18 @@ def _mtv(M: Tensor, v: Tensor) -> Tensor:
     return (v[:, None, :] @ M)[:, 0]
 
 
-def _gtdg(G: Tensor, d: Tensor) -> Tensor:
-    """``G^T diag(d) G`` per instance."""
+def _inf(v: Tensor) -> Tensor:
+    return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[0])
+
+
+def _hessian(Qs: Tensor, G: Tensor, d: Tensor) -> Tensor:
+    """``Qs + G^T diag(d) G`` per instance (one batched GEMM; one plain GEMM when ``G`` is shared)."""
+    if G.shape[-2] == 0:
+        return Qs.clone()
     if _shared(G):
         G0 = G[0]
-        return (G0.transpose(0, 1) * d[:, None, :]) @ G0
-    X = G * d.sqrt()[..., None]
-    return X.transpose(-1, -2) @ X
+        return Qs + (G0.transpose(0, 1) * d[:, None, :]) @ G0
+    return torch.baddbmm(Qs, G.transpose(-1, -2) * d[:, None, :], G)
 
 
 def _sym(Q: Tensor) -> Tensor:
@@ -134,8 +152,31 @@ def _step_to_boundary(v: Tensor, dv: Tensor) -> Tensor:
     """Largest ``a`` in ``(0, 1e30]`` with ``v + a dv >= 0`` per instance (``v > 0``)."""
     if v.shape[-1] == 0:
         return v.new_full(v.shape[:1], 1e30)
-    ratio = torch.where(dv < 0, -v / torch.where(dv < 0, dv, -torch.ones_like(dv)), torch.full_like(v, 1e30))
-    return ratio.amin(-1)
+    neg = dv < 0  # the inner where keeps the quotient (and its gradient under Unroll) finite
+    return torch.where(neg, -v / torch.where(neg, dv, -1.0), 1e30).amin(-1)
+
+
+def _take(t: Tensor, idx: Tensor) -> Tensor:
+    """Rows ``idx`` of a batched tensor; a matrix shared by the batch stays an expanded view (no copy)."""
+    if _shared(t):
+        return t[:1].expand(idx.shape[0], *t.shape[1:])
+    return t.index_select(0, idx)
+
+
+def _consts(x: QPData, delta: float) -> _Consts:
+    """The per-solve constants of ``x``, cached on it (keyed by the tensors' versions and grad mode)."""
+    key = (torch.is_grad_enabled(), delta) + tuple(
+        (id(t), t._version) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)
+    )
+    hit = x._cache.get("consts")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    Qs = _sym(x.Q)
+    diag = Qs[:1] if _shared(Qs) else Qs
+    scale = diag.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(1.0).expand(x.q.shape[0])
+    c = _Consts(Qs, delta * scale, 1 + _inf(x.q.detach()), 1 + _inf(x.b.detach()), 1 + _inf(x.h.detach()))
+    x._cache["consts"] = (key, c)
+    return c
 
 
 @dataclass(frozen=True)
@@ -153,6 +194,12 @@ class QP(Solver):
             certificates (default ``1e6`` in float64, ``1e4`` in float32).
         certificate_tol: tolerance of those certificates (default ``1e-6`` / ``1e-3``).
         warm_start_floor: ``s`` and ``lam`` of a warm start are clipped to at least this.
+        skip_tol: instances whose scaled KKT residual is already ``<= skip_tol`` (or that carry a failure
+            code) are not recomputed by ``step``: the loop has stopped them, so their new state would be
+            discarded. Must be ``<=`` the loop's ``tol``; :func:`qp_solve` sets it to ``tol``. ``None``
+            (default with :func:`doubleopt.solve`) recomputes every instance.
+        compact_below: with ``skip_tol``, the step runs on the gathered active instances only when they are
+            fewer than this fraction of the batch (gathering per-instance matrices costs a copy).
 
     Example:
         >>> import torch, doubleopt as do
@@ -167,6 +214,9 @@ class QP(Solver):
     divergence: float | None = None
     certificate_tol: float | None = None
     warm_start_floor: float = 1e-3
+    skip_tol: float | None = None
+    compact_below: float = 0.85
+    refine: int = 1
 
     def check_problem(self, problem) -> None:
         if not isinstance(problem, QPProblem):
@@ -178,38 +228,48 @@ class QP(Solver):
             return float(self.shift)
         return float(torch.finfo(x.q.dtype).eps) ** 0.75
 
-    def _factor(self, Qs: Tensor, x: QPData, d: Tensor):
+    def _consts(self, x: QPData) -> _Consts:
+        return _consts(x, self._delta(x))
+
+    def _factor(self, c: _Consts, x: QPData, d: Tensor):
+        """Factor ``H = Qs + G' D G + shift I`` and the Schur complement ``M = A H^{-1} A' + shift I``."""
         B, n = x.q.shape
-        eye = torch.eye(n, dtype=x.q.dtype, device=x.q.device)
-        scale = Qs.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1.0)
-        H = Qs + _gtdg(x.G, d) if x.m > 0 else Qs
-        shift = self._delta(x) * scale
-        L, info = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
+        H = _hessian(c.Qs, x.G, d)  # a fresh tensor: shift its diagonal in place
+        H.diagonal(dim1=-2, dim2=-1).add_(c.shift[:, None])
+        L, info = torch.linalg.cholesky_ex(H)
         ok = info == 0
-        for _ in range(3):  # rare (ill-conditioned H, mostly float32): larger shift for the failed instances
-            if bool(ok.all()):
-                break
-            shift = shift * 1e3
-            L2, info2 = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
-            L = torch.where(ok[:, None, None], L, L2)
-            ok = ok | (info2 == 0)
-        if not bool(ok.all()):
-            L = torch.where(ok[:, None, None], L, eye.expand_as(L))
         if x.p > 0:
             At = x.A.transpose(-1, -2)
             W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
             M = x.A @ W
             eye_p = torch.eye(x.p, dtype=x.q.dtype, device=x.q.device)
             mscale = M.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
-            M = M + (self._delta(x) * mscale)[:, None, None] * eye_p
-            LM, info2 = torch.linalg.cholesky_ex(M)
+            LM, info2 = torch.linalg.cholesky_ex(M + (self._delta(x) * mscale)[:, None, None] * eye_p)
             ok2 = info2 == 0
-            if not bool(ok2.all()):
-                LM = torch.where(ok2[:, None, None], LM, eye_p.expand_as(LM))
-            ok = ok & ok2
         else:
             W = x.q.new_zeros(B, n, 0)
             LM = x.q.new_zeros(B, 0, 0)
+            ok2 = ok
+        if bool((ok & ok2).all()):  # the common case: one synchronization, no fix-up
+            return L, W, LM, ok
+        # rare (ill-conditioned H, mostly float32): larger shifts for the failed instances
+        eye = torch.eye(n, dtype=x.q.dtype, device=x.q.device)
+        shift = c.shift
+        for _ in range(3):
+            if bool(ok.all()):
+                break
+            shift = shift * 1e3
+            L2, info2 = torch.linalg.cholesky_ex(H + (shift - c.shift)[:, None, None] * eye)
+            L = torch.where(ok[:, None, None], L, L2)
+            ok = ok | (info2 == 0)
+        L = torch.where(ok[:, None, None], L, eye.expand_as(L))
+        if x.p > 0:
+            W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
+            M = x.A @ W
+            mscale = M.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
+            LM, info2 = torch.linalg.cholesky_ex(M + (self._delta(x) * mscale)[:, None, None] * eye_p)
+            LM = torch.where((info2 == 0)[:, None, None], LM, eye_p.expand_as(LM))
+            ok = ok & (info2 == 0)
         return L, W, LM, ok
 
     @staticmethod
@@ -221,61 +281,69 @@ class QP(Solver):
         dnu = _chol_solve(LM, (_mv(A, u) - r2)[..., None])[..., 0]
         return u - (W @ dnu[..., None])[..., 0], dnu
 
-    def _newton(self, st: QPState, x: QPData, rd, req, rin, rc):
-        s, lam = st.s, st.lam
-        t = (lam * rin - rc) / s
-        r1 = -rd - _mtv(x.G, t) if x.m > 0 else -rd
-        dz, dnu = self._reduced_solve(st.L, st.W, st.LM, x.A, r1, -req)
-        if x.m == 0:
-            return dz, s, lam, dnu
-        Gdz = _mv(x.G, dz)
-        dlam = st.d * Gdz + t
-        ds = -rin - Gdz
-        return dz, ds, dlam, dnu
+    def _newton(self, st: QPState, x: QPData, c: _Consts, rin: Tensor, t: Tensor, refine: int = 0):
+        """The Newton direction for ``t = (lam * r_i - r_c) / s``: ``(dz, ds, dlam, dnu)``.
 
-    def _state(self, problem, z: Tensor, x: QPData, s, lam, nu, status, Qs: Tensor | None = None) -> QPState:
-        Qs = _sym(x.Q) if Qs is None else Qs
-        Qz = _mv(Qs, z)
+        ``refine`` steps of iterative refinement against the *unreduced* operator (``Q dz + G' dlam + A' dnu``
+        evaluated by products, not through the formed ``H``, whose entries carry the error of ``D`` up to
+        ``1 / shift``) recover the accuracy the ill-conditioned ``H`` loses near the solution.
+        """
+        r1 = -st.grad - _mtv(x.G, t)
+        dz, dnu = self._reduced_solve(st.L, st.W, st.LM, x.A, r1, -st.req)
+        Gdz = _mv(x.G, dz)
+        dl = st.d * Gdz + t
+        for _ in range(refine):
+            e1 = st.grad + _mv(c.Qs, dz) + _mtv(x.G, dl) + (_mtv(x.A, dnu) if x.p > 0 else 0.0)
+            e2 = st.req + _mv(x.A, dz) if x.p > 0 else st.req
+            ddz, ddnu = self._reduced_solve(st.L, st.W, st.LM, x.A, -e1, -e2)
+            dz, dnu = dz + ddz, dnu + ddnu
+            Gddz = _mv(x.G, ddz)
+            Gdz = Gdz + Gddz
+            dl = dl + st.d * Gddz
+        return dz, -rin - Gdz, dl, dnu
+
+    def _state(self, z: Tensor, x: QPData, c: _Consts, s, lam, nu, status) -> QPState:
+        Qz = _mv(c.Qs, z)
         value = 0.5 * (z * Qz).sum(-1) + (x.q * z).sum(-1)
         rd = Qz + x.q
+        B = z.shape[0]
         if x.m > 0:
             rd = rd + _mtv(x.G, lam)
+            Gz = _mv(x.G, z)
+            d = (lam / s).clamp(max=1.0 / self._delta(x))
+        else:
+            Gz = d = z.new_zeros(B, 0)
         if x.p > 0:
             rd = rd + _mtv(x.A, nu)
-        d = (lam / s).clamp(max=1.0 / self._delta(x)) if x.m > 0 else x.q.new_zeros(x.q.shape[0], 0)
-        L, W, LM, ok = self._factor(Qs, x, d)
+            req = _mv(x.A, z) - x.b
+        else:
+            req = z.new_zeros(B, 0)
+        L, W, LM, ok = self._factor(c, x, d)
         with torch.no_grad():
-            res = self._residual(z, x, s, lam, rd, value)
-            status = self._certificates(z, x, s, lam, nu, Qs, status)
+            res = _inf(rd) / c.qn
+            if x.p > 0:
+                res = torch.maximum(res, _inf(req) / c.bn)
+            if x.m > 0:
+                res = torch.maximum(res, _inf(Gz + s - x.h) / c.hn)
+                res = torch.maximum(res, (s * lam).sum(-1) / x.m)
+            status = self._certificates(z, x, c, lam, nu, status)
             status = torch.where(ok | (status != 0), status, int(RESULTS.linear_solver_failed))
-        return QPState(value, rd, s, lam, nu, res, d, status, L, W, LM)
+        return QPState(value, rd, s, lam, nu, Gz, req, res.detach(), d, status, L, W, LM)
 
-    @staticmethod
-    def _residual(z, x: QPData, s, lam, rd, value) -> Tensor:
-        def inf(v):
-            return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[0])
-
-        res = inf(rd) / (1 + inf(x.q))
-        if x.p > 0:
-            res = torch.maximum(res, inf(_mv(x.A, z) - x.b) / (1 + inf(x.b)))
-        if x.m > 0:
-            res = torch.maximum(res, inf(_mv(x.G, z) + s - x.h) / (1 + inf(x.h)))
-            mu = (s * lam).sum(-1) / x.m
-            res = torch.maximum(res, mu)
-        return res.detach()
-
-    def _certificates(self, z, x: QPData, s, lam, nu, Qs, status) -> Tensor:
+    def _certificates(self, z, x: QPData, c: _Consts, lam, nu, status) -> Tensor:
+        """Infeasibility / unboundedness certificates, evaluated only for instances whose iterates diverge."""
         dt = x.q.dtype
         big = self.divergence if self.divergence is not None else (1e6 if dt == torch.float64 else 1e4)
         eps = self.certificate_tol
         eps = eps if eps is not None else (1e-6 if dt == torch.float64 else 1e-3)
-
-        def inf(v):
-            return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[0])
-
-        # dual ray (lam, nu) -> primal infeasible
-        ny = torch.maximum(inf(lam), inf(nu))
-        scale_y = 1 + torch.maximum(inf(x.h), inf(x.b))
+        z, lam, nu = z.detach(), lam.detach(), nu.detach()
+        ny = torch.maximum(_inf(lam), _inf(nu))
+        nz = _inf(z)
+        cand_y = ny > big * torch.maximum(c.hn, c.bn)
+        cand_z = nz > big * c.qn
+        if not bool((cand_y | cand_z).any()):  # one synchronization; the certificates below are rare
+            return status
+        # dual ray (lam, nu) -> primal infeasible (Farkas)
         yl, yn = lam / ny.clamp_min(1e-300)[:, None], nu / ny.clamp_min(1e-300)[:, None]
         farkas = x.q.new_zeros(x.q.shape)
         supp = x.q.new_zeros(x.q.shape[0])
@@ -285,14 +353,12 @@ class QP(Solver):
         if x.p > 0:
             farkas = farkas + _mtv(x.A, yn)
             supp = supp + (x.b * yn).sum(-1)
-        pinf = (ny > big * scale_y) & (inf(farkas) <= eps * 10) & (supp < -eps)
+        pinf = cand_y & (_inf(farkas) <= eps * 10) & (supp < -eps)
         # primal ray z -> unbounded
-        nz = inf(z)
         dvec = z / nz.clamp_min(1e-300)[:, None]
-        qscale = 1 + inf(x.q)
-        ok = (nz > big * qscale) & (inf(_mv(Qs, dvec)) <= eps * 10) & ((x.q * dvec).sum(-1) < -eps)
+        ok = cand_z & (_inf(_mv(c.Qs.detach(), dvec)) <= eps * 10) & ((x.q * dvec).sum(-1) < -eps)
         if x.p > 0:
-            ok = ok & (inf(_mv(x.A, dvec)) <= eps * 10)
+            ok = ok & (_inf(_mv(x.A, dvec)) <= eps * 10)
         if x.m > 0:
             ok = ok & (_mv(x.G, dvec).amax(-1) <= eps * 10)
         status = torch.where((status == 0) & pinf, int(RESULTS.infeasible), status)
@@ -301,19 +367,18 @@ class QP(Solver):
     # ---- the solver protocol ------------------------------------------------------------------------
     def init(self, problem, y, x: QPData) -> QPState:
         B, n = x.q.shape
-        Qs = _sym(x.Q)
+        c = self._consts(x)
         status = torch.zeros(B, dtype=torch.int64, device=y.device)
+        z = y
         if x.start is not None:
             st = x.start
-            z = y
             s = st.s if st.s is not None else (x.h - _mv(x.G, z) if x.m > 0 else z.new_zeros(B, 0))
             s = s.clamp_min(self.warm_start_floor)
             lam = st.lam.clamp_min(self.warm_start_floor) if st.lam is not None else torch.ones_like(s)
             nu = st.nu if st.nu is not None else z.new_zeros(B, x.p)
-            return self._state(problem, z, x, s, lam, nu, status, Qs)
+            return self._state(z, x, c, s, lam, nu, status)
         # primal start y (QPProblem.init: the CVXOPT cold start); slacks and multipliers as in CVXOPT:
         # s = h - Gz, lam = -s, both shifted to be > 0
-        z = y
         if x.m > 0:
             s = x.h - _mv(x.G, z)
             lam = -s
@@ -323,44 +388,65 @@ class QP(Solver):
             lam = torch.where(a_d >= 0, lam + 1 + a_d, lam)
         else:
             s = lam = z.new_zeros(B, 0)
-        return self._state(problem, z, x, s, lam, z.new_zeros(B, x.p), status, Qs)
+        return self._state(z, x, c, s, lam, z.new_zeros(B, x.p), status)
 
     def cold_start(self, x: QPData) -> Tensor:
         """The CVXOPT initial primal point: ``argmin 1/2 z'Qz + q'z + 1/2 ||h - Gz||^2`` s.t. ``Az = b``."""
         B = x.q.shape[0]
-        L, W, LM, ok = self._factor(_sym(x.Q), x, x.q.new_ones(B, x.m))
+        L, W, LM, ok = self._factor(self._consts(x), x, x.q.new_ones(B, x.m))
         r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
         z, _ = self._reduced_solve(L, W, LM, x.A, r1, x.b)
         return torch.where(ok[:, None], z, torch.zeros_like(z))
 
     def step(self, problem, z, x: QPData, st: QPState):
-        Qs = _sym(x.Q)
-        rd = st.grad
-        req = _mv(x.A, z) - x.b if x.p > 0 else z.new_zeros(z.shape[0], 0)
-        if x.m == 0:
-            dz, _, _, dnu = self._newton(st, x, rd, req, st.s, st.s)
-            return z + dz, self._state(problem, z + dz, x, st.s, st.lam, st.nu + dnu, st.status, Qs)
+        c = self._consts(x)
+        if self.skip_tol is not None:
+            active = (st.residual > self.skip_tol) & (st.status == 0)
+            B = z.shape[0]
+            k = int(active.sum())
+            if k == 0:
+                return z, st
+            if k < self.compact_below * B:
+                idx = torch.nonzero(active).flatten()
+                xs = QPData(*(_take(t, idx) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
+                cs = _Consts(_take(c.Qs, idx), *(t.index_select(0, idx) for t in (c.shift, c.qn, c.bn, c.hn)))
+                sts = QPState(*(t.index_select(0, idx) for t in _fields(st)))
+                zs, sts = self._step(z.index_select(0, idx), xs, cs, sts)
+                new = QPState(*(o.index_copy(0, idx, n) for o, n in zip(_fields(st), _fields(sts))))
+                return z.index_copy(0, idx, zs), new
+        return self._step(z, x, c, st)
+
+    def _step(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
+        if x.m == 0:  # equality-constrained or unconstrained: one Newton step is exact
+            dz, dnu = self._reduced_solve(st.L, st.W, st.LM, x.A, -st.grad, -st.req)
+            return z + dz, self._state(z + dz, x, c, st.s, st.lam, st.nu + dnu, st.status)
         s, lam = st.s, st.lam
-        rin = _mv(x.G, z) + s - x.h
-        # predictor (affine scaling)
-        dz_a, ds_a, dl_a, _ = self._newton(st, x, rd, req, rin, s * lam)
+        rin = st.Gz + s - x.h
+        # predictor (affine scaling, r_c = s lam): t = (lam r_i - r_c) / s
+        t_a = lam * rin / s - lam
+        dz_a, ds_a, dl_a, _ = self._newton(st, x, c, rin, t_a)
         a_aff = torch.minimum(_step_to_boundary(s, ds_a), _step_to_boundary(lam, dl_a)).clamp(max=1.0)
         mu = (s * lam).sum(-1) / x.m
         mu_aff = ((s + a_aff[:, None] * ds_a) * (lam + a_aff[:, None] * dl_a)).sum(-1) / x.m
         sigma = (mu_aff / mu.clamp_min(1e-300)).clamp(0.0, 1.0) ** 3
-        # corrector (centering + second-order term), same factorization
-        rc = s * lam + ds_a * dl_a - (sigma * mu)[:, None]
-        dz, ds, dl, dnu = self._newton(st, x, rd, req, rin, rc)
+        # corrector (centering + second-order term), same factorization:
+        # r_c = s lam + ds_a dl_a - sigma mu
+        t = t_a - (ds_a * dl_a - (sigma * mu)[:, None]) / s
+        dz, ds, dl, dnu = self._newton(st, x, c, rin, t, self.refine)
         a = torch.minimum(_step_to_boundary(s, ds), _step_to_boundary(lam, dl))
         a = (self.step_fraction * a).clamp(max=1.0)[:, None]
         z = z + a * dz
-        return z, self._state(problem, z, x, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status, Qs)
+        return z, self._state(z, x, c, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status)
 
     def stationarity(self, problem, y, x, state: QPState) -> Tensor:
         return state.residual
 
     def current_value(self, state: QPState) -> Tensor:
         return state.value
+
+
+def _fields(st: QPState) -> list[Tensor]:
+    return [getattr(st, f.name) for f in fields(st)]
 
 
 # ---- the KKT backward (OptNet) ----------------------------------------------------------------------
@@ -458,6 +544,7 @@ def qp_solve(
     tol: float | None = None,
     throw: bool = True,
     trace: bool = False,
+    compute_dtype: torch.dtype | None = None,
 ):
     r"""Solve a batch of convex QPs :math:`\min \tfrac12 z^\top Q z + q^\top z`, :math:`Az = b,\ Gz \le h`.
 
@@ -476,8 +563,12 @@ def qp_solve(
         regularization: solve with ``Q + regularization * I`` (an explicit change of problem; use it for a
             ``Q`` that is not positive semidefinite, which otherwise raises ``ValueError``).
         max_steps, throw, trace: as in :func:`doubleopt.solve`.
-        tol: bound on the scaled KKT residual (default 1e-8 in float64, 1e-4 in float32: the float32
-            interior point stalls near 1e-4 relative once the scaling ``lam / s`` is ill-conditioned).
+        tol: bound on the scaled KKT residual (default 1e-8 when computing in float64, 1e-4 in float32).
+        compute_dtype: the dtype the interior point runs in. Default: float64 for float64 *and* for
+            lower-precision inputs (float32, ...), whose solution and gradients are cast back to the input
+            dtype (``Solution.state`` stays in float64). Pass ``torch.float32`` to iterate natively in
+            float32: the interior point then stalls near a KKT residual of 1e-4..1e-5 once ``lam / s`` is
+            ill-conditioned, and the solution is only good to about 1e-3..1e-2 (see docs/optnet.md).
 
     Example:
         >>> import torch, doubleopt as do
@@ -494,9 +585,24 @@ def qp_solve(
         raise ValueError(f"regularization must be >= 0, got {regularization}")
     if regularization > 0:
         Q = Q + regularization * torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
-    data = make_qp_data(Q, q, A, b, G, h, start=start)
+    data = make_qp_data(Q, q, A, b, G, h, start=start)  # validates shapes and dtypes
+    in_dtype = data.q.dtype
+    cdt = compute_dtype if compute_dtype is not None else torch.promote_types(in_dtype, torch.float64)
+    if cdt != in_dtype:  # convert the raw (possibly shared) inputs, so shared matrices stay views
+        def cast(t):
+            return None if t is None else t.to(cdt)
+
+        if start is not None:
+            start = QPStart(*(cast(t) for t in (start.z, start.s, start.lam, start.nu)))
+        data = make_qp_data(*(cast(t) for t in (Q, q, A, b, G, h)), start=start)
     if tol is None:
-        tol = QP_DEFAULT_TOL.get(data.q.dtype, 1e-4)
+        tol = QP_DEFAULT_TOL.get(cdt, 1e-4)
     problem = QPProblem()
-    return solve(problem, solver or QP(), data, data.start.z if start is not None else None, adjoint=adjoint,
-                 max_steps=max_steps, tol=tol, throw=throw, trace=trace)
+    solver = solver or QP()
+    if solver.skip_tol is None:
+        solver = replace(solver, skip_tol=tol)
+    sol = solve(problem, solver, data, data.start.z if start is not None else None, adjoint=adjoint,
+                max_steps=max_steps, tol=tol, throw=throw, trace=trace)
+    if cdt != in_dtype:
+        sol = replace(sol, y=sol.y.to(in_dtype), value=sol.value.to(in_dtype))
+    return sol
