@@ -158,3 +158,21 @@ def test_quadratic_all_solvers_reach_solution():
     ]:
         sol = do.solve(fam, solver, x, max_steps=20000, tol=1e-8)
         torch.testing.assert_close(sol.y, star, atol=1e-6, rtol=0, msg=type(solver).__name__)
+
+
+def test_compact_lbfgs_product_matches_two_loop_even_when_steps_shrink():
+    from doubleopt.solvers.lbfgs import compact_inverse_hessian_product, two_loop
+
+    g = torch.Generator().manual_seed(0)
+    B, m, n = 4, 8, 12
+    M = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A = M @ M.T + 0.1 * torch.eye(n, dtype=torch.float64)
+    s = torch.randn(B, m, n, generator=g, dtype=torch.float64) * torch.logspace(0, -9, m, dtype=torch.float64)[:, None]
+    r = s @ A
+    rho = 1.0 / (s * r).sum(-1)
+    rho[0, :3] = 0.0  # empty slots
+    rho[2, 4] = 0.0  # a skipped pair
+    gamma = torch.rand(B, generator=g, dtype=torch.float64) + 0.5
+    grad = torch.randn(B, n, generator=g, dtype=torch.float64)
+    a, b = two_loop(grad, s, r, rho, gamma), compact_inverse_hessian_product(grad, s, r, rho, gamma)
+    torch.testing.assert_close(b, a, atol=0, rtol=1e-9)

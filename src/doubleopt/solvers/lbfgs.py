@@ -64,12 +64,17 @@ def compact_inverse_hessian_product(grad: Tensor, s: Tensor, r: Tensor, rho: Ten
         \begin{bmatrix} S^\top \\ \gamma Y^\top \end{bmatrix}
 
     with :math:`R` the upper triangle of :math:`S^\top Y` and :math:`D` its diagonal. Equal to the two-loop
-    recursion, but a handful of batched matrix products instead of ``4 m`` small operations. Empty or
-    skipped slots (``rho = 0``) are zeroed and get a unit diagonal in ``R``, so they contribute nothing.
+    recursion, but a handful of batched matrix products instead of ``4 m`` small operations. Each pair is
+    scaled by :math:`1/\\sqrt{s^\\top y}` (BFGS is invariant to that), which keeps :math:`R` well conditioned
+    near convergence. Empty or skipped slots (``rho = 0``) are zeroed and get a unit diagonal in ``R``, so
+    they contribute nothing.
     """
     valid = (rho != 0).to(grad.dtype)
-    S = s * valid[..., None]
-    Y = r * valid[..., None]
+    # BFGS is invariant to scaling a pair (s, y) jointly: scale each by sqrt(rho) = 1 / sqrt(s'y) so that
+    # diag(R) = 1 and R stays well conditioned as the steps shrink (empty slots: scale 0)
+    scale = rho.clamp_min(0).sqrt()[..., None]
+    S = s * scale
+    Y = r * scale
     m = S.shape[1]
     a = S @ grad[..., None]  # (B, m, 1)
     b = Y @ grad[..., None]
