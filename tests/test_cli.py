@@ -36,3 +36,12 @@ def test_solvers_study_quick(tmp_path):
     assert data["lbfgs_max_abs_diff_vs_scipy"] < 1e-4
     assert data["adam_max_abs_diff_vs_torch"] < 1e-8
     assert (tmp_path / "solvers.png").exists() and (tmp_path / "table.md").exists()
+
+
+def test_solver_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--kind", "solvers", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "L-BFGS" in out and "64/64" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {r["solver"] for r in data["rows"]} >= {"Adam", "L-BFGS", "Newton", "FISTA"}
+    assert (tmp_path / "demo.png").exists()

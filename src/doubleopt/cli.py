@@ -1,6 +1,7 @@
 """The ``doubleopt`` command.
 
-Sub-commands: ``demo`` (the main job on built-in defaults), ``bench [NAME ...]`` (registered studies under
+Sub-commands: ``demo`` (the main job on built-in defaults: the amortization demo; ``--kind solvers`` for the
+comparison of every classical solver), ``bench [NAME ...]`` (registered studies under
 ``benchmarks/``), plus commands that feature packages register (``train-lopt``, ...): a module listed in
 ``_PLUGINS`` that exposes ``register(subparsers)`` adds its own sub-command.
 """
@@ -20,7 +21,10 @@ _PLUGINS = [
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if args.kind == "amortized":
+        from .amortized.demo import run_demo
+    else:
+        from .demo import run_demo
 
     run_demo(out_dir=args.out, quick=args.quick)
     return 0
@@ -43,7 +47,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doubleopt", description="Double optimization in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="solve a default family with every solver; print a table, write a plot")
+    p = sub.add_parser(
+        "demo",
+        help="the main job on built-in defaults: train an amortized solver, then compare classical, "
+        "amortized and safeguarded solves (--kind solvers: every classical solver on one family)",
+    )
+    p.add_argument("--kind", choices=["amortized", "solvers"], default="amortized", help="which demo to run")
     p.add_argument("--out", default="demo_results", help="folder for the plot and JSON results")
     p.add_argument("--quick", action="store_true", help="smaller sizes (seconds)")
     p.set_defaults(func=_cmd_demo)
