@@ -41,7 +41,7 @@ class Args:
     lr_grid_max: float = 10.0  # ... to
     lr_grid_points: int = 16  # ... with this many points
     tune_runs: int = 10  # optimizee runs per grid point (train split; criterion: mean loss at the last step)
-    quad_meta_steps: int = 300  # meta-steps of the LSTM trained here on 10-d quadratics (TBPTT, K=20, T=100)
+    quad_meta_steps: int = 1000  # meta-steps of the LSTM trained here on 10-d quadratics (TBPTT, K=20, T=100)
     threads: int = 1  # torch threads (fixed; reported)
     out: str = "bench_results/lopt"  # output folder
 
@@ -160,6 +160,18 @@ def main(argv=None):
                 repeats=5 if args.quick else 20,
             ).median
 
+    # meta-training memory: tensors saved for backward in one TBPTT meta-step (LSTM, digits, 8 optimizees)
+    # grows with the truncation K and not with the horizon T; ES/PES save nothing for backward
+    memory_mb = {}
+    for K in (2, 4) if args.quick else (5, 10, 20):
+        torch.manual_seed(0)
+        tr = MetaTrainer(
+            LSTMOptimizer(), train_task, MetaConfig(unroll=K, horizon=100, batch=2 if args.quick else 8)
+        )
+        tr.step()
+        memory_mb[f"tbptt K={K}"] = tr.peak_saved_bytes / 2**20
+    print("saved-for-backward MB per TBPTT meta-step:", memory_mb, flush=True)
+
     report = Report("lopt", out_dir=args.out)
     for setting, res in results.items():
         for n, c in res.items():
@@ -168,7 +180,7 @@ def main(argv=None):
             report.add_row(
                 task=setting,
                 optimizer=n,
-                lr=lrs.get(n, qlrs.get(n)) if "learned" not in n else "-",
+                lr=(qlrs if "quadratic" in setting else lrs)[n] if "learned" not in n else "-",
                 final_mean=float(c[-1].mean()),
                 final_std=float(c[-1].std()),
                 mean_2nd_half=float(half.mean()),
@@ -204,7 +216,7 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9), constrained_layout=True)
     colors = {
         "LSTM (learned)": "C3",
         "MLP (learned)": "C4",
@@ -216,17 +228,18 @@ def main(argv=None):
     for ax, (setting, res) in zip(axes.flat, results.items()):
         for n, c in res.items():
             c = c.clamp_max(1e3)
-            m, sd = c.mean(1), c.std(1)
+            m = c.mean(1)
+            lo, hi = torch.quantile(c, 0.25, dim=1), torch.quantile(c, 0.75, dim=1)
             steps = torch.arange(len(m))
             ax.plot(steps, m, color=colors[n], label=n, lw=2 if "learned" in n else 1.2)
-            ax.fill_between(steps, (m - sd).clamp_min(1e-6), m + sd, color=colors[n], alpha=0.15)
+            ax.fill_between(steps, lo, hi, color=colors[n], alpha=0.15)
         ax.set_yscale("log")
         ax.set_title(setting)
         ax.set_xlabel("optimizee step")
         ax.set_ylabel("loss (full split)" if "quadratic" not in setting else "||W theta - y||^2")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(
-        f"Learned optimizers vs tuned baselines: mean +- std over {args.runs} runs "
+        f"Learned optimizers vs tuned baselines: mean (line), interquartile range (band), {args.runs} runs "
         f"(threads={args.threads}, float32)"
     )
     path = report.save(
@@ -239,6 +252,7 @@ def main(argv=None):
             "tuned_lr_quadratic": qlrs,
             "goals": goals,
             "step_time_s": step_time,
+            "tbptt_saved_for_backward_MB": memory_mb,
             "curves_mean": {s: {n: c.mean(1).tolist() for n, c in r.items()} for s, r in results.items()},
             "curves_std": {s: {n: c.std(1).tolist() for n, c in r.items()} for s, r in results.items()},
         },

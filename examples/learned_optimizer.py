@@ -21,7 +21,7 @@ for name, solver in [("LSTM (learned)", lstm.as_solver()), ("Adam lr=0.1", do.Ad
 # ... or through do.solve on one fixed batch per instance (any adjoint works: the optimizer is a solver)
 x = family.sample(8, seed=0)
 sol = do.solve(family, lstm.as_solver(), x, family.init(x), max_steps=100, throw=False)
-print("do.solve with the LSTM optimizer:", sol.summary(), f"mean loss {float(sol.value.mean()):.3f}")
+print("do.solve with the LSTM optimizer:", sol.summary(), f"mean loss {float(sol.value.detach().mean()):.3f}")
 
 # 2) As a torch.optim optimizer for an ordinary nn.Module
 X, y = do.problems.load_dataset("digits", "train")

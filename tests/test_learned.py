@@ -264,7 +264,7 @@ def test_torch_optimizer_trains_a_real_module_on_digits(name):
         loss.backward()
         opt.step()
     acc = float((model(Xte).argmax(-1) == yte).float().mean())
-    assert acc >= 0.85, acc
+    assert acc >= 0.90, acc  # measured: 0.951 (LSTM), 0.940 (MLP); torch.optim.Adam(lr=0.1): 0.944
 
 
 def test_torch_optimizer_state_dict_param_groups_and_nonfinite():

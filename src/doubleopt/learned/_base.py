@@ -120,6 +120,7 @@ def atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
