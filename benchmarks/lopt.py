@@ -60,9 +60,7 @@ def full_split_loss(task: DigitsMLPTask):
 
     def fn(theta, inst):
         B = theta.shape[0]
-        return task.problem.objective(
-            theta, ClassificationContext(X.expand(B, *X.shape), t.expand(B, *t.shape))
-        )
+        return task.problem.objective(theta, ClassificationContext(X.expand(B, *X.shape), t.expand(B, *t.shape)))
 
     return fn
 
@@ -76,9 +74,7 @@ def tune(name, task, eval_fn, args, steps):
     grid = torch.logspace(math.log10(args.lr_grid_min), math.log10(args.lr_grid_max), args.lr_grid_points)
     best = (float("inf"), None)
     for lr in grid.tolist():
-        final = float(
-            curves(BASELINES[name](lr), task, eval_fn, args.tune_runs, steps, args.seed + 1)[-1].mean()
-        )
+        final = float(curves(BASELINES[name](lr), task, eval_fn, args.tune_runs, steps, args.seed + 1)[-1].mean())
         if final < best[0]:
             best = (final, lr)
     return best[1]
@@ -120,8 +116,7 @@ def main(argv=None):
         }
         results[setting] = {n: curves(s, task, ev, args.runs, steps, args.seed) for n, s in opts.items()}
         print(
-            f"  {setting}: "
-            + ", ".join(f"{n} {float(c[-1].mean()):.3f}" for n, c in results[setting].items()),
+            f"  {setting}: " + ", ".join(f"{n} {float(c[-1].mean()):.3f}" for n, c in results[setting].items()),
             flush=True,
         )
 
@@ -139,9 +134,7 @@ def main(argv=None):
     meta_train(MetaTrainer(qlstm, quad, quad_cfg), args.quad_meta_steps, progress=True)
     qlrs = {n: tune(n, quad, None, args, args.steps) for n in BASELINES}
     qopts = {"LSTM (learned)": qlstm.as_solver(), **{n: BASELINES[n](qlrs[n]) for n in BASELINES}}
-    results["10-d quadratic"] = {
-        n: curves(s, quad, None, args.runs, args.steps, args.seed) for n, s in qopts.items()
-    }
+    results["10-d quadratic"] = {n: curves(s, quad, None, args.runs, args.steps, args.seed) for n, s in qopts.items()}
 
     # wall-clock of one optimizee step (base task, batch = runs), relative to Adam
     task = DigitsMLPTask(split="test")
@@ -165,9 +158,7 @@ def main(argv=None):
     memory_mb = {}
     for K in (2, 4) if args.quick else (5, 10, 20):
         torch.manual_seed(0)
-        tr = MetaTrainer(
-            LSTMOptimizer(), train_task, MetaConfig(unroll=K, horizon=100, batch=2 if args.quick else 8)
-        )
+        tr = MetaTrainer(LSTMOptimizer(), train_task, MetaConfig(unroll=K, horizon=100, batch=2 if args.quick else 8))
         tr.step()
         memory_mb[f"tbptt K={K}"] = tr.peak_saved_bytes / 2**20
     print("saved-for-backward MB per TBPTT meta-step:", memory_mb, flush=True)
@@ -245,9 +236,7 @@ def main(argv=None):
     path = report.save(
         {
             "args": vars(args),
-            "conditions": conditions(
-                batch=args.runs, dtype="float32", note="2-core machine shared with other jobs"
-            ),
+            "conditions": conditions(batch=args.runs, dtype="float32", note="2-core machine shared with other jobs"),
             "tuned_lr_digits": lrs,
             "tuned_lr_quadratic": qlrs,
             "goals": goals,

@@ -107,9 +107,7 @@ def test_es_and_pes_estimate_the_bptt_gradient():
     def trainer(method, unroll, horizon, pairs=1):
         lopt = MLPOptimizer(hidden=4, step_mult=0.05).double()
         lopt.load_state_dict(base.state_dict())
-        return MetaTrainer(
-            lopt, task, MetaConfig(method=method, unroll=unroll, horizon=horizon, es_pairs=pairs, **kw)
-        )
+        return MetaTrainer(lopt, task, MetaConfig(method=method, unroll=unroll, horizon=horizon, es_pairs=pairs, **kw))
 
     # antithetic ES on one truncation vs backprop through the same truncation
     _, g_bp, _ = trainer("tbptt", 3, 6).meta_gradient()
@@ -130,9 +128,7 @@ def test_es_and_pes_estimate_the_bptt_gradient():
 def test_tbptt_memory_is_bounded_by_truncation_not_horizon():
     def saved(unroll, horizon):
         torch.manual_seed(0)
-        tr = MetaTrainer(
-            LSTMOptimizer(), QuadraticTask(), MetaConfig(unroll=unroll, horizon=horizon, batch=4)
-        )
+        tr = MetaTrainer(LSTMOptimizer(), QuadraticTask(), MetaConfig(unroll=unroll, horizon=horizon, batch=4))
         for _ in range(horizon // unroll):
             tr.step()
         return tr.peak_saved_bytes
@@ -271,9 +267,7 @@ def test_torch_optimizer_state_dict_param_groups_and_nonfinite():
     model = _digits_model()
     X, y = do.problems.load_dataset("digits", "train")
     lopt = load_pretrained("mlp-digits")
-    opt = TorchOptimizer(
-        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}], lopt
-    )
+    opt = TorchOptimizer([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}], lopt)
 
     def step(m, o):
         o.zero_grad()
@@ -284,9 +278,7 @@ def test_torch_optimizer_state_dict_param_groups_and_nonfinite():
         step(model, opt)
     model2 = _digits_model()
     model2.load_state_dict(model.state_dict())
-    opt2 = TorchOptimizer(
-        [{"params": model2[0].parameters()}, {"params": model2[2].parameters(), "lr": 0.5}], lopt
-    )
+    opt2 = TorchOptimizer([{"params": model2[0].parameters()}, {"params": model2[2].parameters(), "lr": 0.5}], lopt)
     opt2.load_state_dict(opt.state_dict())
     assert opt2.state_dict()["param_groups"][1]["lr"] == 0.5
     step(model, opt)

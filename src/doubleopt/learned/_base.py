@@ -85,9 +85,7 @@ class LearnedOptimizer(nn.Module):
         return self
 
 
-def load_checked(
-    module: LearnedOptimizer, tensors: dict[str, Tensor], *, source: str, file_arch: str | None
-) -> None:
+def load_checked(module: LearnedOptimizer, tensors: dict[str, Tensor], *, source: str, file_arch: str | None) -> None:
     """Copy ``tensors`` into ``module`` after checking every name and shape (errors name the tensor)."""
     own = module.state_dict()
     where = f"{source} (architecture {file_arch!r})" if file_arch else source

@@ -27,9 +27,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--arch", choices=["lstm", "mlp"], default="lstm", help="optimizer architecture")
     p.add_argument("--task", choices=["digits", "quadratic"], default="digits", help="optimizee task")
-    p.add_argument(
-        "--method", choices=["tbptt", "es", "pes"], default="tbptt", help="meta-gradient estimator"
-    )
+    p.add_argument("--method", choices=["tbptt", "es", "pes"], default="tbptt", help="meta-gradient estimator")
     p.add_argument("--meta-steps", type=int, default=400, help="number of meta-steps (truncations)")
     p.add_argument("--unroll", type=int, default=20, help="truncation length K")
     p.add_argument("--horizon", type=int, default=100, help="optimizee steps per trajectory T")
@@ -44,9 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
     p.add_argument("--checkpoint-every", type=int, default=25, help="meta-steps between checkpoints")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present"
-    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 

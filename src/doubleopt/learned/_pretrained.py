@@ -38,8 +38,7 @@ def load_pretrained(name: str, into: LearnedOptimizer | None = None) -> LearnedO
         path = Path(name)
     else:
         raise ValueError(
-            f"unknown pretrained optimizer {name!r}; available: {sorted(PRETRAINED)} "
-            "(or a path to a .safetensors file)"
+            f"unknown pretrained optimizer {name!r}; available: {sorted(PRETRAINED)} (or a path to a .safetensors file)"
         )
     if into is None:
         from safetensors import safe_open

@@ -131,9 +131,7 @@ class MetaConfig:
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
         if self.unroll < 1 or self.horizon < 1 or self.batch < 1:
-            raise ValueError(
-                f"unroll, horizon and batch must be >= 1, got {self.unroll}, {self.horizon}, {self.batch}"
-            )
+            raise ValueError(f"unroll, horizon and batch must be >= 1, got {self.unroll}, {self.horizon}, {self.batch}")
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
         if not self.meta_lr > 0 or not self.es_sigma > 0 or self.es_pairs < 1:
@@ -279,11 +277,7 @@ class MetaTrainer:
         self.meta_step += 1
         self.losses.append(loss)
         carries = self.particles if self.config.method == "pes" else [self.carry]
-        if (
-            not finite
-            or int(self.carry.t) >= self.config.horizon
-            or not all(_finite_carry(c) for c in carries)
-        ):
+        if not finite or int(self.carry.t) >= self.config.horizon or not all(_finite_carry(c) for c in carries):
             self._reset()
         return MetaStepInfo(loss, not finite, gnorm, saved)
 
@@ -322,9 +316,7 @@ class MetaTrainer:
         self.meta_step, self.skipped, self.trajectories = (int(v) for v in d["counters"])
         self.losses = d["losses"].tolist()
         self.peak_saved_bytes = int(d["peak_saved_bytes"])
-        template = start_trajectory(
-            self.solver, self.task, self.config.batch, torch.Generator().manual_seed(0)
-        )
+        template = start_trajectory(self.solver, self.task, self.config.batch, torch.Generator().manual_seed(0))
         n_leaves = len(tree_tensors(template))
         carries = []
         j = 0
@@ -337,9 +329,7 @@ class MetaTrainer:
             self.carry = carries[0]
 
 
-def save_checkpoint(
-    trainer: MetaTrainer, path: str | os.PathLike, extra: dict[str, Any] | None = None
-) -> None:
+def save_checkpoint(trainer: MetaTrainer, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
     """Atomically write the trainer's state (safetensors; config and architecture in the metadata)."""
     meta = {
         "config": json.dumps(asdict(trainer.config)),
