@@ -2,13 +2,17 @@
 
 Same random feasible QPs (do.problems.RandomQP, per-instance matrices) for every method; solutions are
 checked to agree within `agree_tol` before anything is timed. Timed: forward + backward of sum(z * w) w.r.t.
-(Q, q, A, b, G, h), median of repeats after a warm-up, threads fixed. Then a scaling sweep of our layer over
-n and B, and the float32 vs float64 accuracy. Run: doubleopt bench qp [-- --quick]
+(Q, q, A, b, G, h), median of repeats after a warm-up, threads fixed; the process CPU time is recorded too
+(on a machine shared with other jobs, wall time includes waiting for a core). Then a scaling sweep of our
+layer over n and B, and the float32 accuracy (float32 inputs solved in float64, the default, and natively
+in float32). Run: doubleopt bench qp [-- --quick] [-- --threads 1]
 qpth / cvxpylayers are benchmark-only dependencies (pip install --no-deps qpth==0.0.18; cvxpylayers).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +30,7 @@ class Args:
     threads: int = 2  # torch / BLAS threads
     repeats: int = 3  # timed repeats (median)
     agree_tol: float = 1e-6  # max |z_ours - z_other| before timing
+    tol: float = 1e-12  # our KKT tolerance (qpth's default eps is 1e-12; z error ~ sqrt(tol) if degenerate)
     scale_n: list[int] = field(default_factory=lambda: [10, 50, 100, 200])  # sweep over n (B = batch)
     scale_b: list[int] = field(default_factory=lambda: [1, 32, 128, 512])  # sweep over B (n = n)
     skip_cvxpylayers: bool = False  # cvxpylayers is slow (seconds per batch)
@@ -34,12 +39,22 @@ class Args:
     out: str = "bench_results/qp"  # output folder
 
 
+def cpu_time(fn, repeats):
+    """Median process CPU time (s) of ``fn()`` over ``repeats`` calls (after the warm-up of time_call)."""
+    out = []
+    for _ in range(repeats):
+        c = time.process_time()
+        fn()
+        out.append(time.process_time() - c)
+    return sorted(out)[len(out) // 2]
+
+
 def make(args, B, n, m, p, dtype=torch.float64):
     x = do.problems.RandomQP(n=n, m=m, p=p, dtype=dtype).sample(B, seed=args.seed)
     return [getattr(x, k) for k in "QqAbGh"]
 
 
-def ours(tensors, w, tol=1e-10):
+def ours(tensors, w, tol=1e-12):
     leaves = [t.clone().requires_grad_() for t in tensors]
     sol = do.qp_solve(*leaves, tol=tol, throw=False)
     (sol.y * w).sum().backward()
@@ -95,13 +110,17 @@ def main(argv=None):
     data = make(args, B, n, m, p)
     w = torch.randn(B, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
-    t_ours = time_call(lambda: ours(data, w), warmup=1, repeats=args.repeats)
+    load_before = os.getloadavg()[0]
+    t_ours = time_call(lambda: ours(data, w, args.tol), warmup=1, repeats=args.repeats)
     z_ours, g_ours, sol = t_ours.result
+    c_ours = cpu_time(lambda: ours(data, w, args.tol), args.repeats)
     rows = {"doubleopt": t_ours.median}
     report.add_row(
         method="doubleopt (KKT adjoint)",
         fwd_bwd_s=t_ours.median,
         speedup=1.0,
+        cpu_s=c_ours,
+        cpu_speedup=1.0,
         max_dz=0.0,
         max_dgrad_q=0.0,
         steps=float(sol.num_steps.double().mean()),
@@ -114,11 +133,14 @@ def main(argv=None):
         if dz > args.agree_tol:
             print(f"qpth disagrees: max |dz| = {dz:.2e} > {args.agree_tol}; timing anyway but flagged")
         t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
+        c_q = cpu_time(lambda: qpth_run(data, w), args.repeats)
         rows["qpth"] = t_q.median
         report.add_row(
             method="qpth 0.0.18 (PDIPM batched)",
             fwd_bwd_s=t_q.median,
             speedup=t_q.median / t_ours.median,
+            cpu_s=c_q,
+            cpu_speedup=c_q / c_ours,
             max_dz=dz,
             max_dgrad_q=float((g_q[1] - g_ours[1]).abs().max()),
             steps=float("nan"),
@@ -136,11 +158,14 @@ def main(argv=None):
             t_c = time_call(
                 lambda: cvxpylayers_run(layer, data, w), warmup=0, repeats=max(1, args.repeats // 2)
             )
+            c_c = cpu_time(lambda: cvxpylayers_run(layer, data, w), 1)
             rows["cvxpylayers"] = t_c.median
             report.add_row(
                 method="cvxpylayers (SCS)",
                 fwd_bwd_s=t_c.median,
                 speedup=t_c.median / t_ours.median,
+                cpu_s=c_c,
+                cpu_speedup=c_c / c_ours,
                 max_dz=dz,
                 max_dgrad_q=float((g_c[1] - g_ours[1]).abs().max()),
                 steps=float("nan"),
@@ -156,9 +181,10 @@ def main(argv=None):
     for bb, nn in tqdm(grid, desc="scaling"):
         d = make(args, bb, nn, 2 * nn, max(1, nn // 5))
         ww = torch.randn(bb, nn, dtype=torch.float64)
-        t = time_call(lambda d=d, ww=ww: ours(d, ww), warmup=1, repeats=args.repeats)
+        t = time_call(lambda d=d, ww=ww: ours(d, ww, args.tol), warmup=1, repeats=args.repeats)
         d32 = [x.float() for x in d]
-        z32 = do.qp_solve(*d32, tol=1e-5, max_steps=100, throw=False).y.double()
+        z32 = do.qp_solve(*d32, tol=args.tol, throw=False).y.double()  # float32 inputs, float64 IPM
+        s32 = do.qp_solve(*d32, tol=1e-4, max_steps=100, throw=False, compute_dtype=torch.float32)
         scaling.append(
             {
                 "B": bb,
@@ -166,7 +192,11 @@ def main(argv=None):
                 "m": 2 * nn,
                 "p": max(1, nn // 5),
                 "fwd_bwd_s": t.median,
-                "f32_max_err": float((z32 - t.result[0]).abs().max()),
+                "steps_mean": float(t.result[2].num_steps.double().mean()),
+                "f32_inputs_max_err": float((z32 - t.result[0]).abs().max()),
+                "f32_native_max_err": float((s32.y.double() - t.result[0]).abs().max()),
+                "f32_native_median_err": float((s32.y.double() - t.result[0]).abs().amax(-1).median()),
+                "f32_native_successful": int(s32.successful.sum()),
             }
         )
     import matplotlib
@@ -194,6 +224,7 @@ def main(argv=None):
                 m=m,
                 p=p,
                 note="machine shared with other engineers; absolute times are noisy, ratios are same-run",
+                load_average_1min=[load_before, os.getloadavg()[0]],
             ),
             "agreement_max_abs_dz": agree,
             "scaling": scaling,

@@ -238,3 +238,31 @@ def test_shared_matrix_gradient_sums_over_batch():
         do.qp_solve(x.Q[0], x.q[i], x.A[0], x.b[i], Gi, x.h[i]).y.sum().backward()
         g_sum += Gi.grad
     torch.testing.assert_close(G.grad, g_sum)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_nullspace_and_schur_modes_agree(shared):
+    x = RandomQP(n=9, m=14, p=4, shared_matrices=shared).sample(5, seed=6)
+    out = {}
+    for mode in ("nullspace", "schur"):
+        leaves = [getattr(x, k).clone().requires_grad_() for k in "QqAbGh"]
+        sol = do.qp_solve(*leaves, solver=do.solvers.QP(equality=mode), tol=1e-12, max_steps=100)
+        (sol.y**2).sum().backward()
+        # the mode really differs: null-space factors are (n - p) x (n - p)
+        assert sol.state.L.shape[-1] == (9 - 4 if mode == "nullspace" else 9)
+        out[mode] = (sol.y.detach(), sol.state.nu, [t.grad for t in leaves])
+    (za, nua, ga), (zb, nub, gb) = out["nullspace"], out["schur"]
+    torch.testing.assert_close(za, zb, atol=1e-8, rtol=0)
+    torch.testing.assert_close(nua, nub, atol=1e-6, rtol=1e-6)
+    for k, a, b in zip("QqAbGh", ga, gb):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=f"gradient of {k}")
+    with pytest.raises(ValueError, match="equality must be"):
+        do.solvers.QP(equality="lu")
+
+
+def test_skipping_converged_instances_changes_nothing():
+    x = RandomQP(n=8, m=16, p=2).sample(16, seed=9)
+    fast = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-11)  # skip_tol = tol: converged rows are skipped
+    full = do.solve(do.problems.QPProblem(), do.solvers.QP(), x, tol=1e-11)
+    assert bool((fast.num_steps == full.num_steps).all()) and len(set(full.num_steps.tolist())) > 1
+    torch.testing.assert_close(fast.y, full.y, atol=1e-10, rtol=0)  # BLAS differs with the batch size

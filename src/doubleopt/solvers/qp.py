@@ -93,6 +93,20 @@ class QPState:
 
 
 @dataclass
+class _NullSpace:
+    """The equality constraints eliminated once per solve: ``A^T = Y R``, ``U = [Y | N]`` orthogonal, ``AN = 0``."""
+
+    U: Tensor  # (B, n, n) [Y | N]
+    R: Tensor  # (B, p, p) upper triangular
+    Y: Tensor  # (B, n, p) contiguous copies of the two blocks of U
+    N: Tensor  # (B, n, k)
+    Gr: Tensor  # (B, m, k) G N   (k = n - p)
+    GY: Tensor  # (B, m, p) G Y
+    Qr: Tensor  # (B, k, k) N' Qs N
+    NtQ: Tensor  # (B, k, n) N' Qs
+
+
+@dataclass
 class _Consts:
     """Per-solve constants, computed once (cached on the :class:`QPData`)."""
 
@@ -101,6 +115,7 @@ class _Consts:
     qn: Tensor  # (B,) 1 + ||q||_inf, and the same for b, h (residual scaling)
     bn: Tensor
     hn: Tensor
+    ns: _NullSpace | None = None  # set when the equalities are eliminated (null-space mode)
 
 
 def _shared(M: Tensor) -> bool:
@@ -163,9 +178,43 @@ def _take(t: Tensor, idx: Tensor) -> Tensor:
     return t.index_select(0, idx)
 
 
-def _consts(x: QPData, delta: float) -> _Consts:
+def _mm(X: Tensor, Y: Tensor) -> Tensor:
+    """Batched ``X @ Y``; the product of two matrices shared by the batch stays a shared (expanded) view."""
+    if _shared(X) and _shared(Y):
+        return (X[0] @ Y[0]).expand(X.shape[0], X.shape[1], Y.shape[2])
+    if _shared(X):
+        return X[0] @ Y
+    if _shared(Y):
+        return X @ Y[0]
+    return X @ Y
+
+
+def _null_space(x: QPData, Qs: Tensor) -> _NullSpace | None:
+    """QR of ``A^T`` (once per solve); ``None`` if some ``A`` is (numerically) rank deficient."""
+    p, n = x.p, x.n
+    B = x.q.shape[0]
+    At = x.A.detach().transpose(-1, -2)
+    if _shared(x.A):
+        U0, R0 = torch.linalg.qr(At[0], mode="complete")
+        U, R = U0.expand(B, n, n), R0[:p].expand(B, p, p)
+    else:
+        U, R = torch.linalg.qr(At, mode="complete")
+        R = R[:, :p]
+    diag = (R[:1] if _shared(R) else R).diagonal(dim1=-2, dim2=-1).abs()
+    rtol = float(torch.finfo(x.q.dtype).eps) ** 0.5
+    if not bool((diag.amin(-1) > rtol * diag.amax(-1).clamp_min(1e-300)).all()):
+        return None
+    if _shared(U):
+        Y, N = U[0, :, :p].contiguous().expand(B, n, p), U[0, :, p:].contiguous().expand(B, n, n - p)
+    else:
+        Y, N = U[..., :p].contiguous(), U[..., p:].contiguous()
+    NtQ = _mm(N.transpose(-1, -2), Qs)
+    return _NullSpace(U, R, Y, N, _mm(x.G, N), _mm(x.G, Y), _mm(NtQ, N), NtQ)
+
+
+def _consts(x: QPData, delta: float, equality: str) -> _Consts:
     """The per-solve constants of ``x``, cached on it (keyed by the tensors' versions and grad mode)."""
-    key = (torch.is_grad_enabled(), delta) + tuple(
+    key = (torch.is_grad_enabled(), delta, equality) + tuple(
         (id(t), t._version) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)
     )
     hit = x._cache.get("consts")
@@ -175,8 +224,49 @@ def _consts(x: QPData, delta: float) -> _Consts:
     diag = Qs[:1] if _shared(Qs) else Qs
     scale = diag.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(1.0).expand(x.q.shape[0])
     c = _Consts(Qs, delta * scale, 1 + _inf(x.q.detach()), 1 + _inf(x.b.detach()), 1 + _inf(x.h.detach()))
+    # null-space elimination of the equalities: needs a full-row-rank A with p < n, and A not differentiated
+    # through the iterations (the complete QR has no derivative; Unroll w.r.t. A uses the Schur complement)
+    if equality != "schur" and 0 < x.p < x.n and not (torch.is_grad_enabled() and x.A.requires_grad):
+        c.ns = _null_space(x, Qs)
     x._cache["consts"] = (key, c)
     return c
+
+
+def _take_consts(c: _Consts, idx: Tensor) -> _Consts:
+    ns = None
+    if c.ns is not None:
+        ns = _NullSpace(*(_take(getattr(c.ns, f.name), idx) for f in fields(c.ns)))
+    return _Consts(_take(c.Qs, idx), *(t.index_select(0, idx) for t in (c.shift, c.qn, c.bn, c.hn)), ns=ns)
+
+
+def _hvp(Qs: Tensor, G: Tensor, d: Tensor, v: Tensor) -> Tensor:
+    """``(Qs + G' D G) v`` by products."""
+    out = _mv(Qs, v)
+    return out + _mtv(G, d * _mv(G, v)) if G.shape[-2] > 0 else out
+
+
+def _kkt_solve(L, W, LM, Qs: Tensor, A: Tensor, G: Tensor, d: Tensor, r1: Tensor, r2: Tensor):
+    """Solve ``H dz + A' dnu = r1, A dz = r2`` (``H = Qs + G' D G``) with the stored factors.
+
+    Schur-complement mode (``L`` is ``n x n``): ``L L' = H``, ``W = H^{-1} A'``, ``LM LM' = A W``.
+    Null-space mode (``L`` is ``k x k``, ``k = n - p``): ``L L' = N' H N``, ``W = U = [Y | N]``, ``LM = R``
+    with ``A' = Y R``; then ``dz = Y R^{-T} r2 + N u`` and ``dnu = R^{-1} Y' (r1 - H dz)``.
+    """
+    n = r1.shape[-1]
+    if L.shape[-1] == n:
+        u = _chol_solve(L, r1[..., None])[..., 0]
+        if A.shape[-2] == 0:
+            return u, r1.new_zeros(r1.shape[0], 0)
+        dnu = _chol_solve(LM, (_mv(A, u) - r2)[..., None])[..., 0]
+        return u - (W @ dnu[..., None])[..., 0], dnu
+    p = LM.shape[-1]
+    Y, N = W[..., :p], W[..., p:]
+    w = torch.linalg.solve_triangular(LM.transpose(-1, -2), r2[..., None], upper=False)[..., 0]
+    dzp = _mv(Y, w)
+    u = _chol_solve(L, _mtv(N, r1 - _hvp(Qs, G, d, dzp))[..., None])[..., 0]
+    dz = dzp + _mv(N, u)
+    dnu = torch.linalg.solve_triangular(LM, _mtv(Y, r1 - _hvp(Qs, G, d, dz))[..., None], upper=True)[..., 0]
+    return dz, dnu
 
 
 @dataclass(frozen=True)
@@ -217,6 +307,11 @@ class QP(Solver):
     skip_tol: float | None = None
     compact_below: float = 0.85
     refine: int = 1
+    equality: str = "auto"
+
+    def __post_init__(self):
+        if self.equality not in ("auto", "schur", "nullspace"):
+            raise ValueError(f"equality must be 'auto', 'schur' or 'nullspace', got {self.equality!r}")
 
     def check_problem(self, problem) -> None:
         if not isinstance(problem, QPProblem):
@@ -229,92 +324,111 @@ class QP(Solver):
         return float(torch.finfo(x.q.dtype).eps) ** 0.75
 
     def _consts(self, x: QPData) -> _Consts:
-        return _consts(x, self._delta(x))
+        return _consts(x, self._delta(x), self.equality)
 
-    def _factor(self, c: _Consts, x: QPData, d: Tensor):
-        """Factor ``H = Qs + G' D G + shift I`` and the Schur complement ``M = A H^{-1} A' + shift I``."""
-        B, n = x.q.shape
-        H = _hessian(c.Qs, x.G, d)  # a fresh tensor: shift its diagonal in place
-        H.diagonal(dim1=-2, dim2=-1).add_(c.shift[:, None])
+    def _cholesky(self, H: Tensor, shift: Tensor):
+        """Cholesky of ``H + shift I`` (``H`` fresh, shifted in place); larger shifts where it fails."""
+        H.diagonal(dim1=-2, dim2=-1).add_(shift[:, None])
         L, info = torch.linalg.cholesky_ex(H)
         ok = info == 0
-        if x.p > 0:
-            At = x.A.transpose(-1, -2)
-            W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
-            M = x.A @ W
-            eye_p = torch.eye(x.p, dtype=x.q.dtype, device=x.q.device)
-            mscale = M.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
-            LM, info2 = torch.linalg.cholesky_ex(M + (self._delta(x) * mscale)[:, None, None] * eye_p)
-            ok2 = info2 == 0
-        else:
-            W = x.q.new_zeros(B, n, 0)
-            LM = x.q.new_zeros(B, 0, 0)
-            ok2 = ok
-        if bool((ok & ok2).all()):  # the common case: one synchronization, no fix-up
-            return L, W, LM, ok
+        if bool(ok.all()):  # the common case: one synchronization, no fix-up
+            return L, ok
         # rare (ill-conditioned H, mostly float32): larger shifts for the failed instances
-        eye = torch.eye(n, dtype=x.q.dtype, device=x.q.device)
-        shift = c.shift
+        eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+        extra = shift
         for _ in range(3):
-            if bool(ok.all()):
-                break
-            shift = shift * 1e3
-            L2, info2 = torch.linalg.cholesky_ex(H + (shift - c.shift)[:, None, None] * eye)
+            extra = extra * 1e3
+            L2, info2 = torch.linalg.cholesky_ex(H + extra[:, None, None] * eye)
             L = torch.where(ok[:, None, None], L, L2)
             ok = ok | (info2 == 0)
-        L = torch.where(ok[:, None, None], L, eye.expand_as(L))
-        if x.p > 0:
-            W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
-            M = x.A @ W
-            mscale = M.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
-            LM, info2 = torch.linalg.cholesky_ex(M + (self._delta(x) * mscale)[:, None, None] * eye_p)
-            LM = torch.where((info2 == 0)[:, None, None], LM, eye_p.expand_as(LM))
-            ok = ok & (info2 == 0)
-        return L, W, LM, ok
+            if bool(ok.all()):
+                break
+        return torch.where(ok[:, None, None], L, eye.expand_as(L)), ok
 
-    @staticmethod
-    def _reduced_solve(L, W, LM, A: Tensor, r1: Tensor, r2: Tensor):
-        """Solve ``H dz + A' dnu = r1, A dz = r2`` with the stored factors."""
-        u = _chol_solve(L, r1[..., None])[..., 0]
-        if A.shape[-2] == 0:
-            return u, r1.new_zeros(r1.shape[0], 0)
-        dnu = _chol_solve(LM, (_mv(A, u) - r2)[..., None])[..., 0]
-        return u - (W @ dnu[..., None])[..., 0], dnu
+    def _factor(self, c: _Consts, x: QPData, d: Tensor):
+        """Factor the reduced KKT matrix at scaling ``d``: ``(L, W, LM, ok)`` (see :func:`_kkt_solve`).
 
-    def _newton(self, st: QPState, x: QPData, c: _Consts, rin: Tensor, t: Tensor, refine: int = 0):
+        Null-space mode: ``N' (Qs + G' D G) N + shift I`` (``k x k``). Schur mode: ``H = Qs + G' D G + shift I``
+        and the Schur complement ``M = A H^{-1} A' + shift I``.
+        """
+        B, n = x.q.shape
+        if c.ns is not None:
+            L, ok = self._cholesky(_hessian(c.ns.Qr, c.ns.Gr, d), c.shift)
+            return L, c.ns.U, c.ns.R, ok
+        L, ok = self._cholesky(_hessian(c.Qs, x.G, d), c.shift)
+        if x.p == 0:
+            return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok
+        At = x.A.transpose(-1, -2)
+        W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
+        M = x.A @ W
+        mscale = M.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(1e-30)
+        LM, ok2 = self._cholesky(M, self._delta(x) * mscale)
+        return L, W, LM, ok & ok2
+
+    def _newton(self, st: QPState, x: QPData, c: _Consts, rin: Tensor, t: Tensor, refine: int = 0,
+                pre: dict | None = None):
         """The Newton direction for ``t = (lam * r_i - r_c) / s``: ``(dz, ds, dlam, dnu)``.
 
         ``refine`` steps of iterative refinement against the *unreduced* operator (``Q dz + G' dlam + A' dnu``
         evaluated by products, not through the formed ``H``, whose entries carry the error of ``D`` up to
         ``1 / shift``) recover the accuracy the ill-conditioned ``H`` loses near the solution.
+        In null-space mode ``nu`` is not iterated (``dnu = 0``): :meth:`_state` sets it to its least-squares
+        value. ``pre`` caches what the predictor and the corrector share.
         """
+        if c.ns is not None:
+            ns = c.ns
+            pre = {} if pre is None else pre
+            if "Ntrd" not in pre:
+                w = torch.linalg.solve_triangular(ns.R.transpose(-1, -2), -st.req[..., None], upper=False)[..., 0]
+                pre.update(Ntrd=_mtv(ns.N, st.grad), Yw=_mv(ns.Y, w), GYw=_mv(ns.GY, w))
+            Ntrd = pre["Ntrd"]
+            N = ns.N
+            u = _chol_solve(st.L, (-Ntrd - _mtv(ns.Gr, t))[..., None])[..., 0]
+            dz = pre["Yw"] + _mv(N, u)
+            Gdz = pre["GYw"] + _mv(ns.Gr, u)
+            dl = st.d * Gdz + t
+            for _ in range(refine):
+                e = Ntrd + _mv(ns.NtQ, dz) + _mtv(ns.Gr, dl)
+                du = _chol_solve(st.L, -e[..., None])[..., 0]
+                dz = dz + _mv(N, du)
+                Gdu = _mv(ns.Gr, du)
+                Gdz = Gdz + Gdu
+                dl = dl + st.d * Gdu
+            return dz, -rin - Gdz, dl, torch.zeros_like(st.nu)
         r1 = -st.grad - _mtv(x.G, t)
-        dz, dnu = self._reduced_solve(st.L, st.W, st.LM, x.A, r1, -st.req)
+        dz, dnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, r1, -st.req)
         Gdz = _mv(x.G, dz)
         dl = st.d * Gdz + t
         for _ in range(refine):
             e1 = st.grad + _mv(c.Qs, dz) + _mtv(x.G, dl) + (_mtv(x.A, dnu) if x.p > 0 else 0.0)
             e2 = st.req + _mv(x.A, dz) if x.p > 0 else st.req
-            ddz, ddnu = self._reduced_solve(st.L, st.W, st.LM, x.A, -e1, -e2)
+            ddz, ddnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, -e1, -e2)
             dz, dnu = dz + ddz, dnu + ddnu
             Gddz = _mv(x.G, ddz)
             Gdz = Gdz + Gddz
             dl = dl + st.d * Gddz
         return dz, -rin - Gdz, dl, dnu
 
-    def _state(self, z: Tensor, x: QPData, c: _Consts, s, lam, nu, status) -> QPState:
+    def _state(self, z: Tensor, x: QPData, c: _Consts, s, lam, nu, status, Gz: Tensor | None = None) -> QPState:
+        """The state at ``(z, s, lam, nu)``: residuals, objective, factorization (``Gz`` if already known)."""
         Qz = _mv(c.Qs, z)
         value = 0.5 * (z * Qz).sum(-1) + (x.q * z).sum(-1)
         rd = Qz + x.q
         B = z.shape[0]
         if x.m > 0:
             rd = rd + _mtv(x.G, lam)
-            Gz = _mv(x.G, z)
+            Gz = _mv(x.G, z) if Gz is None else Gz
             d = (lam / s).clamp(max=1.0 / self._delta(x))
         else:
             Gz = d = z.new_zeros(B, 0)
         if x.p > 0:
-            rd = rd + _mtv(x.A, nu)
+            if c.ns is not None:  # least-squares multipliers: rd = (I - Y Y') (Qz + q + G' lam)
+                Y = c.ns.Y
+                Ytr = _mtv(Y, rd)
+                nu = -torch.linalg.solve_triangular(c.ns.R, Ytr[..., None], upper=True)[..., 0]
+                rd = rd - _mv(Y, Ytr)
+            else:
+                rd = rd + _mtv(x.A, nu)
             req = _mv(x.A, z) - x.b
         else:
             req = z.new_zeros(B, 0)
@@ -395,7 +509,8 @@ class QP(Solver):
         B = x.q.shape[0]
         L, W, LM, ok = self._factor(self._consts(x), x, x.q.new_ones(B, x.m))
         r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
-        z, _ = self._reduced_solve(L, W, LM, x.A, r1, x.b)
+        c = self._consts(x)
+        z, _ = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, x.q.new_ones(B, x.m), r1, x.b)
         return torch.where(ok[:, None], z, torch.zeros_like(z))
 
     def step(self, problem, z, x: QPData, st: QPState):
@@ -409,7 +524,7 @@ class QP(Solver):
             if k < self.compact_below * B:
                 idx = torch.nonzero(active).flatten()
                 xs = QPData(*(_take(t, idx) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
-                cs = _Consts(_take(c.Qs, idx), *(t.index_select(0, idx) for t in (c.shift, c.qn, c.bn, c.hn)))
+                cs = _take_consts(c, idx)
                 sts = QPState(*(t.index_select(0, idx) for t in _fields(st)))
                 zs, sts = self._step(z.index_select(0, idx), xs, cs, sts)
                 new = QPState(*(o.index_copy(0, idx, n) for o, n in zip(_fields(st), _fields(sts))))
@@ -418,13 +533,14 @@ class QP(Solver):
 
     def _step(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
         if x.m == 0:  # equality-constrained or unconstrained: one Newton step is exact
-            dz, dnu = self._reduced_solve(st.L, st.W, st.LM, x.A, -st.grad, -st.req)
+            dz, dnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, -st.grad, -st.req)
             return z + dz, self._state(z + dz, x, c, st.s, st.lam, st.nu + dnu, st.status)
         s, lam = st.s, st.lam
         rin = st.Gz + s - x.h
         # predictor (affine scaling, r_c = s lam): t = (lam r_i - r_c) / s
         t_a = lam * rin / s - lam
-        dz_a, ds_a, dl_a, _ = self._newton(st, x, c, rin, t_a)
+        pre: dict = {}
+        dz_a, ds_a, dl_a, _ = self._newton(st, x, c, rin, t_a, 0, pre)
         a_aff = torch.minimum(_step_to_boundary(s, ds_a), _step_to_boundary(lam, dl_a)).clamp(max=1.0)
         mu = (s * lam).sum(-1) / x.m
         mu_aff = ((s + a_aff[:, None] * ds_a) * (lam + a_aff[:, None] * dl_a)).sum(-1) / x.m
@@ -432,11 +548,12 @@ class QP(Solver):
         # corrector (centering + second-order term), same factorization:
         # r_c = s lam + ds_a dl_a - sigma mu
         t = t_a - (ds_a * dl_a - (sigma * mu)[:, None]) / s
-        dz, ds, dl, dnu = self._newton(st, x, c, rin, t, self.refine)
+        dz, ds, dl, dnu = self._newton(st, x, c, rin, t, self.refine, pre)
         a = torch.minimum(_step_to_boundary(s, ds), _step_to_boundary(lam, dl))
         a = (self.step_fraction * a).clamp(max=1.0)[:, None]
         z = z + a * dz
-        return z, self._state(z, x, c, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status)
+        Gz = st.Gz - a * (rin + ds)  # G (z + a dz), as G dz = -r_i - ds
+        return z, self._state(z, x, c, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status, Gz)
 
     def stationarity(self, problem, y, x, state: QPState) -> Tensor:
         return state.residual
@@ -504,7 +621,7 @@ def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
     R1, R2, R3 = -gz, what, wnu
     for k in range(refinements + 1):
         rhs = R1 + _mtv(G, d * R2) if m > 0 else R1
-        dz, dnu = QP._reduced_solve(L, W, LM, A, rhs, R3)
+        dz, dnu = _kkt_solve(L, W, LM, Q, A, G, d, rhs, R3)
         dw = d * (_mv(G, dz) - R2) if m > 0 else what
         wz, what, wnu = wz + dz, what + dw, wnu + dnu
         if k == refinements:

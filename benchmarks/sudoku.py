@@ -1,0 +1,290 @@
+"""OptNet Sudoku (Amos & Kolter 2017, section 5.2) on 4x4 boards: learn the rules as equality constraints.
+
+A board is one-hot, z in R^{4x4x4} (cell (r, c) holds digit k iff z[r, c, k] = 1). The OptNet layer is
+
+    z*(puzzle) = argmin_z  1/2 eps ||z||^2 - puzzle' z   s.t.  A z = b,  z >= 0,
+
+with the puzzle's one-hot hints as the linear term, a small eps (the paper's Q = 0.1 I) and the equality
+constraints A (p x 64) LEARNED from (puzzle, solution) pairs; b = A exp(log_z0) with a learned z0 > 0 keeps
+the constraints feasible (as in the OptNet code). Nothing tells the layer the rules of Sudoku: they must
+end up in A. Baseline: an MLP of about the same number of parameters (64 -> hidden -> 64, cross-entropy per
+cell). Metric: board accuracy (all 16 cells right, argmax over digits) on held-out puzzles.
+
+Puzzles come from a seeded, scikit-free generator: all 288 valid 4x4 grids are enumerated, hints are removed
+in random order while the solution stays unique (checked against all 288 grids), down to a random number of
+hints; test puzzles never occur in the training set. Optionally (``--optimizers adam lopt``) the OptNet layer
+is also trained with the pretrained learned optimizer (do.learned.TorchOptimizer + load_pretrained).
+
+Run: doubleopt bench sudoku [-- --quick]; writes bench_results/sudoku/{results.json,table.md,sudoku.png}.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import doubleopt as do
+from doubleopt.bench import Report, conditions, parse_args, set_threads
+
+
+@dataclass
+class Args:
+    n_train: int = 1000  # training puzzles
+    n_test: int = 500  # held-out puzzles (none of them in the training set)
+    min_hints: int = 4  # fewest hints a puzzle keeps (4 is the minimum for a unique 4x4 solution)
+    max_hints: int = 10  # most hints a puzzle keeps
+    p: int = 40  # learned equality constraints (rows of A); the true rules have rank 40 on 4x4 boards
+    eps: float = 0.1  # Q = eps I (the paper's Q penalty)
+    epochs: int = 20  # passes over the training set
+    batch: int = 100  # puzzles per step
+    lr_optnet: float = 0.05  # Adam learning rate of the OptNet layer
+    lr_mlp: float = 0.003  # Adam learning rate of the MLP baseline
+    qp_tol: float = 1e-7  # KKT tolerance of the layer's interior point
+    optimizers: list[str] = field(default_factory=lambda: ["adam", "lopt"])  # OptNet trainers (lopt: learned)
+    lopt_name: str = "mlp-digits"  # pretrained learned optimizer for "lopt"
+    lopt_lr: float = 1.0  # update multiplier of the learned optimizer
+    threads: int = 1  # torch threads
+    seed: int = 0  # data and initialization seed
+    quick: bool = False  # seconds-long smoke run
+    out: str = "bench_results/sudoku"  # output folder
+
+
+# ---- data: all 4x4 grids, puzzles with unique solutions ----------------------------------------------------
+
+
+def all_grids() -> torch.Tensor:
+    """The 288 valid 4x4 Sudoku grids, ``(288, 16)`` digits 0..3, by backtracking over the cells."""
+    grids, g = [], [0] * 16
+
+    def ok(cell: int, k: int) -> bool:
+        r, c = divmod(cell, 4)
+        br, bc = r - r % 2, c - c % 2
+        peers = [4 * r + j for j in range(c)] + [4 * i + c for i in range(r)]
+        peers += [4 * i + j for i in (br, br + 1) for j in (bc, bc + 1) if 4 * i + j < cell]
+        return all(g[q] != k for q in peers)
+
+    def fill(cell: int) -> None:
+        if cell == 16:
+            grids.append(list(g))
+            return
+        for k in range(4):
+            if ok(cell, k):
+                g[cell] = k
+                fill(cell + 1)
+
+    fill(0)
+    return torch.tensor(grids)
+
+
+def make_puzzles(n: int, grids: torch.Tensor, min_hints: int, max_hints: int, generator: torch.Generator):
+    """``n`` puzzles ``(n, 16)`` (digit, or -1 for an empty cell) with a unique solution, and the solutions.
+
+    Uniqueness is exact: ``masks[cell][k]`` is the set (a bitmask over the 288 grids) of grids with digit
+    ``k`` at ``cell``; the grids consistent with a set of hints are the AND of their masks.
+    """
+    G = grids.tolist()
+    masks = [[sum(1 << i for i, g in enumerate(G) if g[cell] == k) for k in range(4)] for cell in range(16)]
+    everything = (1 << len(G)) - 1
+    choice = torch.randint(len(G), (n,), generator=generator).tolist()
+    targets = torch.randint(min_hints, max_hints + 1, (n,), generator=generator).tolist()
+    puzzles, solutions = [], []
+    for j in range(n):
+        sol = G[choice[j]]
+        keep = set(range(16))
+        for cell in torch.randperm(16, generator=generator).tolist():
+            if len(keep) <= targets[j]:
+                break
+            consistent = everything
+            for c in keep - {cell}:
+                consistent &= masks[c][sol[c]]
+            if consistent.bit_count() == 1:  # still a unique solution without this hint
+                keep.discard(cell)
+        puzzles.append([sol[c] if c in keep else -1 for c in range(16)])
+        solutions.append(sol)
+    return torch.tensor(puzzles), torch.tensor(solutions)
+
+
+def one_hot(boards: torch.Tensor) -> torch.Tensor:
+    """``(B, 16)`` digits (-1 = empty) -> ``(B, 64)`` one-hot (an empty cell is all zeros)."""
+    oh = torch.nn.functional.one_hot(boards.clamp_min(0), 4).double()
+    return (oh * (boards >= 0)[..., None]).flatten(1)
+
+
+def sudoku_constraints() -> torch.Tensor:
+    """The true rules as equalities on the one-hot board (64 x 64, rank 40): for reference only."""
+    rows = []
+    idx = torch.arange(64).reshape(4, 4, 4)  # (row, col, digit)
+    for r, c in itertools.product(range(4), range(4)):
+        rows.append(idx[r, c, :])  # one digit per cell
+    for r, k in itertools.product(range(4), range(4)):
+        rows.append(idx[r, :, k])  # each digit once per row
+    for c, k in itertools.product(range(4), range(4)):
+        rows.append(idx[:, c, k])  # ... per column
+    for br, bc, k in itertools.product((0, 2), (0, 2), range(4)):
+        rows.append(idx[br : br + 2, bc : bc + 2, k].flatten())  # ... per box
+    A = torch.zeros(len(rows), 64, dtype=torch.float64)
+    for i, cols in enumerate(rows):
+        A[i, cols] = 1.0
+    return A
+
+
+# ---- models -------------------------------------------------------------------------------------------------
+
+
+class OptNetSudoku(nn.Module):
+    """z* = argmin 1/2 eps |z|^2 - puzzle'z  s.t.  A z = A exp(log_z0), z >= 0, with A and z0 learned."""
+
+    def __init__(self, p: int, eps: float, tol: float, generator: torch.Generator):
+        super().__init__()
+        f64 = torch.float64
+        eye = torch.eye(64, dtype=f64)
+        A = torch.rand(p, 64, generator=generator, dtype=f64)  # the OptNet code's random init
+        self.qp = do.layers.QPLayer(Q=eps * eye, A=A, G=-eye, h=torch.zeros(64, dtype=f64), learnable=("A",),
+                                    tol=tol, max_steps=60)
+        self.log_z0 = nn.Parameter(torch.zeros(64, dtype=f64))
+
+    def forward(self, puzzles: torch.Tensor) -> torch.Tensor:
+        b = self.qp.A @ self.log_z0.exp()
+        return self.qp(q=-puzzles, b=b)  # (B, 64)
+
+
+def mlp_baseline(n_params: int, generator: torch.Generator) -> nn.Sequential:
+    """64 -> hidden -> 64 with hidden chosen so the parameter count is about ``n_params``."""
+    hidden = max(1, round((n_params - 64) / 129))
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 64)).double()
+
+
+def board_accuracy(scores: torch.Tensor, solutions: torch.Tensor) -> tuple[float, float]:
+    """(board accuracy, cell accuracy) of ``scores (B, 64)`` (argmax over the 4 digits of each cell)."""
+    pred = scores.reshape(-1, 16, 4).argmax(-1)
+    right = pred == solutions
+    return float(right.all(-1).double().mean()), float(right.double().mean())
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.n_train, args.n_test, args.epochs, args.batch = 60, 40, 2, 30
+    set_threads(args.threads)
+    gen = torch.Generator().manual_seed(args.seed)
+    grids = all_grids()
+    assert len(grids) == 288, len(grids)
+    # puzzles: the test set holds only puzzles that never occur in the training set
+    pz, sol = make_puzzles(args.n_train + 2 * args.n_test, grids, args.min_hints, args.max_hints, gen)
+    train_keys = {tuple(r) for r in pz[: args.n_train].tolist()}
+    fresh = torch.tensor([tuple(r) not in train_keys for r in pz[args.n_train :].tolist()])
+    test_idx = (torch.nonzero(fresh).flatten() + args.n_train)[: args.n_test]
+    X_tr, Y_tr = one_hot(pz[: args.n_train]), sol[: args.n_train]
+    X_te, Y_te = one_hot(pz[test_idx]), sol[test_idx]
+    Yoh_tr = one_hot(Y_tr)
+    rank_true = int(torch.linalg.matrix_rank(sudoku_constraints()))
+    print(f"{len(X_tr)} training / {len(X_te)} held-out puzzles, hints {args.min_hints}..{args.max_hints}; "
+          f"true constraint rank {rank_true}")
+
+    from tqdm.auto import tqdm
+
+    def train(name, model, loss_fn, opt):
+        curves = {"epoch": [], "train_loss": [], "train_board_acc": [], "test_board_acc": [],
+                  "test_cell_acc": [], "failed_solves": []}
+        t0 = time.perf_counter()
+        failed_total = 0
+        bar = tqdm(range(args.epochs), desc=name)
+        for epoch in bar:
+            perm = torch.randperm(len(X_tr), generator=gen)
+            losses, failed = [], 0
+            for i in range(0, len(X_tr), args.batch):
+                idx = perm[i : i + args.batch]
+                out = model(X_tr[idx])
+                loss = loss_fn(out, idx)
+                opt.zero_grad()
+                loss.backward()
+                try:
+                    opt.step()
+                except FloatingPointError as e:  # the learned optimizer refuses a non-finite update
+                    print(f"{name}: {e}; stopping this run")
+                    curves["diverged"] = True
+                    break
+                losses.append(float(loss.detach()))
+                if isinstance(model, OptNetSudoku):
+                    failed += int((~model.qp.last_solution.successful).sum())
+            with torch.no_grad():
+                tr_acc = board_accuracy(model(X_tr), Y_tr)[0]
+                te_acc, te_cell = board_accuracy(model(X_te), Y_te)
+                if isinstance(model, OptNetSudoku):
+                    failed += int((~model.qp.last_solution.successful).sum())
+            failed_total += failed
+            for k, v in zip(curves, (epoch + 1, sum(losses) / max(1, len(losses)), tr_acc, te_acc, te_cell, failed)):
+                curves[k].append(v)
+            bar.set_postfix(loss=f"{curves['train_loss'][-1]:.4f}", test_board=f"{te_acc:.3f}")
+            if curves.get("diverged"):
+                break
+        curves["wall_s"] = time.perf_counter() - t0
+        curves["failed_solves_total"] = failed_total
+        return curves
+
+    runs = {}
+    n_optnet = None
+    for which in args.optimizers:
+        torch.manual_seed(args.seed)
+        model = OptNetSudoku(args.p, args.eps, args.qp_tol, torch.Generator().manual_seed(args.seed + 1))
+        n_optnet = sum(p.numel() for p in model.parameters())
+
+        def mse(out, idx):
+            return ((out - Yoh_tr[idx]) ** 2).mean()
+
+        if which == "adam":
+            opt = torch.optim.Adam(model.parameters(), lr=args.lr_optnet)
+            label = "OptNet (Adam)"
+        elif which == "lopt":
+            lopt = do.learned.load_pretrained(args.lopt_name).double()
+            opt = do.learned.TorchOptimizer(model.named_parameters(), lopt, lr=args.lopt_lr)
+            label = f"OptNet (learned optimizer {args.lopt_name})"
+        else:
+            raise ValueError(f"--optimizers takes adam and/or lopt, got {which!r}")
+        runs[label] = (train(label, model, mse, opt), n_optnet)
+
+    mlp = mlp_baseline(n_optnet or args.p * 64 + 64, gen)
+    n_mlp = sum(p.numel() for p in mlp.parameters())
+
+    def ce(out, idx):
+        return nn.functional.cross_entropy(out.reshape(-1, 4), Y_tr[idx].reshape(-1))
+
+    runs["MLP (Adam)"] = (train("MLP (Adam)", mlp, ce, torch.optim.Adam(mlp.parameters(), lr=args.lr_mlp)), n_mlp)
+
+    report = Report("sudoku", out_dir=args.out)
+    for label, (c, n_par) in runs.items():
+        report.add_row(method=label, params=n_par, epochs=c["epoch"][-1] if c["epoch"] else 0,
+                       train_board_acc=c["train_board_acc"][-1] if c["epoch"] else float("nan"),
+                       test_board_acc=c["test_board_acc"][-1] if c["epoch"] else float("nan"),
+                       test_cell_acc=c["test_cell_acc"][-1] if c["epoch"] else float("nan"),
+                       failed_solves=c["failed_solves_total"], wall_s=c["wall_s"])
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, (c, _) in runs.items():
+        (line,) = axes[0].plot(c["epoch"], c["test_board_acc"], "o-", label=f"{label} test")
+        axes[0].plot(c["epoch"], c["train_board_acc"], "--", color=line.get_color(), label=f"{label} train")
+        axes[1].semilogy(c["epoch"], c["train_loss"], "o-", label=label)
+    axes[0].set(xlabel="epoch", ylabel="board accuracy", title="4x4 Sudoku: whole boards right", ylim=(-0.02, 1.02))
+    axes[0].legend(fontsize=7)
+    axes[1].set(xlabel="epoch", ylabel="training loss (OptNet: MSE, MLP: CE)", title="training loss")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    report.save({"conditions": conditions(dtype="float64", n_train=len(X_tr), n_test=len(X_te)),
+                 "args": vars(args), "true_constraint_rank": rank_true,
+                 "curves": {k: c for k, (c, _) in runs.items()}}, fig)
+    print(report.table())
+    return report
+
+
+if __name__ == "__main__":
+    main()
