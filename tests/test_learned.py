@@ -59,6 +59,14 @@ def test_as_solver_runs_in_solve_and_is_batched(make):
     sol = do.solve(fam, lopt.as_solver(), x, max_steps=6, throw=False)
     assert sol.y.shape == (4, 10) and sol.num_steps.tolist() == [6] * 4
     # batching: instance 2 alone gives the same iterate as inside the batch
+    # unrolled through do.solve, the solution is differentiable in the optimizer's weights
+    sol_u = do.solve(fam, lopt.as_solver(), x, adjoint=do.Unroll(), max_steps=4, throw=False)
+    grads = torch.autograd.grad(sol_u.value.sum(), list(lopt.parameters()), allow_unused=True)
+    assert any(g is not None and bool((g != 0).any()) for g in grads)
+    assert all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+    # a float32 optimizer drives a float64 problem
+    fam64 = QuadraticRegression(dtype=torch.float64)
+    assert do.solve(fam64, lopt.as_solver(), fam64.sample(2, seed=0), max_steps=3, throw=False).y.dtype == torch.float64
     x2 = do.learned.LeastSquaresContext(x.W[2:3], x.y[2:3])
     sol2 = do.solve(fam, lopt.as_solver(), x2, max_steps=6, throw=False)
     assert torch.allclose(sol.y[2:3], sol2.y, atol=1e-5)
@@ -310,3 +318,14 @@ def test_bench_lopt_quick_smoke(tmp_path):
     goals = run_study("lopt", ["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "lopt.png").exists() and (tmp_path / "table.md").exists()
     assert set(goals) == {"LSTM (learned)", "MLP (learned)"}
+
+
+def test_bad_configuration_errors():
+    with pytest.raises(ValueError, match="method must be one of"):
+        MetaConfig(method="sgd")
+    with pytest.raises(ValueError, match="multiple of unroll"):
+        MetaConfig(unroll=30, horizon=100)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TorchOptimizer(torch.nn.Linear(2, 1).parameters(), MLPOptimizer(), lr=0.0)
+    with pytest.raises(ValueError, match="hidden must be >= 1"):
+        LSTMOptimizer(hidden=0)

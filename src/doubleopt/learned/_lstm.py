@@ -87,7 +87,8 @@ class LSTMOptimizer(LearnedOptimizer):
         return {"hidden": self.hidden, "preprocess_p": self.preprocess_p, "output_scale": self.output_scale}
 
     def init_state(self, y: Tensor) -> LSTMState:
-        z = y.new_zeros(*y.shape, self.hidden)
+        # the state has the module's dtype (a float32 optimizer can drive a float64 problem)
+        z = torch.zeros(*y.shape, self.hidden, dtype=self.out.weight.dtype, device=y.device)
         return LSTMState(z, z, z, z)
 
     def update(self, grad: Tensor, state: LSTMState, y: Tensor) -> tuple[Tensor, LSTMState]:

@@ -79,9 +79,9 @@ class TorchOptimizer(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("TorchOptimizer does not support sparse gradients")
-                w = self.lopt.out.weight if hasattr(self.lopt, "out") else next(self.lopt.parameters())
-                y = p.detach().reshape(1, -1).to(w.dtype)
-                g = p.grad.detach().reshape(1, -1).to(w.dtype)
+                dtype = next(self.lopt.parameters()).dtype
+                y = p.detach().reshape(1, -1).to(dtype)
+                g = p.grad.detach().reshape(1, -1).to(dtype)
                 delta, new_state = self.lopt.update(g, self._rule_state(p, y), y)
                 delta = group["lr"] * delta
                 if not bool(torch.isfinite(delta).all()):
