@@ -39,7 +39,8 @@ class Args:
     max_hints: int = 10  # most hints a puzzle keeps
     p: int = 40  # learned equality constraints (rows of A); the true rules have rank 40 on 4x4 boards
     eps: float = 0.1  # Q = eps I (the paper's Q penalty)
-    epochs: int = 20  # passes over the training set
+    epochs: int = 60  # passes over the training set (OptNet)
+    mlp_epochs: int = 300  # passes over the training set (MLP baseline; it is cheap, so it gets more)
     batch: int = 100  # puzzles per step
     lr_optnet: float = 0.05  # Adam learning rate of the OptNet layer
     lr_mlp: float = 0.003  # Adam learning rate of the MLP baseline
@@ -169,7 +170,7 @@ def board_accuracy(scores: torch.Tensor, solutions: torch.Tensor) -> tuple[float
 def main(argv=None):
     args = parse_args(Args, argv)
     if args.quick:
-        args.n_train, args.n_test, args.epochs, args.batch = 60, 40, 2, 30
+        args.n_train, args.n_test, args.epochs, args.mlp_epochs, args.batch = 60, 40, 2, 5, 30
     set_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     grids = all_grids()
@@ -188,12 +189,12 @@ def main(argv=None):
 
     from tqdm.auto import tqdm
 
-    def train(name, model, loss_fn, opt):
+    def train(name, model, loss_fn, opt, epochs):
         curves = {"epoch": [], "train_loss": [], "train_board_acc": [], "test_board_acc": [],
                   "test_cell_acc": [], "failed_solves": []}
         t0 = time.perf_counter()
         failed_total = 0
-        bar = tqdm(range(args.epochs), desc=name)
+        bar = tqdm(range(epochs), desc=name)
         for epoch in bar:
             perm = torch.randperm(len(X_tr), generator=gen)
             losses, failed = [], 0
@@ -246,7 +247,7 @@ def main(argv=None):
             label = f"OptNet (learned optimizer {args.lopt_name})"
         else:
             raise ValueError(f"--optimizers takes adam and/or lopt, got {which!r}")
-        runs[label] = (train(label, model, mse, opt), n_optnet)
+        runs[label] = (train(label, model, mse, opt, args.epochs), n_optnet)
 
     mlp = mlp_baseline(n_optnet or args.p * 64 + 64, gen)
     n_mlp = sum(p.numel() for p in mlp.parameters())
@@ -254,7 +255,8 @@ def main(argv=None):
     def ce(out, idx):
         return nn.functional.cross_entropy(out.reshape(-1, 4), Y_tr[idx].reshape(-1))
 
-    runs["MLP (Adam)"] = (train("MLP (Adam)", mlp, ce, torch.optim.Adam(mlp.parameters(), lr=args.lr_mlp)), n_mlp)
+    adam = torch.optim.Adam(mlp.parameters(), lr=args.lr_mlp)
+    runs["MLP (Adam)"] = (train("MLP (Adam)", mlp, ce, adam, args.mlp_epochs), n_mlp)
 
     report = Report("sudoku", out_dir=args.out)
     for label, (c, n_par) in runs.items():
