@@ -1,7 +1,7 @@
 """LISTA / ALISTA vs ISTA / FISTA for sparse coding on do.problems.Lasso(250, 500).
 
 Gaussian dictionary 250 x 500 (unit-norm columns), Bernoulli-Gaussian codes with 10% non-zeros, noise
-0.01, lambda = 0.1. LISTA-CP with support selection (learned W_k, theta_k per layer; Chen et al. 2018) and
+0.01, lambda = 0.02. LISTA-CP with support selection (learned W_k, theta_k per layer; Chen et al. 2018) and
 ALISTA (analytic W, learned gamma_k, theta_k; Liu et al. 2019), 16 layers, trained with the regression loss
 to the true codes on fresh samples (``do.amortized.fit``). On 1000 held-out problems we report the NMSE
 (dB) = 10 log10(sum ||y - y_true||^2 / sum ||y_true||^2) after each layer / iteration, the NMSE that ISTA
@@ -33,12 +33,12 @@ class Args:
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
     m: int = 250  # measurements
     n: int = 500  # atoms (code dimension)
-    lam: float = 0.1  # LASSO weight lambda (also the initial LISTA/ALISTA threshold scale)
+    lam: float = 0.02  # LASSO weight lambda (~ noise level x sqrt(2 log n); initial LISTA/ALISTA thresholds)
     layers: int = 16  # unrolled layers
     support_selection: float = 0.012  # per-layer increment of the support-selection fraction (Chen et al.)
     max_support: float = 0.13  # its cap
-    lista_steps: int = 6000  # training steps of LISTA
-    alista_steps: int = 3000  # training steps of ALISTA
+    lista_steps: int = 4000  # training steps of LISTA
+    alista_steps: int = 2000  # training steps of ALISTA
     batch_size: int = 64  # training problems per step
     lista_lr: float = 2e-4  # Adam learning rate of LISTA (cosine schedule)
     alista_lr: float = 2e-3  # Adam learning rate of ALISTA
