@@ -39,7 +39,7 @@ class Args:
     max_hints: int = 10  # most hints a puzzle keeps
     p: int = 40  # learned equality constraints (rows of A); the true rules have rank 40 on 4x4 boards
     eps: float = 0.1  # Q = eps I (the paper's Q penalty)
-    epochs: int = 60  # passes over the training set (OptNet)
+    epochs: int = 40  # passes over the training set (OptNet)
     mlp_epochs: int = 300  # passes over the training set (MLP baseline; it is cheap, so it gets more)
     batch: int = 100  # puzzles per step
     lr_optnet: float = 0.05  # Adam learning rate of the OptNet layer
