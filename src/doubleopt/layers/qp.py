@@ -34,7 +34,7 @@ class QPLayer(nn.Module):
         learnable: names among ``Q, q, A, b, G, h`` to register as ``nn.Parameter`` (the others are buffers).
         solver: a :class:`~doubleopt.solvers.QP` configuration.
         adjoint: ``None`` (the KKT adjoint, ``do.Implicit()``) or ``do.Unroll()``.
-        max_steps, tol: interior-point budget and KKT tolerance (default 1e-8 / 1e-4 by dtype).
+        max_steps, tol: interior-point budget and KKT tolerance (default 1e-10, or 1e-4 when computing in float32).
         throw: raise :class:`~doubleopt.SolveError` if an instance fails (default ``False``: codes are kept in
             ``last_solution``).
         compute_dtype: dtype of the interior point (default float64 even for float32 layers, whose output
