@@ -81,10 +81,7 @@ def pot_loop(fam, x, n_pairs: int, target: float, max_steps: int):
     errs = []
     ot.sinkhorn(a[0], b[0], C, fam.eps, stopThr=thr, numItermax=max_steps, warn=False)  # warm-up
     start = time.perf_counter()
-    plans = [
-        ot.sinkhorn(a[i], b[i], C, fam.eps, stopThr=thr, numItermax=max_steps, warn=False)
-        for i in range(n_pairs)
-    ]
+    plans = [ot.sinkhorn(a[i], b[i], C, fam.eps, stopThr=thr, numItermax=max_steps, warn=False) for i in range(n_pairs)]
     per_pair = (time.perf_counter() - start) / n_pairs
     for i, P in enumerate(plans):
         errs.append(np.abs(P.sum(1) - a[i]).sum() + np.abs(P.sum(0) - b[i]).sum())
@@ -115,7 +112,7 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     report = Report("meta_ot", out_dir=args.out)
-    fig, axes = plt.subplots(1, 2 * len(args.tasks), figsize=(6 * len(args.tasks), 4))
+    fig, axes = plt.subplots(1, 2 * len(args.tasks), figsize=(11 * len(args.tasks), 4.5), layout="constrained")
     summary = {}
     for ti, task in enumerate(args.tasks):
         train_fam = make_family(task, "train", args.eps)
@@ -176,9 +173,7 @@ def main(argv=None):
                         repeats=args.repeats,
                     )
                 for name, guard in guards.items():
-                    timings[name] = time_call(
-                        lambda g=guard, fam=test_fam, x=x: g.solve(fam, x), repeats=args.repeats
-                    )
+                    timings[name] = time_call(lambda g=guard, fam=test_fam, x=x: g.solve(fam, x), repeats=args.repeats)
             pot_t, pot_err = pot_loop(test_fam, x, min(args.pot_pairs, B), target, args.max_steps)
             per_inst = {name: tm.median / B for name, tm in timings.items()}
             base = {
@@ -230,7 +225,7 @@ def main(argv=None):
             ax.axhline(t, color="gray", lw=0.5, ls="--")
         ax.set_xlabel("Sinkhorn iteration")
         ax.set_ylabel("median L1 marginal error")
-        ax.set_title(f"{task}: held-out pairs (B={B})")
+        ax.set_title(f"{task}: convergence, {B} held-out pairs", fontsize=10)
         ax.legend()
         ax = axes[2 * ti + 1]
         rows = [r for r in report.rows if r["task"] == task]
@@ -239,22 +234,19 @@ def main(argv=None):
         width = 0.8 / len(names)
         for k, name in enumerate(names):
             vals = [
-                next(r["ms_per_inst"] for r in rows if r["method"] == name and r["target"] == t)
-                for t in args.targets
+                next(r["ms_per_inst"] for r in rows if r["method"] == name and r["target"] == t) for t in args.targets
             ]
             ax.bar(idx + width * (k - (len(names) - 1) / 2), vals, width=width, label=name)
         ax.set_xticks(idx, [f"err {t:g}" for t in args.targets])
         ax.set_yscale("log")
         ax.set_ylabel("ms per instance")
-        ax.set_title(f"{task}: time to marginal error")
+        ax.set_title(f"{task}: time to marginal error", fontsize=10)
         ax.legend(fontsize=8)
     print(report.table())
     path = report.save(
         {
             "args": vars(args),
-            "conditions": conditions(
-                dtype="float64", batch=args.n_test, note="shared machine: other jobs running"
-            ),
+            "conditions": conditions(dtype="float64", batch=args.n_test, note="shared machine: other jobs running"),
             "summary": summary,
         },
         fig,
