@@ -47,7 +47,7 @@ def shrink(v: Tensor, theta: Tensor, keep_fraction: float) -> Tensor:
     if count <= 0:
         return out
     mag = v.abs()
-    kth = mag.detach().topk(count, dim=-1).values[:, -1:]
+    kth = mag.detach().topk(count, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     keep = (mag >= kth) & (mag > theta)
     return torch.where(keep, v, out)
 
@@ -56,9 +56,7 @@ class _UnrolledLasso(nn.Module):
     def __init__(self, problem: Lasso, layers: int, support_selection: float, max_support: float):
         super().__init__()
         if not isinstance(problem, Lasso):
-            raise TypeError(
-                f"{type(self).__name__} needs a do.problems.Lasso family, got {type(problem).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__} needs a do.problems.Lasso family, got {type(problem).__name__}")
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         if not (0 <= support_selection <= 1 and 0 <= max_support <= 1):
@@ -82,12 +80,12 @@ class _UnrolledLasso(nn.Module):
     def layer(self, k: int, y: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: LassoContext, return_all: bool = False) -> Tensor | list[Tensor]:
-        """Codes ``(B, n)`` after all layers (``return_all``: the list of every layer's output)."""
+    def forward(self, x: LassoContext, return_all: bool = False, depth: int | None = None) -> Tensor | list[Tensor]:
+        """Codes ``(B, n)`` after all layers (or the first ``depth``); ``return_all``: every layer's output."""
         b = self._check(x)
         y = b.new_zeros(b.shape[0], self.dictionary.shape[1])
         outs = []
-        for k in range(self.layers):
+        for k in range(self.layers if depth is None else min(depth, self.layers)):
             y = self.layer(k, y, b)
             outs.append(y)
         return outs if return_all else y
@@ -103,9 +101,7 @@ class LISTA(_UnrolledLasso):
         max_support: cap :math:`p_\\max` of that fraction.
     """
 
-    def __init__(
-        self, problem: Lasso, layers: int = 16, support_selection: float = 0.0, max_support: float = 0.13
-    ):
+    def __init__(self, problem: Lasso, layers: int = 16, support_selection: float = 0.0, max_support: float = 0.13):
         super().__init__(problem, layers, support_selection, max_support)
         W = (self.dictionary / self.lipschitz).unsqueeze(0).repeat(layers, 1, 1)
         self.weights = nn.Parameter(W)  # (K, m, n)
@@ -127,9 +123,7 @@ def analytic_weight(dictionary: Tensor) -> Tensor:
 class ALISTA(_UnrolledLasso):
     """ALISTA: analytic weight, learned step sizes ``gamma_k`` and thresholds ``theta_k`` (2K parameters)."""
 
-    def __init__(
-        self, problem: Lasso, layers: int = 16, support_selection: float = 0.0, max_support: float = 0.13
-    ):
+    def __init__(self, problem: Lasso, layers: int = 16, support_selection: float = 0.0, max_support: float = 0.13):
         super().__init__(problem, layers, support_selection, max_support)
         W = analytic_weight(self.dictionary)
         self.register_buffer("weight", W)
