@@ -10,6 +10,8 @@ the constraints feasible (as in the OptNet code). Nothing tells the layer the ru
 end up in A. Baseline: an MLP of about the same number of parameters (64 -> hidden -> 64, cross-entropy per
 cell). Metric: board accuracy (all 16 cells right, argmax over digits) on held-out puzzles.
 
+Also reported: a much larger MLP (512 hidden units) to show the gap is not a matter of size.
+
 Puzzles come from a seeded, scikit-free generator: all 288 valid 4x4 grids are enumerated, hints are removed
 in random order while the solution stays unique (checked against all 288 grids), down to a random number of
 hints; test puzzles never occur in the training set. Optionally (``--optimizers adam lopt``) the OptNet layer
@@ -40,7 +42,8 @@ class Args:
     p: int = 40  # learned equality constraints (rows of A); the true rules have rank 40 on 4x4 boards
     eps: float = 0.1  # Q = eps I (the paper's Q penalty)
     epochs: int = 40  # passes over the training set (OptNet)
-    mlp_epochs: int = 300  # passes over the training set (MLP baseline; it is cheap, so it gets more)
+    mlp_epochs: int = 300  # passes over the training set (MLP baselines; they are cheap, so they get more)
+    mlp_big_hidden: int = 512  # hidden width of a second, much larger MLP baseline (0: skip it)
     batch: int = 100  # puzzles per step
     lr_optnet: float = 0.05  # Adam learning rate of the OptNet layer
     lr_mlp: float = 0.003  # Adam learning rate of the MLP baseline
@@ -153,9 +156,9 @@ class OptNetSudoku(nn.Module):
         return self.qp(q=-puzzles, b=b)  # (B, 64)
 
 
-def mlp_baseline(n_params: int, generator: torch.Generator) -> nn.Sequential:
-    """64 -> hidden -> 64 with hidden chosen so the parameter count is about ``n_params``."""
-    hidden = max(1, round((n_params - 64) / 129))
+def mlp_baseline(n_params: int, generator: torch.Generator, hidden: int | None = None) -> nn.Sequential:
+    """64 -> hidden -> 64 with hidden chosen so the parameter count is about ``n_params`` (or given)."""
+    hidden = hidden or max(1, round((n_params - 64) / 129))
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
     return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 64)).double()
 
@@ -171,6 +174,7 @@ def main(argv=None):
     args = parse_args(Args, argv)
     if args.quick:
         args.n_train, args.n_test, args.epochs, args.mlp_epochs, args.batch = 60, 40, 2, 5, 30
+        args.mlp_big_hidden = 32
     set_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     grids = all_grids()
@@ -257,6 +261,11 @@ def main(argv=None):
 
     adam = torch.optim.Adam(mlp.parameters(), lr=args.lr_mlp)
     runs["MLP (Adam)"] = (train("MLP (Adam)", mlp, ce, adam, args.mlp_epochs), n_mlp)
+    if args.mlp_big_hidden:
+        big = mlp_baseline(0, gen, hidden=args.mlp_big_hidden)
+        label = f"MLP {args.mlp_big_hidden} hidden (Adam)"
+        adam = torch.optim.Adam(big.parameters(), lr=args.lr_mlp)
+        runs[label] = (train(label, big, ce, adam, args.mlp_epochs), sum(p.numel() for p in big.parameters()))
 
     report = Report("sudoku", out_dir=args.out)
     for label, (c, n_par) in runs.items():
@@ -273,9 +282,10 @@ def main(argv=None):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, (c, _) in runs.items():
-        (line,) = axes[0].plot(c["epoch"], c["test_board_acc"], "o-", label=f"{label} test")
+        (line,) = axes[0].plot(c["epoch"], c["test_board_acc"], "-", lw=2, label=f"{label} test")
         axes[0].plot(c["epoch"], c["train_board_acc"], "--", color=line.get_color(), label=f"{label} train")
-        axes[1].semilogy(c["epoch"], c["train_loss"], "o-", label=label)
+        axes[1].loglog(c["epoch"], c["train_loss"], "-", lw=2, label=label)
+    axes[0].set_xscale("log")
     axes[0].set(xlabel="epoch", ylabel="board accuracy", title="4x4 Sudoku: whole boards right", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=7)
     axes[1].set(xlabel="epoch", ylabel="training loss (OptNet: MSE, MLP: CE)", title="training loss")

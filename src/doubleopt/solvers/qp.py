@@ -93,8 +93,9 @@ class QPState:
     """Interior-point state; ``Solution.y`` is the primal ``z``.
 
     ``s, lam, nu`` with ``z`` are a warm start for a later solve (:class:`~doubleopt.problems.QPStart`).
-    ``L, W, LM`` are the factorization at the current point (``H = L L^T``, ``W = H^{-1} A^T``,
-    ``M = LM LM^T``), reused by the next step's predictor and corrector and by the backward pass.
+    ``L, W, LM`` are the factorization at the current point, reused by the next step's predictor and
+    corrector and by the backward pass: Schur mode ``H = L L^T``, ``W = H^{-1} A^T``, ``M = LM LM^T``;
+    null-space mode ``N^T H N = L L^T`` (``L`` is ``(n-p) x (n-p)``; ``W``, ``LM`` empty).
     """
 
     value: Tensor  # (B,) objective 1/2 z'Qz + q'z
@@ -108,8 +109,8 @@ class QPState:
     d: Tensor  # (B, m) the scaling lam / s of the factorization (clipped at 1 / shift)
     status: Tensor  # (B,) RESULTS code (0 = keep going)
     L: Tensor  # (B, n, n)
-    W: Tensor  # (B, n, p)
-    LM: Tensor  # (B, p, p)
+    W: Tensor  # (B, n, p); (B, n, 0) in null-space mode
+    LM: Tensor  # (B, p, p); (B, 0, 0) in null-space mode
 
 
 @dataclass
@@ -209,17 +210,23 @@ def _mm(X: Tensor, Y: Tensor) -> Tensor:
     return X @ Y
 
 
+def _qr(A: Tensor) -> tuple[Tensor, Tensor]:
+    """Complete QR ``A^T = U [R; 0]`` per instance: ``U (B, n, n)``, ``R (B, p, p)`` (deterministic, so the
+    backward pass recomputes exactly the basis the forward pass used)."""
+    B, p, n = A.shape
+    At = A.detach().transpose(-1, -2)
+    if _shared(A):
+        U0, R0 = torch.linalg.qr(At[0], mode="complete")
+        return U0.expand(B, n, n), R0[:p].expand(B, p, p)
+    U, R = torch.linalg.qr(At, mode="complete")
+    return U, R[:, :p]
+
+
 def _null_space(x: QPData, Qs: Tensor) -> _NullSpace | None:
     """QR of ``A^T`` (once per solve); ``None`` if some ``A`` is (numerically) rank deficient."""
     p, n = x.p, x.n
     B = x.q.shape[0]
-    At = x.A.detach().transpose(-1, -2)
-    if _shared(x.A):
-        U0, R0 = torch.linalg.qr(At[0], mode="complete")
-        U, R = U0.expand(B, n, n), R0[:p].expand(B, p, p)
-    else:
-        U, R = torch.linalg.qr(At, mode="complete")
-        R = R[:, :p]
+    U, R = _qr(x.A)
     diag = (R[:1] if _shared(R) else R).diagonal(dim1=-2, dim2=-1).abs()
     rtol = float(torch.finfo(x.q.dtype).eps) ** 0.5
     if not bool((diag.amin(-1) > rtol * diag.amax(-1).clamp_min(1e-300)).all()):
@@ -265,12 +272,14 @@ def _hvp(Qs: Tensor, G: Tensor, d: Tensor, v: Tensor) -> Tensor:
     return out + _mtv(G, d * _mv(G, v)) if G.shape[-2] > 0 else out
 
 
-def _kkt_solve(L, W, LM, Qs: Tensor, A: Tensor, G: Tensor, d: Tensor, r1: Tensor, r2: Tensor):
+def _kkt_solve(L, W, LM, Qs: Tensor, A: Tensor, G: Tensor, d: Tensor, r1: Tensor, r2: Tensor,
+               ur: tuple[Tensor, Tensor] | None = None):
     """Solve ``H dz + A' dnu = r1, A dz = r2`` (``H = Qs + G' D G``) with the stored factors.
 
     Schur-complement mode (``L`` is ``n x n``): ``L L' = H``, ``W = H^{-1} A'``, ``LM LM' = A W``.
-    Null-space mode (``L`` is ``k x k``, ``k = n - p``): ``L L' = N' H N``, ``W = U = [Y | N]``, ``LM = R``
-    with ``A' = Y R``; then ``dz = Y R^{-T} r2 + N u`` and ``dnu = R^{-1} Y' (r1 - H dz)``.
+    Null-space mode (``L`` is ``k x k``, ``k = n - p``): ``L L' = N' H N`` and ``ur = (U, R)`` from
+    :func:`_qr` (``U = [Y | N]``, ``A' = Y R``); then ``dz = Y R^{-T} r2 + N u`` and
+    ``dnu = R^{-1} Y' (r1 - H dz)``.
     """
     n = r1.shape[-1]
     if L.shape[-1] == n:
@@ -279,13 +288,14 @@ def _kkt_solve(L, W, LM, Qs: Tensor, A: Tensor, G: Tensor, d: Tensor, r1: Tensor
             return u, r1.new_zeros(r1.shape[0], 0)
         dnu = _chol_solve(LM, (_mv(A, u) - r2)[..., None])[..., 0]
         return u - (W @ dnu[..., None])[..., 0], dnu
-    p = LM.shape[-1]
-    Y, N = W[..., :p], W[..., p:]
-    w = torch.linalg.solve_triangular(LM.transpose(-1, -2), r2[..., None], upper=False)[..., 0]
+    U, R = _qr(A) if ur is None else ur
+    p = R.shape[-1]
+    Y, N = U[..., :p], U[..., p:]
+    w = torch.linalg.solve_triangular(R.transpose(-1, -2), r2[..., None], upper=False)[..., 0]
     dzp = _mv(Y, w)
     u = _chol_solve(L, _mtv(N, r1 - _hvp(Qs, G, d, dzp))[..., None])[..., 0]
     dz = dzp + _mv(N, u)
-    dnu = torch.linalg.solve_triangular(LM, _mtv(Y, r1 - _hvp(Qs, G, d, dz))[..., None], upper=True)[..., 0]
+    dnu = torch.linalg.solve_triangular(R, _mtv(Y, r1 - _hvp(Qs, G, d, dz))[..., None], upper=True)[..., 0]
     return dz, dnu
 
 
@@ -378,7 +388,7 @@ class QP(Solver):
         B, n = x.q.shape
         if c.ns is not None:
             L, ok = self._cholesky(_hessian(c.ns.Qr, c.ns.Gr, d), c.shift)
-            return L, c.ns.U, c.ns.R, ok
+            return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok  # U, R stay in the constants
         L, ok = self._cholesky(_hessian(c.Qs, x.G, d), c.shift)
         if x.p == 0:
             return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok
@@ -534,7 +544,8 @@ class QP(Solver):
         L, W, LM, ok = self._factor(self._consts(x), x, x.q.new_ones(B, x.m))
         r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
         c = self._consts(x)
-        z, _ = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, x.q.new_ones(B, x.m), r1, x.b)
+        ur = (c.ns.U, c.ns.R) if c.ns is not None else None
+        z, _ = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, x.q.new_ones(B, x.m), r1, x.b, ur)
         return torch.where(ok[:, None], z, torch.zeros_like(z))
 
     def step(self, problem, z, x: QPData, st: QPState):
@@ -557,7 +568,8 @@ class QP(Solver):
 
     def _step(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
         if x.m == 0:  # equality-constrained or unconstrained: one Newton step is exact
-            dz, dnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, -st.grad, -st.req)
+            ur = (c.ns.U, c.ns.R) if c.ns is not None else None
+            dz, dnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, -st.grad, -st.req, ur)
             return z + dz, self._state(z + dz, x, c, st.s, st.lam, st.nu + dnu, st.status)
         s, lam = st.s, st.lam
         rin = st.Gz + s - x.h
@@ -642,10 +654,11 @@ def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
     what = gz.new_zeros(gz.shape[0], m)
     wnu = gz.new_zeros(gz.shape[0], A.shape[-2])
     E = s / lam.clamp_min(torch.finfo(s.dtype).tiny)
+    ur = _qr(A) if L.shape[-1] < gz.shape[-1] else None  # null-space mode: the forward pass's exact basis
     R1, R2, R3 = -gz, what, wnu
     for k in range(refinements + 1):
         rhs = R1 + _mtv(G, d * R2) if m > 0 else R1
-        dz, dnu = _kkt_solve(L, W, LM, Q, A, G, d, rhs, R3)
+        dz, dnu = _kkt_solve(L, W, LM, Q, A, G, d, rhs, R3, ur)
         dw = d * (_mv(G, dz) - R2) if m > 0 else what
         wz, what, wnu = wz + dz, what + dw, wnu + dnu
         if k == refinements:
