@@ -21,7 +21,6 @@ from doubleopt.amortized import (
     break_even,
     fit,
     load_checkpoint,
-    save_checkpoint,
 )
 
 F64 = torch.float64
@@ -131,8 +130,17 @@ def test_unrolled_gradient_through_refinement_matches_finite_differences(quad):
 def test_safeguard_never_returns_an_uncertified_success_out_of_distribution(quad):
     fam, x_in = quad
     model = LinearB()
-    fit(FullyAmortized(model), fam, loss="regression", targets=lambda c: torch.linalg.solve(c.A, c.b), steps=300,
-        lr=0.05, batch_size=64, progress=False, val_every=100)
+    fit(
+        FullyAmortized(model),
+        fam,
+        loss="regression",
+        targets=lambda c: torch.linalg.solve(c.A, c.b),
+        steps=300,
+        lr=0.05,
+        batch_size=64,
+        progress=False,
+        val_every=100,
+    )
     ood = fam.sample(8, seed=5)
     ood = do.problems.QuadraticContext(ood.A * 50.0, ood.b * 100.0)  # far outside the training distribution
     x = do.problems.QuadraticContext(torch.cat([x_in.A, ood.A]), torch.cat([x_in.b, ood.b]))
@@ -186,16 +194,27 @@ def test_fit_losses_checkpoint_and_break_even(quad, tmp_path):
     fam, _ = quad
     model = LinearB()
     path = tmp_path / "model.safetensors"
-    res = fit(FullyAmortized(model), fam, loss="objective", steps=60, lr=0.05, progress=False, val_every=20,
-              checkpoint=path)
+    res = fit(
+        FullyAmortized(model), fam, loss="objective", steps=60, lr=0.05, progress=False, val_every=20, checkpoint=path
+    )
     assert res.history[-1]["val_loss"] < res.history[0]["val_loss"] and path.exists()
     assert path.read_bytes()[:8] != b"\x80\x04\x95"[:8]  # not a pickle
     clone = load_checkpoint(LinearB(), path)
     x = fam.sample(4, seed=9)
     torch.testing.assert_close(clone(x), model(x))
 
-    ref = fit(FullyAmortized(LinearB()), fam, loss="regression", reference=do.LBFGS(), train_size=64, steps=40,
-              lr=0.05, progress=False, val_size=16, val_every=20)
+    ref = fit(
+        FullyAmortized(LinearB()),
+        fam,
+        loss="regression",
+        reference=do.LBFGS(),
+        train_size=64,
+        steps=40,
+        lr=0.05,
+        progress=False,
+        val_size=16,
+        val_every=20,
+    )
     assert ref.history[-1]["val_loss"] < ref.history[0]["val_loss"]
     semi = SemiAmortized(LinearB(), do.GD(lr=0.1), steps=3)
     unr = fit(semi, fam, loss="unrolled", steps=40, lr=0.05, progress=False, val_every=20)
@@ -219,8 +238,17 @@ def test_lista_starts_as_ista_and_learns():
     torch.testing.assert_close(torch.diagonal(W.T @ fam.dictionary), torch.ones(30), atol=1e-5, rtol=0)
     for cls in (LISTA, ALISTA):
         model = cls(fam, layers=5, support_selection=0.02)
-        res = fit(FullyAmortized(model), fam, loss="regression", targets=lambda c: c.codes, steps=60, lr=2e-3,
-                  progress=False, val_every=30, val_size=64)
+        res = fit(
+            FullyAmortized(model),
+            fam,
+            loss="regression",
+            targets=lambda c: c.codes,
+            steps=60,
+            lr=2e-3,
+            progress=False,
+            val_every=30,
+            val_size=64,
+        )
         assert res.history[-1]["val_loss"] < 0.9 * res.history[0]["val_loss"], cls.__name__
     with pytest.raises(ValueError, match="LassoContext"):
         LISTA(fam, layers=2)(x.measurements)
@@ -240,8 +268,9 @@ def test_meta_ot_warm_start_is_certified_and_cuts_iterations():
     sol = guard.solve(fam, x)
     assert sol.successful.all() and (fam.marginal_error(sol.y, x) <= 1e-6).all()
     torch.testing.assert_close(sol.value, cold.value, atol=1e-6, rtol=0)
-    rounds = Safeguarded(FullyAmortized(model), MarginalError(), do.solvers.Sinkhorn(), tol=1e-6, fallback_steps=5000,
-                         round_steps=8).solve(fam, x)  # compaction rounds: same answers (Sinkhorn is memoryless)
+    rounds = Safeguarded(
+        FullyAmortized(model), MarginalError(), do.solvers.Sinkhorn(), tol=1e-6, fallback_steps=5000, round_steps=8
+    ).solve(fam, x)  # compaction rounds: same answers (Sinkhorn is memoryless)
     assert rounds.stats["fallback_rounds"] > 1
     torch.testing.assert_close(rounds.y, sol.y)
     torch.testing.assert_close(rounds.num_steps, sol.num_steps)
@@ -256,8 +285,9 @@ def test_vae_inference_problem():
     x = elbo_context(images, samples=4, latent=3)
     problem = ELBOProblem(vae.decoder)
     enc = do.solve(problem, FullyAmortized(EncoderModel(vae)), x, throw=False)
-    refined = do.solve(problem, SemiAmortized(EncoderModel(vae), do.Adam(lr=0.05), steps=50), x, tol=0.0,
-                       max_steps=52, throw=False)
+    refined = do.solve(
+        problem, SemiAmortized(EncoderModel(vae), do.Adam(lr=0.05), steps=50), x, tol=0.0, max_steps=52, throw=False
+    )
     assert (refined.value < enc.value).all()
     y = enc.y.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: problem.objective(v, x), (y,))

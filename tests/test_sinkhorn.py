@@ -26,8 +26,7 @@ def test_plan_matches_pot():
     sol = do.solve(fam, Sinkhorn(), x, tol=1e-13, max_steps=20000)
     P = fam.plan(sol.y, x)
     for i in range(x.a.shape[0]):
-        ref = ot.sinkhorn(x.a[i].numpy(), x.b[i].numpy(), fam.cost.numpy(), fam.eps, stopThr=1e-15,
-                          numItermax=100000)
+        ref = ot.sinkhorn(x.a[i].numpy(), x.b[i].numpy(), fam.cost.numpy(), fam.eps, stopThr=1e-15, numItermax=100000)
         np.testing.assert_allclose(P[i].numpy(), ref, atol=1e-10)
     assert (fam.marginal_error(sol.y, x) <= 1e-13).all()
 

@@ -69,9 +69,7 @@ class KKTResidual(Certificate):
     def residual(self, problem, y, x):
         fn = getattr(problem, "kkt_residual", None)
         if fn is None:
-            raise ValueError(
-                f"KKTResidual needs a QP problem with kkt_residual(y, x), got {type(problem).__name__}"
-            )
+            raise ValueError(f"KKTResidual needs a QP problem with kkt_residual(y, x), got {type(problem).__name__}")
         return fn(y, x)
 
 

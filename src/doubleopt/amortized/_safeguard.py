@@ -95,9 +95,7 @@ class Safeguarded:
         cert = self.certificate or default_certificate(problem)
         start = time.perf_counter()
         with torch.no_grad():
-            amort = solve(
-                problem, self.amortized, x, tol=self.tol, max_steps=self.amortized.steps + 2, throw=False
-            )
+            amort = solve(problem, self.amortized, x, tol=self.tol, max_steps=self.amortized.steps + 2, throw=False)
             y = amort.y
             B = y.shape[0]
             residual = cert(problem, y, x)

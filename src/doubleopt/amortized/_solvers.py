@@ -88,9 +88,7 @@ class SemiAmortized(Solver):
 
     def __post_init__(self):
         if not isinstance(self.model, nn.Module):
-            raise TypeError(
-                f"model must be an nn.Module mapping contexts to (B, n), got {type(self.model).__name__}"
-            )
+            raise TypeError(f"model must be an nn.Module mapping contexts to (B, n), got {type(self.model).__name__}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
         if self.steps > 0 and self.solver is None:

@@ -69,9 +69,7 @@ class FitResult:
     checkpoint: str | None = None
 
 
-def save_checkpoint(
-    model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None
-) -> Path:
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write ``model.state_dict()`` as safetensors, atomically (temp file + ``os.replace``)."""
     from safetensors.torch import save_file
 

@@ -115,11 +115,7 @@ def run_demo(
         t = sol.stats["wall_time"] / batch
         gap = ((sol.value - f_star) / scale).clamp_min(0)
         classical = name.startswith("classical")
-        fell = (
-            sol.fell_back
-            if sol.fell_back is not None and not classical
-            else torch.zeros(batch, dtype=torch.bool)
-        )
+        fell = sol.fell_back if sol.fell_back is not None and not classical else torch.zeros(batch, dtype=torch.bool)
         certified = sol.successful
         report.add_row(
             method=name,
@@ -139,9 +135,7 @@ def run_demo(
     elif sg["speedup"] > 0.95:
         verdict = "about as fast as Sinkhorn from scratch (the network needs more training to help)"
     else:
-        verdict = (
-            f"{1 / sg['speedup']:.1f}x slower than Sinkhorn from scratch (the network needs more training)"
-        )
+        verdict = f"{1 / sg['speedup']:.1f}x slower than Sinkhorn from scratch (the network needs more training)"
     print(f"""
 How to read this: 'certified' = the answer's marginal error is <= {tol:g}, a checked guarantee.
   - The network alone answers {am["speedup"]:.0f}x faster than Sinkhorn, but only

@@ -33,9 +33,7 @@ class PotentialMLP(nn.Module):
         hidden: width of the hidden layers; layers: number of hidden layers.
     """
 
-    def __init__(
-        self, n: int, m: int, hidden: int = 512, layers: int = 2, dtype: torch.dtype = torch.float64
-    ):
+    def __init__(self, n: int, m: int, hidden: int = 512, layers: int = 2, dtype: torch.dtype = torch.float64):
         super().__init__()
         dims = [n + m] + [hidden] * layers
         mods: list[nn.Module] = []
@@ -50,8 +48,7 @@ class PotentialMLP(nn.Module):
             raise ValueError(f"PotentialMLP expects an OTContext(a, b), got {type(x).__name__}")
         if x.a.shape[-1] != self.n or x.b.shape[-1] != self.m:
             raise ValueError(
-                f"PotentialMLP was built for n={self.n}, m={self.m}; got a {tuple(x.a.shape)}, "
-                f"b {tuple(x.b.shape)}"
+                f"PotentialMLP was built for n={self.n}, m={self.m}; got a {tuple(x.a.shape)}, b {tuple(x.b.shape)}"
             )
         inp = torch.cat([x.a * self.n, x.b * self.m], dim=-1).to(self.net[0].weight.dtype)
         return self.net(inp).to(x.a.dtype)

@@ -129,8 +129,7 @@ class ELBOProblem(Problem):
             raise ValueError(f"ELBOProblem expects an ELBOContext(images, noise), got {type(x).__name__}")
         if x.noise.dim() != 3 or x.noise.shape[-1] != self.latent or x.noise.shape[0] != x.images.shape[0]:
             raise ValueError(
-                f"noise must be (B, S, {self.latent}) with B = {x.images.shape[0]}, "
-                f"got {tuple(x.noise.shape)}"
+                f"noise must be (B, S, {self.latent}) with B = {x.images.shape[0]}, got {tuple(x.noise.shape)}"
             )
 
 

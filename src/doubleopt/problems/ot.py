@@ -104,9 +104,7 @@ class EntropicOT(ProblemFamily):
         self.register_buffer("cost", C)
         self.register_buffer("row_min_eps", row_min / eps)
         self.register_buffer("col_min_eps", col_min / eps)
-        self.register_buffer(
-            "kernel_row_t", torch.exp(-(C - row_min[:, None]) / eps).T.contiguous()
-        )  # (m, n)
+        self.register_buffer("kernel_row_t", torch.exp(-(C - row_min[:, None]) / eps).T.contiguous())  # (m, n)
         self.register_buffer("kernel_col", torch.exp(-(C - col_min[None, :]) / eps))  # (n, m)
 
     # ---- log-domain soft-min via shifted-kernel products ---------------------------------------
@@ -128,9 +126,7 @@ class EntropicOT(ProblemFamily):
         out = torch.log(s) + (gmax - self.row_min_eps)
         if self._softmin_ok(s):
             return out
-        return self._fix_rows(
-            s, out, lambda bad: torch.logsumexp((g[bad][:, None, :] - self.cost) / self.eps, -1)
-        )
+        return self._fix_rows(s, out, lambda bad: torch.logsumexp((g[bad][:, None, :] - self.cost) / self.eps, -1))
 
     def lse_cols(self, f: Tensor) -> Tensor:
         """``(B, m)``: :math:`\\log \\sum_i e^{(f_i - C_{ij})/\\varepsilon}`."""
@@ -140,9 +136,7 @@ class EntropicOT(ProblemFamily):
         out = torch.log(s) + (fmax - self.col_min_eps)
         if self._softmin_ok(s):
             return out
-        return self._fix_rows(
-            s, out, lambda bad: torch.logsumexp((f[bad][:, :, None] - self.cost) / self.eps, -2)
-        )
+        return self._fix_rows(s, out, lambda bad: torch.logsumexp((f[bad][:, :, None] - self.cost) / self.eps, -2))
 
     # ---- the semi-dual -------------------------------------------------------------------------
     def c_transform(self, f: Tensor, x: OTContext) -> Tensor:
@@ -187,13 +181,7 @@ class EntropicOT(ProblemFamily):
         if not isinstance(x, OTContext):
             raise ValueError(f"{type(self).__name__} expects an OTContext(a, b), got {type(x).__name__}")
         a, b = x.a, x.b
-        if (
-            a.dim() != 2
-            or a.shape[1] != self.n
-            or b.dim() != 2
-            or b.shape[1] != self.m
-            or a.shape[0] != b.shape[0]
-        ):
+        if a.dim() != 2 or a.shape[1] != self.n or b.dim() != 2 or b.shape[1] != self.m or a.shape[0] != b.shape[0]:
             raise ValueError(
                 f"expected a of shape (B, {self.n}) and b of shape (B, {self.m}), "
                 f"got {tuple(a.shape)} and {tuple(b.shape)}"
