@@ -22,10 +22,11 @@ def _sufficient_decrease(value, slope0, t, f_t, slope_t, c1, eps):
     """Armijo, or its derivative form where f is flat to rounding (Hager & Zhang 2005's approximate
     Wolfe): :math:`f(t) \\le f(0) + 4\\epsilon|f(0)|` and :math:`\\phi'(t) \\le (2 c_1 - 1)\\phi'(0)`.
     The second form lets line searches reach gradient norms below :math:`\\sqrt{\\epsilon}`."""
-    finite = torch.isfinite(f_t) & torch.isfinite(slope_t)
+    # comparisons with NaN are False, so a NaN value or slope is never accepted; -inf is (the loop then
+    # reports the instance as nonfinite)
     armijo = f_t <= value + c1 * t * slope0
     approx = (f_t <= value + 4 * eps * value.abs()) & (slope_t <= (2 * c1 - 1) * slope0)
-    return finite & (armijo | approx)
+    return armijo | approx
 
 
 @dataclass
@@ -56,10 +57,14 @@ def armijo_backtracking(
     # no descent possible: the direction is zero (converged) -> accept t with no move
     y_acc, v_acc, g_acc, t_acc = y, value, grad, torch.zeros_like(t)
     tiny = torch.finfo(y.dtype).eps
+    first = True
     for _ in range(max_iter):
         y_try = y + t[:, None] * direction
         v_try, g_try = problem.value_and_grad(y_try, x)
         ok = _sufficient_decrease(value, slope, t, v_try, (g_try * direction).sum(-1), c1, tiny)
+        if first and bool(ok.all()):  # fast path: the first trial is accepted everywhere (usual for L-BFGS)
+            return LineSearchResult(y_try, v_try, g_try, t, torch.zeros_like(ok, dtype=torch.int64))
+        first = False
         new = ok & ~accepted
         y_acc = torch.where(new[:, None], y_try, y_acc)
         v_acc = torch.where(new, v_try, v_acc)
