@@ -266,3 +266,19 @@ def test_skipping_converged_instances_changes_nothing():
     full = do.solve(do.problems.QPProblem(), do.solvers.QP(), x, tol=1e-11)
     assert bool((fast.num_steps == full.num_steps).all()) and len(set(full.num_steps.tolist())) > 1
     torch.testing.assert_close(fast.y, full.y, atol=1e-10, rtol=0)  # BLAS differs with the batch size
+
+
+@pytest.mark.parametrize("mode", ["auto", "schur"])
+def test_infeasible_and_unbounded_with_equalities(mode):
+    solver = do.solvers.QP(equality=mode)
+    eye = torch.eye(2, dtype=F64)
+    # z1 + z2 = 3 and z <= 1: infeasible
+    sol = do.qp_solve(eye, torch.zeros(2, dtype=F64), torch.ones(1, 2, dtype=F64), torch.tensor([3.0], dtype=F64),
+                      eye, torch.ones(2, dtype=F64), solver=solver, throw=False, max_steps=200)
+    assert sol.result.tolist() == [do.RESULTS.infeasible]
+    # min -z1 s.t. z1 = z2, z2 >= 0, Q = 0: unbounded
+    sol = do.qp_solve(torch.zeros(2, 2, dtype=F64), torch.tensor([-1.0, 0.0], dtype=F64),
+                      torch.tensor([[1.0, -1.0]], dtype=F64), torch.zeros(1, dtype=F64),
+                      torch.tensor([[0.0, -1.0]], dtype=F64), torch.zeros(1, dtype=F64), solver=solver,
+                      throw=False, max_steps=200)
+    assert sol.result.tolist() == [do.RESULTS.unbounded]
