@@ -14,7 +14,9 @@ Also reported: a much larger MLP (512 hidden units) to show the gap is not a mat
 
 Puzzles come from a seeded, scikit-free generator: all 288 valid 4x4 grids are enumerated, hints are removed
 in random order while the solution stays unique (checked against all 288 grids), down to a random number of
-hints; test puzzles never occur in the training set. Optionally (``--optimizers adam lopt``) the OptNet layer
+hints; test puzzles never occur in the training set. The OptNet layer is trained with Adam and with the
+pretrained learned optimizers (``--optimizers adam lstm-digits mlp-digits``: do.learned.TorchOptimizer +
+do.learned.load_pretrained, meta-trained on a digits MLP, used as they are).
 is also trained with the pretrained learned optimizer (do.learned.TorchOptimizer + load_pretrained).
 
 Run: doubleopt bench sudoku [-- --quick]; writes bench_results/sudoku/{results.json,table.md,sudoku.png}.
@@ -48,9 +50,9 @@ class Args:
     lr_optnet: float = 0.05  # Adam learning rate of the OptNet layer
     lr_mlp: float = 0.003  # Adam learning rate of the MLP baseline
     qp_tol: float = 1e-7  # KKT tolerance of the layer's interior point
-    optimizers: list[str] = field(default_factory=lambda: ["adam", "lopt"])  # OptNet trainers (lopt: learned)
-    lopt_name: str = "mlp-digits"  # pretrained learned optimizer for "lopt"
-    lopt_lr: float = 1.0  # update multiplier of the learned optimizer
+    # OptNet trainers: "adam" and/or names of pretrained learned optimizers (do.learned.PRETRAINED)
+    optimizers: list[str] = field(default_factory=lambda: ["adam", "lstm-digits", "mlp-digits"])
+    lopt_lr: float = 1.0  # update multiplier of the learned optimizers (1: the update as meta-trained)
     threads: int = 1  # torch threads
     seed: int = 0  # data and initialization seed
     quick: bool = False  # seconds-long smoke run
@@ -245,12 +247,10 @@ def main(argv=None):
         if which == "adam":
             opt = torch.optim.Adam(model.parameters(), lr=args.lr_optnet)
             label = "OptNet (Adam)"
-        elif which == "lopt":
-            lopt = do.learned.load_pretrained(args.lopt_name).double()
+        else:  # a pretrained learned optimizer (load_pretrained raises a clear error for unknown names)
+            lopt = do.learned.load_pretrained(which).double()
             opt = do.learned.TorchOptimizer(model.named_parameters(), lopt, lr=args.lopt_lr)
-            label = f"OptNet (learned optimizer {args.lopt_name})"
-        else:
-            raise ValueError(f"--optimizers takes adam and/or lopt, got {which!r}")
+            label = f"OptNet (learned optimizer {which})"
         runs[label] = (train(label, model, mse, opt, args.epochs), n_optnet)
 
     mlp = mlp_baseline(n_optnet or args.p * 64 + 64, gen)
@@ -273,6 +273,7 @@ def main(argv=None):
                        train_board_acc=c["train_board_acc"][-1] if c["epoch"] else float("nan"),
                        test_board_acc=c["test_board_acc"][-1] if c["epoch"] else float("nan"),
                        test_cell_acc=c["test_cell_acc"][-1] if c["epoch"] else float("nan"),
+                       epochs_to_95=next((e for e, a in zip(c["epoch"], c["test_board_acc"]) if a >= 0.95), None),
                        failed_solves=c["failed_solves_total"], wall_s=c["wall_s"])
 
     import matplotlib
