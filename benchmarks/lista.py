@@ -177,6 +177,7 @@ def main(argv=None):
         ax.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=f"{name} (layers)")
     ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"ISTA-{args.ista_iters} NMSE")
     ax.set_xscale("symlog", linthresh=20)
+    ax.set_xlim(left=0)
     ax.set_xlabel("iterations / layers")
     ax.set_ylabel("NMSE (dB), held-out")
     ax.set_title(f"sparse coding {args.m}x{args.n}, B={B} held-out problems")
