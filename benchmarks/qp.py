@@ -6,6 +6,8 @@ checked to agree within `agree_tol` before anything is timed. Timed: forward + b
 (on a machine shared with other jobs, wall time includes waiting for a core). Then a scaling sweep of our
 layer over n and B, and the float32 accuracy (float32 inputs solved in float64, the default, and natively
 in float32). Run: doubleopt bench qp [-- --quick] [-- --threads 1]
+On a machine loaded by other jobs, OpenMP's default spin-waiting makes 2+ threads far slower than 1 (for
+torch's batched kernels; SCS is single-threaded): use --threads 1 or set OMP_WAIT_POLICY=PASSIVE.
 qpth / cvxpylayers are benchmark-only dependencies (pip install --no-deps qpth==0.0.18; cvxpylayers).
 """
 
