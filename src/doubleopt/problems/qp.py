@@ -222,6 +222,26 @@ class QPProblem(ProblemFamily):
                              "convex. Fix Q or pass regularization=r > 0 to qp_solve to use Q + r I "
                              "(a different, convex problem)")
 
+    def kkt_residual(self, y: Tensor, x: QPData) -> Tensor:
+        r"""``(B,)`` optimality certificate of a primal-dual point (used by ``do.amortized.KKTResidual``).
+
+        ``y`` is either a packed primal-dual point ``[z, s, lam, nu]`` ``(B, n + 2m + p)``
+        (:func:`pack_start`) or a primal ``z`` ``(B, n)`` whose multipliers are taken from ``x.start``.
+        See :func:`qp_kkt_residual` for the measure (the slacks ``s`` are not trusted: ``h - Gz`` is used).
+        """
+        n, m, p = x.n, x.m, x.p
+        if y.dim() == 2 and y.shape[-1] == n + 2 * m + p:
+            st = unpack_start(y, x)
+            return qp_kkt_residual(x, st.z, st.lam, st.nu)
+        if y.dim() == 2 and y.shape[-1] == n and x.start is not None and (m == 0 or x.start.lam is not None) \
+                and (p == 0 or x.start.nu is not None):
+            lam = x.start.lam if m > 0 else y.new_zeros(y.shape[0], 0)
+            nu = x.start.nu if p > 0 else y.new_zeros(y.shape[0], 0)
+            return qp_kkt_residual(x, y, lam, nu)
+        raise ValueError(f"kkt_residual needs a primal-dual point: a packed [z, s, lam, nu] of width n + 2m + p = "
+                         f"{n + 2 * m + p}, or z (width n = {n}) with x.start carrying lam and nu; got "
+                         f"{tuple(y.shape)}")
+
     def implicit_solution(self, y: Tensor, state, x: QPData) -> Tensor:
         """Hook used by ``do.Implicit()``: ``y`` made differentiable through the KKT conditions."""
         from ..solvers.qp import qp_kkt_differentiable
@@ -347,3 +367,59 @@ class PortfolioQP(QPProblem):
     def _sample(self, batch_size, generator):
         noise = torch.randn(batch_size, self.n, generator=generator, dtype=torch.float64).to(self.dtype)
         return self.context(self.mu_bar + self.sigma_mu * noise)
+
+
+def pack_start(start: QPStart) -> Tensor:
+    """A primal-dual point ``(z, s, lam, nu)`` as one ``(B, n + 2m + p)`` tensor ``[z, s, lam, nu]``.
+
+    ``s``, ``lam`` and ``nu`` must be set (a :class:`QPStart` from a solution or a model).
+    """
+    if start.s is None or start.lam is None or start.nu is None:
+        raise ValueError("pack_start needs a complete primal-dual point: QPStart with z, s, lam and nu set")
+    return torch.cat([start.z, start.s, start.lam, start.nu], dim=-1)
+
+
+def unpack_start(y: Tensor, x: QPData) -> QPStart:
+    """Inverse of :func:`pack_start` for the sizes ``n, m, p`` of ``x`` (views, no copy)."""
+    n, m, p = x.n, x.m, x.p
+    if y.dim() != 2 or y.shape[-1] != n + 2 * m + p:
+        raise ValueError(f"a packed primal-dual point [z, s, lam, nu] has width n + 2m + p = {n + 2 * m + p} "
+                         f"(n={n}, m={m}, p={p}); got shape {tuple(y.shape)}")
+    z, s, lam, nu = torch.split(y, [n, m, m, p], dim=-1)
+    return QPStart(z, s, lam, nu)
+
+
+def qp_kkt_residual(x: QPData, z: Tensor, lam: Tensor, nu: Tensor) -> Tensor:
+    r"""``(B,)`` scaled KKT residual and duality gap of ``(z, lam, nu)`` for the QPs ``x``; 0 iff optimal.
+
+    .. math:: \max\Big(\frac{\|Qz + q + G^\top\lambda + A^\top\nu\|_\infty}{1 + \|q\|_\infty},\
+       \frac{\|Az - b\|_\infty}{1 + \|b\|_\infty},\ \frac{\|(Gz - h)_+\|_\infty}{1 + \|h\|_\infty},\
+       \|(-\lambda)_+\|_\infty,\ \frac{|\lambda^\top(h - Gz) + \nu^\top(b - Az)|}{\max(m, 1)}\Big)
+
+    The last term is the duality gap :math:`f(z) - g(\lambda, \nu)` (exact once the dual residual is 0)
+    per inequality, on the scale of the interior point's :math:`\mu = s^\top\lambda / m`, so a solver
+    tolerance and a certificate tolerance mean the same thing. Non-finite points give ``inf``.
+    """
+    B = z.shape[0]
+    Qs = 0.5 * (x.Q + x.Q.transpose(-1, -2))
+
+    def inf(v: Tensor) -> Tensor:
+        return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(B)
+
+    rd = (Qs @ z[..., None])[..., 0] + x.q
+    gap = z.new_zeros(B)
+    res = z.new_zeros(B)
+    if x.m > 0:
+        Gz = (x.G @ z[..., None])[..., 0]
+        rd = rd + (x.G.transpose(-1, -2) @ lam[..., None])[..., 0]
+        res = torch.maximum(res, inf((Gz - x.h).clamp_min(0)) / (1 + inf(x.h)))
+        res = torch.maximum(res, inf((-lam).clamp_min(0)))
+        gap = gap + (lam * (x.h - Gz)).sum(-1)
+    if x.p > 0:
+        req = (x.A @ z[..., None])[..., 0] - x.b
+        rd = rd + (x.A.transpose(-1, -2) @ nu[..., None])[..., 0]
+        res = torch.maximum(res, inf(req) / (1 + inf(x.b)))
+        gap = gap - (nu * req).sum(-1)
+    res = torch.maximum(res, inf(rd) / (1 + inf(x.q)))
+    res = torch.maximum(res, gap.abs() / max(x.m, 1))
+    return torch.where(torch.isfinite(res), res, torch.full_like(res, float("inf")))

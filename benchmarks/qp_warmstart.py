@@ -1,0 +1,235 @@
+"""Parametric QP warm starts: an MLP predicts the interior point's primal-dual start from the QP's data.
+
+Family: ``PortfolioQP`` (Markowitz, ``n`` assets, ``1'w = 1``, ``0 <= w <= w_max``; the expected returns ``mu``
+-- the linear term -- vary per instance), solved as ``PrimalDualQP`` (variable = packed ``[z, s, lam, nu]``).
+A ``QPWarmStartNet`` is trained with ``do.amortized.fit(loss="regression")`` on the interior point's own optima
+of a fixed training set (solved once at tol 1e-10 and cached). On ``--n-test`` held-out instances, to the
+scaled KKT residual ``--tol`` (1e-6):
+
+* cold: our batched interior point (``do.solvers.QP``) from the CVXOPT start;
+* warm (plain): from the prediction, ``s, lam`` clipped at the solver's default floor 1e-3;
+* warm (centred): ``s, lam = max(pred, mu0)`` (a move toward the central path), no other clipping;
+* warm (polish + centred): the active-set polish of the prediction where it passes the certificate
+  (exact optimum, zero interior-point steps), else the centred prediction;
+* safeguarded: the last one inside ``Safeguarded(SemiAmortized(...), KKTResidual(), fallback=cold QP)``:
+  every instance is certified (KKT residual + duality gap <= tol) or falls back;
+* OSQP (benchmark-only dependency), one instance at a time, matrices set up once and ``update(q=...)`` per
+  instance (its parametric mode), ``eps_abs = tol, eps_rel = 0``, cold (``warm_starting=False``) and warm
+  (``warm_start(x=z_pred, y=[nu_pred; lam_pred])``); its answers are certified with the same KKT measure.
+
+Iterations exclude the model's forward pass; times include it (batched forward, divided per instance).
+Break-even: training time (incl. the reference solves) / time saved per instance. Median of ``--repeats``.
+
+Run: ``doubleopt bench qp_warmstart`` (``-- --quick`` for a seconds-long smoke run).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import doubleopt as do
+from doubleopt.amortized import FullyAmortized, KKTResidual, Safeguarded, SemiAmortized, break_even, fit
+from doubleopt.amortized.qp_warmstart import PrimalDualQP, QPWarmStartNet, WarmStartQP
+from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.problems.qp import qp_kkt_residual, unpack_start
+from doubleopt.solvers.qp import QP
+
+
+@dataclass
+class Args:
+    quick: bool = False  # tiny sizes: a smoke run of a few seconds
+    n_assets: int = 20  # portfolio size n (m = 2n bounds, p = 1 budget constraint)
+    hidden: int = 256  # MLP width (2 hidden layers, SiLU)
+    train_size: int = 10000  # training instances (solved once by the interior point, cached)
+    train_steps: int = 3000  # Adam steps of the regression
+    batch_size: int = 256  # training minibatch
+    lr: float = 2e-3  # Adam learning rate (cosine schedule)
+    n_test: int = 1000  # held-out instances
+    tol: float = 1e-6  # target scaled KKT residual (and certificate threshold)
+    center: float = 1e-3  # mu0 of the centred warm start: s, lam = max(pred, mu0)
+    max_steps: int = 100  # interior-point step cap
+    osqp_instances: int = 1000  # instances in the OSQP loops
+    repeats: int = 3  # timed repeats (median) of each batched solve
+    threads: int = 1  # torch threads (fixed; reported)
+    seed: int = 0  # seed of training set and test instances
+    out: str = "bench_results/qp_warmstart"  # output folder
+
+
+def osqp_loop(x, starts, tol: float, warm: bool):
+    """OSQP on each instance; returns (seconds per instance, iterations, KKT residuals)."""
+    import osqp
+    import scipy.sparse as sp
+
+    Q, A, G = x.Q[0].numpy(), x.A[0].numpy(), x.G[0].numpy()
+    q, b, h = x.q.numpy(), x.b.numpy(), x.h.numpy()
+    p = A.shape[0]
+    C = sp.csc_matrix(np.vstack([A, G]))
+    lo = np.concatenate([b[0], np.full(G.shape[0], -np.inf)])
+    up = np.concatenate([b[0], h[0]])
+    solver = osqp.OSQP()
+    solver.setup(sp.triu(sp.csc_matrix(Q), format="csc"), q[0], C, lo, up, eps_abs=tol, eps_rel=0.0, polishing=False,
+                 warm_starting=warm, verbose=False, max_iter=100000)
+    B = q.shape[0]
+    zs, ys, iters = [], [], []
+    start = time.perf_counter()
+    for i in range(B):
+        solver.update(q=q[i])
+        if warm:
+            solver.warm_start(x=starts.z[i].numpy(), y=np.concatenate([starts.nu[i].numpy(), starts.lam[i].numpy()]))
+        res = solver.solve(raise_error=False)
+        zs.append(res.x)
+        ys.append(res.y)
+        iters.append(res.info.iter)
+    per = (time.perf_counter() - start) / B
+    z = torch.as_tensor(np.stack(zs))
+    y = torch.as_tensor(np.stack(ys))
+    kkt = qp_kkt_residual(x, z, y[:, p:], y[:, :p])
+    return per, np.array(iters, dtype=float), kkt
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.n_assets, args.train_size, args.train_steps, args.n_test, args.hidden = 8, 256, 30, 64, 32
+        args.osqp_instances, args.repeats, args.batch_size = 16, 1, 64
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fam = PrimalDualQP(do.problems.PortfolioQP(n_assets=args.n_assets))
+    n, m, p = fam.sizes
+    tol = args.tol
+    reference = WarmStartQP(warm=False, qp=QP(skip_tol=1e-10))
+
+    # ---- training: regression to the interior point's own (cached) optima ----
+    t0 = time.perf_counter()
+    x_norm = fam.sample(min(2000, args.train_size), seed=args.seed + 2)
+    y_norm = do.solve(fam, reference, x_norm, tol=1e-10, max_steps=args.max_steps).y
+    model = QPWarmStartNet(n, m, p, hidden=args.hidden).set_normalization(x_norm, y_norm)
+    norm_time = time.perf_counter() - t0
+    print(f"training the warm-start MLP on {args.train_size} cached solutions ({args.train_steps} steps)")
+    fit_res = fit(FullyAmortized(model), fam, loss="regression", reference=reference, train_size=args.train_size,
+                  steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  val_every=max(args.train_steps // 10, 1))
+    train_time = fit_res.train_time + norm_time
+
+    # ---- held-out instances ----
+    x = fam.sample(args.n_test, seed=args.seed + 12345)
+    B = args.n_test
+    qp = QP(skip_tol=tol)
+    qp_nofloor = QP(skip_tol=tol, warm_start_floor=1e-12)
+    methods = {
+        "cold": (None, WarmStartQP(warm=False, qp=qp)),
+        "warm (plain, floor 1e-3)": (model, WarmStartQP(qp=qp)),
+        f"warm (centred, mu0={args.center:g})": (model, WarmStartQP(qp=qp_nofloor, center=args.center)),
+        "warm (polish + centred)": (model, WarmStartQP(qp=qp_nofloor, center=args.center, polish=True,
+                                                       polish_tol=tol)),
+    }
+    cert = KKTResidual()
+
+    def run(mdl, solver):
+        y0 = None
+        if mdl is not None:
+            y0 = mdl(x)
+        return do.solve(fam, solver, x, y0, tol=tol, max_steps=args.max_steps, throw=False)
+
+    report = Report("qp_warmstart", out_dir=args.out)
+    timings, iters = {}, {}
+    with torch.no_grad():
+        pred = model(x)
+        pred_kkt = cert(fam, pred, x)
+        for name, (mdl, solver) in methods.items():
+            timings[name] = time_call(lambda mdl=mdl, s=solver: run(mdl, s), repeats=args.repeats)
+        best = methods["warm (polish + centred)"][1]
+        guard = Safeguarded(SemiAmortized(model, best, steps=args.max_steps), cert,
+                            fallback=WarmStartQP(warm=False, qp=QP(skip_tol=tol / 10)), tol=tol,
+                            fallback_steps=args.max_steps)
+        timings["safeguarded (polish + centred, cold fallback)"] = time_call(lambda: guard.solve(fam, x),
+                                                                              repeats=args.repeats)
+    t_cold = timings["cold"].median / B
+    for name, tm in timings.items():
+        sol = tm.result
+        steps = sol.num_steps.float() - (1 if name.startswith("safeguarded") else 0)  # minus the prediction step
+        iters[name] = steps.numpy()
+        r = cert(fam, sol.y, x)
+        per = tm.median / B
+        extra = {}
+        if name.startswith("safeguarded"):
+            extra = {"certified_directly": int(sol.certified.sum()), "fell_back": int(sol.fell_back.sum())}
+        report.add_row(
+            method=name,
+            ms_per_inst=1e3 * per,
+            speedup_vs_cold=t_cold / per,
+            iters_mean=float(steps.mean()),
+            iters_median=float(steps.median()),
+            iters_max=float(steps.max()),
+            iter_ratio_vs_cold=float(iters.get("cold", steps).mean() / steps.mean().clamp_min(1e-9)),
+            certified=f"{int((r <= tol).sum())}/{B}",
+            successful=f"{int(sol.successful.sum())}/{B}",
+            break_even_instances=break_even(train_time, t_cold, per) if name != "cold" else float("nan"),
+            **extra,
+        )
+    # ---- OSQP, one instance at a time ----
+    k = min(args.osqp_instances, B)
+    xo = fam.base.context(fam.base.returns(x)[:k])
+    starts = unpack_start(pred[:k], xo)
+    t_pred = time_call(lambda: model(x), repeats=args.repeats).median / B
+    for label, warm in (("OSQP cold", False), ("OSQP warm (model)", True)):
+        per, it, kkt = osqp_loop(xo, starts, tol, warm)
+        per = per + (t_pred if warm else 0.0)
+        iters[label] = it
+        report.add_row(method=label, ms_per_inst=1e3 * per, speedup_vs_cold=t_cold / per, iters_mean=float(it.mean()),
+                       iters_median=float(np.median(it)), iters_max=float(it.max()),
+                       iter_ratio_vs_cold=float("nan"), certified=f"{int((kkt <= tol).sum())}/{k}",
+                       successful="", break_even_instances=float("nan"))
+    print(report.table())
+
+    # ---- figure: iteration histograms (interior point) and time per instance ----
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
+    ipm = [nm for nm in timings if not nm.startswith("safeguarded")]
+    top = int(max(iters[nm].max() for nm in ipm))
+    bins = np.arange(-0.5, min(top, 30) + 1.5)
+    for nm in ipm:
+        ax1.hist(np.minimum(iters[nm], bins[-1] - 0.5), bins=bins, histtype="step", lw=1.6, label=nm)
+    ax1.set_xlabel(f"interior-point iterations to KKT residual {tol:g}")
+    ax1.set_ylabel("instances")
+    ax1.set_title(f"PortfolioQP n={n}: {B} held-out instances", fontsize=10)
+    ax1.legend(fontsize=8)
+    names = [r["method"] for r in report.rows]
+    vals = [r["ms_per_inst"] for r in report.rows]
+    ax2.barh(range(len(names)), vals, color=["C0" if "OSQP" not in nm else "C3" for nm in names])
+    ax2.set_yticks(range(len(names)), names, fontsize=8)
+    ax2.invert_yaxis()
+    ax2.set_xscale("log")
+    ax2.set_xlabel("ms per instance (end to end, model forward included)")
+    ax2.set_title(f"time per instance (batch {B}, {args.threads} thread(s); OSQP: loop)", fontsize=10)
+    summary = {
+        "train_time_s": train_time,
+        "final_val_loss": fit_res.final_val,
+        "prediction_kkt_median": float(pred_kkt.median()),
+        "model_forward_ms_per_inst": 1e3 * t_pred,
+    }
+    print(summary)
+    path = report.save(
+        {
+            "args": vars(args),
+            "conditions": conditions(dtype="float64", batch=B, note="shared machine: other jobs running"),
+            "summary": summary,
+        },
+        fig,
+    )
+    print(f"wrote {path}")
+    return report.rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
