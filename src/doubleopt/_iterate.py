@@ -89,44 +89,61 @@ def iterate(
 
         bar = tqdm(total=max_steps, desc=f"solve[{type(solver).__name__}]", unit="step", leave=False)
     try:
+        n_done = int(done.sum())
         for _ in range(max_steps):
-            if bool(done.all()):
+            if n_done == B:
                 break
-            active = ~done
             y_new, state_new = solver.step(problem, y, x, state)
             value_new = solver.current_value(state_new)
             finite = _finite_rows(y_new, value_new)
             status = getattr(state_new, "status", None)
-            accept = active & finite
-            if bool(accept.all()):  # fast path: every instance moves
+            clean = finite if status is None else finite & (status == int(RESULTS.successful))
+            if n_done == 0 and bool(clean.all()):
+                # fast path (the usual case): every instance is active, finite and reports no failure, so
+                # no masking is needed; same values as the general path below
                 y, state = y_new, state_new
+                num_steps = num_steps + 1
+                stat = solver.stationarity(problem, y, x, state)
+                conv = stat <= tol
+                if rtol > 0:
+                    scale = torch.maximum(value.abs(), value_new.abs()).clamp_min(1e-30)
+                    conv = conv | ((value - value_new).abs() <= rtol * scale)
+                result = torch.where(conv, int(RESULTS.successful), result)
+                done = conv
+                value = value_new
             else:
-                y = torch.where(accept[:, None], y_new, y)
-                state = tree_where(accept, state_new, state)
-            num_steps = num_steps + active.to(torch.int64)
+                active = ~done
+                accept = active & finite
+                if bool(accept.all()):
+                    y, state = y_new, state_new
+                else:
+                    y = torch.where(accept[:, None], y_new, y)
+                    state = tree_where(accept, state_new, state)
+                num_steps = num_steps + active.to(torch.int64)
 
-            newly_bad = active & ~finite
-            result = torch.where(newly_bad, int(RESULTS.nonfinite), result)
-            stop = newly_bad
-            if status is not None:
-                failed = accept & (status != int(RESULTS.successful))
-                result = torch.where(failed, status, result)
-                stop = stop | failed
-            stat_new = solver.stationarity(problem, y, x, state)
-            stat = torch.where(accept, stat_new, stat)
-            conv = accept & ~stop & (stat <= tol)
-            if rtol > 0:
-                scale = torch.maximum(value.abs(), value_new.abs()).clamp_min(1e-30)
-                conv = conv | (accept & ~stop & ((value - value_new).abs() <= rtol * scale))
-            result = torch.where(conv, int(RESULTS.successful), result)
-            done = done | stop | conv
-            value = torch.where(accept, value_new, value)
+                newly_bad = active & ~finite
+                result = torch.where(newly_bad, int(RESULTS.nonfinite), result)
+                stop = newly_bad
+                if status is not None:
+                    failed = accept & (status != int(RESULTS.successful))
+                    result = torch.where(failed, status, result)
+                    stop = stop | failed
+                stat_new = solver.stationarity(problem, y, x, state)
+                stat = torch.where(accept, stat_new, stat)
+                conv = accept & ~stop & (stat <= tol)
+                if rtol > 0:
+                    scale = torch.maximum(value.abs(), value_new.abs()).clamp_min(1e-30)
+                    conv = conv | (accept & ~stop & ((value - value_new).abs() <= rtol * scale))
+                result = torch.where(conv, int(RESULTS.successful), result)
+                done = done | stop | conv
+                value = torch.where(accept, value_new, value)
+            n_done = int(done.sum())
             if values is not None:
                 values.append(value.detach().clone())
                 times.append(time.perf_counter() - start)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(active=int((~done).sum()), refresh=False)
+                bar.set_postfix(active=B - n_done, refresh=False)
     finally:
         if bar is not None:
             bar.close()

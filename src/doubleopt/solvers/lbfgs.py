@@ -32,9 +32,8 @@ from .linesearch import armijo_backtracking
 class LBFGSState:
     value: Tensor
     grad: Tensor
-    s: Tensor  # (B, m, n) oldest first
-    r: Tensor  # (B, m, n)
-    rho: Tensor  # (B, m), 0 marks an empty or skipped slot
+    pairs: Tensor  # (B, 2m, n): the scaled s_i (rows 0..m-1) then the scaled r_i (rows m..2m-1), oldest first
+    valid: Tensor  # (B, m) 1.0 for a stored pair, 0.0 for an empty or skipped slot (its rows are zero)
     gamma: Tensor  # (B,)
     first: Tensor  # (B,) bool: no step taken yet
     status: Tensor  # (B,)
@@ -65,28 +64,32 @@ def compact_inverse_hessian_product(grad: Tensor, s: Tensor, r: Tensor, rho: Ten
 
     with :math:`R` the upper triangle of :math:`S^\top Y` and :math:`D` its diagonal. Equal to the two-loop
     recursion, but a handful of batched matrix products instead of ``4 m`` small operations. Each pair is
-    scaled by :math:`1/\\sqrt{s^\\top y}` (BFGS is invariant to that), which keeps :math:`R` well conditioned
-    near convergence. Empty or skipped slots (``rho = 0``) are zeroed and get a unit diagonal in ``R``, so
-    they contribute nothing.
+    scaled by :math:`1/\sqrt{s^\top y}` (BFGS is invariant to that), which keeps :math:`R` well conditioned
+    near convergence (``diag(R) = 1``). Empty or skipped slots (``rho = 0``) are zeroed, so they contribute
+    nothing.
     """
-    valid = (rho != 0).to(grad.dtype)
-    # BFGS is invariant to scaling a pair (s, y) jointly: scale each by sqrt(rho) = 1 / sqrt(s'y) so that
-    # diag(R) = 1 and R stays well conditioned as the steps shrink (empty slots: scale 0)
     scale = rho.clamp_min(0).sqrt()[..., None]
-    S = s * scale
-    Y = r * scale
-    m = S.shape[1]
-    a = S @ grad[..., None]  # (B, m, 1)
-    b = Y @ grad[..., None]
-    SY = S @ Y.transpose(-1, -2)
+    pairs = torch.cat([s * scale, r * scale], dim=1)
+    return _scaled_product(grad, pairs, (rho > 0).to(grad.dtype), gamma)
+
+
+def _scaled_product(grad: Tensor, pairs: Tensor, valid: Tensor, gamma: Tensor) -> Tensor:
+    """:func:`compact_inverse_hessian_product` on pre-scaled pairs ``[S; Y]`` (``s_i^T y_i = 1`` for a valid
+    slot, zero rows for an empty one): three batched products and two triangular solves."""
+    m = valid.shape[1]
+    ab = pairs @ grad[..., None]  # (B, 2m, 1): S g and Y g
+    G = pairs @ pairs.transpose(-1, -2)  # (B, 2m, 2m): S'S, S'Y, Y'S, Y'Y
+    SY, YY = G[:, :m, m:], G[:, m:, m:]
     eye = torch.eye(m, dtype=grad.dtype, device=grad.device)
-    R = SY * torch.ones_like(eye).triu() + torch.diag_embed(1.0 - valid)
-    u = torch.linalg.solve_triangular(R, a, upper=True)
+    # diag(S'Y) is 1 up to rounding for a valid slot; use the computed value (consistent with the stored
+    # vectors: assuming exactly 1 stalls float32 solves near convergence); a unit diagonal on empty slots
+    R = SY * torch.ones_like(eye).triu() + torch.diag_embed(1 - valid)  # (masking beats .triu() on a view)
+    u = torch.linalg.solve_triangular(R, ab[:, :m], upper=True)
     g = gamma[:, None, None]
-    M = torch.diagonal(SY, dim1=-2, dim2=-1)[..., None] * eye + g * (Y @ Y.transpose(-1, -2))
-    p1 = torch.linalg.solve_triangular(R.transpose(-1, -2), M @ u - g * b, upper=False)
-    out = gamma[:, None] * grad + (S.transpose(-1, -2) @ p1)[..., 0] - (g * (Y.transpose(-1, -2) @ u))[..., 0]
-    return out
+    M = torch.addcmul(torch.diag_embed(torch.diagonal(SY, dim1=-2, dim2=-1)), g, YY)  # D + gamma Y'Y
+    p1 = torch.linalg.solve_triangular(R.transpose(-1, -2), torch.addcmul(M @ u, g, ab[:, m:], value=-1), upper=False)
+    coef = torch.cat([p1, -g * u], dim=1)  # (B, 2m, 1)
+    return torch.addcmul((pairs.transpose(-1, -2) @ coef)[..., 0], gamma[:, None], grad)
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,10 @@ class LBFGS(Solver):
     def init(self, problem, y, x):
         value, grad = problem.value_and_grad(y, x)
         B, n = y.shape
-        z = y.new_zeros(B, self.memory, n)
         return LBFGSState(
             value,
             grad,
-            z,
-            z,
+            y.new_zeros(B, 2 * self.memory, n),
             y.new_zeros(B, self.memory),
             y.new_ones(B),
             torch.ones(B, dtype=torch.bool, device=y.device),
@@ -123,23 +124,32 @@ class LBFGS(Solver):
         )
 
     def step(self, problem, y, x, state):
-        d = -compact_inverse_hessian_product(state.grad, state.s, state.r, state.rho, state.gamma)
-        descent = (d * state.grad).sum(-1) < 0
-        d = torch.where(descent[:, None], d, -state.grad)  # reset to steepest descent if not descent
-        gnorm = torch.linalg.vector_norm(state.grad, dim=-1)
-        t0 = torch.where(state.first, 1.0 / gnorm.clamp_min(1.0), torch.ones_like(gnorm))
+        m = self.memory
+        d = _scaled_product(state.grad, state.pairs, state.valid, state.gamma).neg_()
+        slope = (d * state.grad).sum(-1)
+        if not bool((slope < 0).all()):  # reset to steepest descent where d is not a descent direction
+            descent = slope < 0
+            d = torch.where(descent[:, None], d, -state.grad)
+            slope = torch.where(descent, slope, -(state.grad * state.grad).sum(-1))
+        if bool(state.first.any()):  # first step: a gradient step of length at most 1
+            gnorm = torch.linalg.vector_norm(state.grad, dim=-1)
+            t0 = torch.where(state.first, 1.0 / gnorm.clamp_min(1.0), torch.ones_like(gnorm))
+        else:
+            t0 = torch.ones_like(state.value)
         ls = armijo_backtracking(
-            problem, x, y, state.value, state.grad, d, t0, c1=self.c1, max_iter=self.max_line_search
+            problem, x, y, state.value, state.grad, d, t0, c1=self.c1, max_iter=self.max_line_search, slope=slope
         )
         s_new = ls.y - y
         r_new = ls.grad - state.grad
         sr = (s_new * r_new).sum(-1)
         rr = (r_new * r_new).sum(-1)
         ok = sr > torch.finfo(y.dtype).eps * rr
-        rho_new = torch.where(ok, 1.0 / torch.where(ok, sr, torch.ones_like(sr)), torch.zeros_like(sr))
+        okf = ok.to(y.dtype)
+        # store the pair scaled by 1 / sqrt(s'r) (s'r = 1 after scaling); a skipped pair is stored as zeros
+        scale = (torch.where(ok, sr, torch.ones_like(sr)).rsqrt() * okf)[:, None, None]
+        new = torch.stack([s_new, r_new], dim=1) * scale  # (B, 2, n)
+        pairs = torch.cat([state.pairs[:, 1:m], new[:, :1], state.pairs[:, m + 1 :], new[:, 1:]], dim=1)
+        valid = torch.cat([state.valid[:, 1:], okf[:, None]], dim=1)
         gamma = torch.where(ok, sr / torch.where(ok, rr, torch.ones_like(rr)), state.gamma)
-        s = torch.cat([state.s[:, 1:], s_new[:, None]], dim=1)
-        r = torch.cat([state.r[:, 1:], r_new[:, None]], dim=1)
-        rho = torch.cat([state.rho[:, 1:], rho_new[:, None]], dim=1)
         first = state.first & ~ok
-        return ls.y, LBFGSState(ls.value, ls.grad, s, r, rho, gamma, first, ls.status)
+        return ls.y, LBFGSState(ls.value, ls.grad, pairs, valid, gamma, first, ls.status)

@@ -50,8 +50,11 @@ def armijo_backtracking(
     c1: float = 1e-4,
     shrink: float = 0.5,
     max_iter: int = 40,
+    slope: Tensor | None = None,
 ) -> LineSearchResult:
-    slope = (grad * direction).sum(-1)
+    """See the module docstring. ``slope`` (optional) is :math:`\\nabla f(y)^\\top d` if already known."""
+    if slope is None:
+        slope = (grad * direction).sum(-1)
     t = step0
     accepted = torch.zeros_like(value, dtype=torch.bool)
     # no descent possible: the direction is zero (converged) -> accept t with no move
@@ -59,10 +62,13 @@ def armijo_backtracking(
     tiny = torch.finfo(y.dtype).eps
     first = True
     for _ in range(max_iter):
-        y_try = y + t[:, None] * direction
+        y_try = torch.addcmul(y, t[:, None], direction)
         v_try, g_try = problem.value_and_grad(y_try, x)
+        if first and bool((v_try <= value + c1 * t * slope).all()):
+            # fast path: Armijo holds for the first trial everywhere (usual for L-BFGS and Newton)
+            return LineSearchResult(y_try, v_try, g_try, t, torch.zeros_like(value, dtype=torch.int64))
         ok = _sufficient_decrease(value, slope, t, v_try, (g_try * direction).sum(-1), c1, tiny)
-        if first and bool(ok.all()):  # fast path: the first trial is accepted everywhere (usual for L-BFGS)
+        if first and bool(ok.all()):  # the first trial is accepted everywhere (some by the approximate form)
             return LineSearchResult(y_try, v_try, g_try, t, torch.zeros_like(ok, dtype=torch.int64))
         first = False
         new = ok & ~accepted
