@@ -5,12 +5,17 @@ B L2-regularized logistic-regression problems (float64) are solved to the same f
     over the instances (objective and gradient in NumPy, closed form, so the baseline pays no torch overhead);
   * doubleopt's batched Adam and torch.optim.Adam in a loop (same lr, same number of steps: identical math;
     the loop is timed on ``adam_loop_subset`` instances and scaled to B, since it is linear in B).
-Timing: warm-up, median of repeats, threads fixed (see doubleopt.bench). Run: ``doubleopt bench solvers``.
+Timing: warm-up, median of repeats, threads fixed (see doubleopt.bench); the process CPU time of the same
+calls is reported too (less sensitive to other jobs on a shared machine than wall time), with the load average.
+``--sizes`` sweeps the L-BFGS comparison over problem sizes ``FEATURESxPOINTS`` (plot: speedup vs size).
+Run: ``doubleopt bench solvers`` (``-- --threads 1`` for one thread, ``-- --sizes 3x100 10x200``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.optimize
@@ -34,6 +39,9 @@ class Args:
     adam_loop_subset: int = (
         32  # torch.optim loop timed on this many instances, scaled by B / subset (it is linear in B)
     )
+    sizes: list[str] = field(
+        default_factory=lambda: ["3x100", "10x200", "30x200"]
+    )  # L-BFGS sweep: FEATURESxPOINTS per size (same B, tol)
     seed: int = 0  # seed of the problem batch
     quick: bool = False  # tiny sizes for a smoke test
     out: str = "bench_results/solvers"  # output folder
@@ -53,21 +61,27 @@ def numpy_logistic(features: np.ndarray, labels: np.ndarray, l2: float):
     return fun
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.batch, args.adam_steps, args.repeats = 16, 30, 1
-    set_threads(args.threads)
-    fam = do.problems.LogisticRegression(
-        n_features=args.n_features, n_points=args.n_points, l2=args.l2, dtype=torch.float64
-    )
+def timed(fn, repeats: int):
+    """``time_call`` (wall: warm-up + median) plus the median process CPU time of the same timed calls."""
+    cpu: list[float] = []
+
+    def run():
+        c = time.process_time()
+        out = fn()
+        cpu.append(time.process_time() - c)
+        return out
+
+    t = time_call(run, repeats=repeats)
+    return t, float(np.median(cpu[-repeats:]))
+
+
+def lbfgs_vs_scipy(args: Args, n_features: int, n_points: int) -> dict:
+    """Batched L-BFGS vs SciPy's L-BFGS-B in a loop on B logistic regressions of one size."""
+    fam = do.problems.LogisticRegression(n_features=n_features, n_points=n_points, l2=args.l2, dtype=torch.float64)
     x = fam.sample(args.batch, seed=args.seed)
     y0 = fam.init(x)
     n = fam.dim
-    report = Report("solvers", out_dir=args.out)
-
-    # ---- L-BFGS: batched vs SciPy loop -------------------------------------------------------------
-    ours = time_call(lambda: do.solve(fam, do.LBFGS(), x, max_steps=1000, tol=args.tol), repeats=args.repeats)
+    ours, ours_cpu = timed(lambda: do.solve(fam, do.LBFGS(), x, max_steps=1000, tol=args.tol), args.repeats)
     sol = ours.result
     X, t = x.features.numpy(), x.targets.numpy()
     funs = [numpy_logistic(X[i], t[i], args.l2) for i in range(args.batch)]
@@ -85,22 +99,68 @@ def main(argv: list[str] | None = None) -> dict:
             out.append(r.x)
         return np.stack(out)
 
-    ref = time_call(scipy_loop, repeats=args.repeats)
+    ref, ref_cpu = timed(scipy_loop, args.repeats)
     g_ours = np.linalg.norm(fam.value_and_grad(sol.y, x)[1].numpy(), axis=1)
     g_ref = np.array([np.linalg.norm(funs[i](ref.result[i])[1]) for i in range(args.batch)])
-    agree = float(np.abs(sol.y.numpy() - ref.result).max())
+    return {
+        "size": f"{n_features}x{n_points}",
+        "ours_s": ours.median,
+        "ours_cpu_s": ours_cpu,
+        "scipy_s": ref.median,
+        "scipy_cpu_s": ref_cpu,
+        "speedup": ref.median / ours.median,
+        "cpu_speedup": ref_cpu / ours_cpu,
+        "ours_max_grad_norm": float(g_ours.max()),
+        "scipy_max_grad_norm": float(g_ref.max()),
+        "ours_steps_max": int(sol.num_steps.max()),
+        "max_abs_diff": float(np.abs(sol.y.numpy() - ref.result).max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.batch, args.adam_steps, args.repeats, args.sizes = 16, 30, 1, ["3x50"]
+    set_threads(args.threads)
+    load_before = os.getloadavg()
+    report = Report("solvers", out_dir=args.out)
+
+    # ---- L-BFGS: batched vs SciPy loop -------------------------------------------------------------
+    main_cmp = lbfgs_vs_scipy(args, args.n_features, args.n_points)
+    agree = main_cmp["max_abs_diff"]
     report.add_row(
         method="doubleopt LBFGS (batched)",
-        time_s=ours.median,
-        max_grad_norm=float(g_ours.max()),
-        speedup=ref.median / ours.median,
+        time_s=main_cmp["ours_s"],
+        cpu_s=main_cmp["ours_cpu_s"],
+        max_grad_norm=main_cmp["ours_max_grad_norm"],
+        speedup=main_cmp["speedup"],
+        cpu_speedup=main_cmp["cpu_speedup"],
     )
-    report.add_row(method="scipy L-BFGS-B (loop)", time_s=ref.median, max_grad_norm=float(g_ref.max()), speedup=1.0)
+    report.add_row(
+        method="scipy L-BFGS-B (loop)",
+        time_s=main_cmp["scipy_s"],
+        cpu_s=main_cmp["scipy_cpu_s"],
+        max_grad_norm=main_cmp["scipy_max_grad_norm"],
+        speedup=1.0,
+        cpu_speedup=1.0,
+    )
+    sweep = []
+    for size in args.sizes:
+        nf, npts = map(int, size.lower().split("x"))
+        same = (nf, npts) == (args.n_features, args.n_points)
+        sweep.append(main_cmp if same else lbfgs_vs_scipy(args, nf, npts))
+
+    fam = do.problems.LogisticRegression(
+        n_features=args.n_features, n_points=args.n_points, l2=args.l2, dtype=torch.float64
+    )
+    x = fam.sample(args.batch, seed=args.seed)
+    y0 = fam.init(x)
+    n = fam.dim
 
     # ---- Adam: batched vs torch.optim loop -----------------------------------------------------------
     adam = do.Adam(lr=args.adam_lr)
-    ours_adam = time_call(
-        lambda: do.solve(fam, adam, x, max_steps=args.adam_steps, tol=0.0, throw=False), repeats=args.repeats
+    ours_adam, ours_adam_cpu = timed(
+        lambda: do.solve(fam, adam, x, max_steps=args.adam_steps, tol=0.0, throw=False), args.repeats
     )
 
     subset = min(args.adam_loop_subset, args.batch)
@@ -118,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
             out.append(p.detach())
         return torch.stack(out)
 
+    c0 = time.process_time()
     ref_adam = time_call(torch_loop, repeats=1, warmup=0)
+    ref_adam_cpu = (time.process_time() - c0) * args.batch / subset
     ref_adam.median *= args.batch / subset  # per-instance loop: linear in B
     adam_agree = float((ours_adam.result.y[:subset] - ref_adam.result).abs().max())
     ga = fam.value_and_grad(ours_adam.result.y, x)[1].norm(dim=-1)
@@ -128,32 +190,66 @@ def main(argv: list[str] | None = None) -> dict:
     report.add_row(
         method="doubleopt Adam (batched)",
         time_s=ours_adam.median,
+        cpu_s=ours_adam_cpu,
         max_grad_norm=float(ga.max()),
         speedup=ref_adam.median / ours_adam.median,
+        cpu_speedup=ref_adam_cpu / ours_adam_cpu,
     )
-    report.add_row(method="torch.optim.Adam (loop)", time_s=ref_adam.median, max_grad_norm=float(gb.max()), speedup=1.0)
+    report.add_row(
+        method="torch.optim.Adam (loop)",
+        time_s=ref_adam.median,
+        cpu_s=ref_adam_cpu,
+        max_grad_norm=float(gb.max()),
+        speedup=1.0,
+        cpu_speedup=1.0,
+    )
 
-    cond = conditions(dtype="float64", batch=args.batch, n=n, n_points=args.n_points)
+    cond = conditions(
+        dtype="float64",
+        batch=args.batch,
+        n=n,
+        n_points=args.n_points,
+        tol=args.tol,
+        load_average_before=[round(v, 2) for v in load_before],
+        load_average_after=[round(v, 2) for v in os.getloadavg()],
+    )
     data = {
         "conditions": cond,
         "lbfgs_max_abs_diff_vs_scipy": agree,
         "adam_max_abs_diff_vs_torch": adam_agree,
-        "lbfgs_speedup": ref.median / ours.median,
+        "lbfgs_speedup": main_cmp["speedup"],
+        "lbfgs_cpu_speedup": main_cmp["cpu_speedup"],
         "adam_speedup": ref_adam.median / ours_adam.median,
+        "lbfgs_sweep": sweep,
     }
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     names = [r["method"] for r in report.rows]
     ax.barh(names, [r["time_s"] for r in report.rows], color=["C0", "C7", "C0", "C7"])
     ax.set_xscale("log")
     ax.set_xlabel(f"wall time (s), B={args.batch}, float64, {args.threads} threads")
     ax.set_title(f"L-BFGS speedup {data['lbfgs_speedup']:.1f}x, Adam speedup {data['adam_speedup']:.1f}x")
+    if sweep:
+        labels = [r["size"] for r in sweep]
+        ax2.plot(labels, [r["speedup"] for r in sweep], "o-", label="wall time")
+        ax2.plot(labels, [r["cpu_speedup"] for r in sweep], "s--", label="process CPU time")
+        ax2.axhline(20, color="C3", lw=0.8, ls=":", label="goal 20x")
+        ax2.set_ylim(bottom=0)
+        ax2.legend(fontsize=8)
+    ax2.set_xlabel("problem size (features x points)")
+    ax2.set_ylabel("batched L-BFGS speedup vs SciPy loop")
+    ax2.set_title(f"B={args.batch}, tol={args.tol:g}, load avg {load_before[0]:.1f}", fontsize=9)
+    fig.tight_layout()
     report.save(data, fig)
     print(report.table())
+    if sweep:
+        from doubleopt.bench.report import markdown_table
+
+        print("\nL-BFGS size sweep:\n" + markdown_table(sweep))
     print(
         f"\nL-BFGS: batched is {data['lbfgs_speedup']:.1f}x faster than the SciPy loop "
         f"(max |y - y_scipy| = {agree:.1e}); Adam: {data['adam_speedup']:.1f}x faster than the torch.optim loop "
@@ -163,4 +259,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
