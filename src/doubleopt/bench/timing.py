@@ -7,6 +7,7 @@ import dataclasses
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,5 +96,5 @@ def parse_args(args_cls: type[T], argv: list[str] | None = None, description: st
             parser.add_argument(name, nargs="+", type=elem, default=list(default))
         else:
             parser.add_argument(name, type=type(default) if default is not None else str, default=default)
-    ns = parser.parse_args(argv or [])
+    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return args_cls(**vars(ns))
