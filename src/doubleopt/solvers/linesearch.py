@@ -16,6 +16,22 @@ import torch
 from torch import Tensor
 
 from .._solution import RESULTS
+from .._tree import tree_map
+
+
+def _subset_evaluator(problem, x, B: int):
+    """``f(idx, y_sub) -> (value, grad)`` evaluating only instances ``idx`` (the line search retries only the
+    instances whose first trial failed, usually a few), or ``None`` where the problem holds batched state of
+    its own (a parameter or buffer with leading dimension ``B``), so its instances cannot be selected."""
+    for t in list(problem.parameters()) + list(problem.buffers()):
+        if t.dim() > 0 and t.shape[0] == B:
+            return None
+
+    def evaluate(idx: Tensor, y_sub: Tensor):
+        x_sub = tree_map(lambda t: t[idx] if t.dim() > 0 and t.shape[0] == B else t, x)
+        return problem.value_and_grad(y_sub, x_sub)
+
+    return evaluate
 
 
 def _sufficient_decrease(value, slope0, t, f_t, slope_t, c1, eps):
@@ -61,13 +77,22 @@ def armijo_backtracking(
     y_acc, v_acc, g_acc, t_acc = y, value, grad, torch.zeros_like(t)
     tiny = torch.finfo(y.dtype).eps
     first = True
+    B = y.shape[0]
+    subset = None
     for _ in range(max_iter):
         y_try = torch.addcmul(y, t[:, None], direction)
-        v_try, g_try = problem.value_and_grad(y_try, x)
+        if first or subset is None:
+            v_try, g_try = problem.value_and_grad(y_try, x)
+        else:  # retry only the instances still searching; the others keep their accepted trial
+            idx = torch.nonzero(~accepted).flatten()
+            v_sub, g_sub = subset(idx, y_try[idx])
+            v_try, g_try = value.index_copy(0, idx, v_sub), grad.index_copy(0, idx, g_sub)
         if first and bool((v_try <= value + c1 * t * slope).all()):
             # fast path: Armijo holds for the first trial everywhere (usual for L-BFGS and Newton)
             return LineSearchResult(y_try, v_try, g_try, t, torch.zeros_like(value, dtype=torch.int64))
         ok = _sufficient_decrease(value, slope, t, v_try, (g_try * direction).sum(-1), c1, tiny)
+        if first:
+            subset = _subset_evaluator(problem, x, B)
         if first and bool(ok.all()):  # the first trial is accepted everywhere (some by the approximate form)
             return LineSearchResult(y_try, v_try, g_try, t, torch.zeros_like(ok, dtype=torch.int64))
         first = False
