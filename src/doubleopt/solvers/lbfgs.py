@@ -77,17 +77,17 @@ def _scaled_product(grad: Tensor, pairs: Tensor, valid: Tensor, gamma: Tensor) -
     """:func:`compact_inverse_hessian_product` on pre-scaled pairs ``[S; Y]`` (``s_i^T y_i = 1`` for a valid
     slot, zero rows for an empty one): three batched products and two triangular solves."""
     m = valid.shape[1]
-    ab = pairs @ grad[..., None]  # (B, 2m, 1): S g and Y g
-    G = pairs @ pairs.transpose(-1, -2)  # (B, 2m, 2m): S'S, S'Y, Y'S, Y'Y
-    SY, YY = G[:, :m, m:], G[:, m:, m:]
+    # one product gives the Gram matrix [S; Y][S; Y]' (S'S, S'Y, Y'S, Y'Y) and [S; Y] g in its last column
+    G = pairs @ torch.cat([pairs.transpose(-1, -2), grad[..., None]], dim=-1)  # (B, 2m, 2m + 1)
+    SY, YY, a, b = G[:, :m, m : 2 * m], G[:, m:, m : 2 * m], G[:, :m, -1:], G[:, m:, -1:]
     eye = torch.eye(m, dtype=grad.dtype, device=grad.device)
     # diag(S'Y) is 1 up to rounding for a valid slot; use the computed value (consistent with the stored
     # vectors: assuming exactly 1 stalls float32 solves near convergence); a unit diagonal on empty slots
-    R = SY * torch.ones_like(eye).triu() + torch.diag_embed(1 - valid)  # (masking beats .triu() on a view)
-    u = torch.linalg.solve_triangular(R, ab[:, :m], upper=True)
+    R = torch.addcmul(SY * torch.ones_like(eye).triu(), eye, (1 - valid)[..., None])
+    u = torch.linalg.solve_triangular(R, a, upper=True)
     g = gamma[:, None, None]
-    M = torch.addcmul(torch.diag_embed(torch.diagonal(SY, dim1=-2, dim2=-1)), g, YY)  # D + gamma Y'Y
-    p1 = torch.linalg.solve_triangular(R.transpose(-1, -2), torch.addcmul(M @ u, g, ab[:, m:], value=-1), upper=False)
+    M = torch.addcmul(SY * eye, g, YY)  # D + gamma Y'Y
+    p1 = torch.linalg.solve_triangular(R.transpose(-1, -2), torch.addcmul(M @ u, g, b, value=-1), upper=False)
     coef = torch.cat([p1, -g * u], dim=1)  # (B, 2m, 1)
     return torch.addcmul((pairs.transpose(-1, -2) @ coef)[..., 0], gamma[:, None], grad)
 
