@@ -85,3 +85,24 @@ def test_lbfgs_state_stores_scaled_pairs_with_unit_curvature():
     sr = (st.pairs[:, :m] * st.pairs[:, m:]).sum(-1)
     torch.testing.assert_close(sr, st.valid, atol=1e-12, rtol=0)  # s_i' r_i = 1 stored, 0 for empty slots
     assert (st.valid.sum(-1) == 3).all()
+
+
+def test_line_search_retry_falls_back_for_problems_with_plain_batched_attributes():
+    """A custom problem keeping per-instance data as a plain attribute (not a buffer) cannot be evaluated on
+    a sub-batch; the line search must notice and use the full batch, giving the same result as alone."""
+    import doubleopt as do
+
+    class Held(do.Problem):
+        dim = 2
+
+        def __init__(self, centers):
+            super().__init__()
+            self.centers = centers  # (B, 2), a plain attribute
+
+        def objective(self, y, x):
+            return 100.0 * ((y - self.centers) ** 4).sum(-1) + ((y - self.centers) ** 2).sum(-1)
+
+    centers = torch.tensor([[1.0, 2.0], [30.0, -40.0], [0.5, 0.5]], dtype=torch.float64)
+    sol = do.solve(Held(centers), do.GD(lr=1.0, line_search=True), None, torch.zeros(3, 2, dtype=torch.float64),
+                   max_steps=5000, tol=1e-6)
+    torch.testing.assert_close(sol.y, centers, atol=1e-2, rtol=0)

@@ -81,11 +81,18 @@ def armijo_backtracking(
     subset = None
     for _ in range(max_iter):
         y_try = torch.addcmul(y, t[:, None], direction)
+        if not first and subset is not None:  # retry only the instances still searching
+            idx = torch.nonzero(~accepted).flatten()
+            try:
+                v_sub, g_sub = subset(idx, y_try[idx])
+                if v_sub.shape != idx.shape or g_sub.shape != (idx.shape[0], y.shape[1]):
+                    raise ValueError("the problem does not evaluate a sub-batch instance by instance")
+            except (RuntimeError, ValueError):
+                # e.g. batched tensors held as plain attributes of a custom problem: use the full batch
+                subset = None
         if first or subset is None:
             v_try, g_try = problem.value_and_grad(y_try, x)
-        else:  # retry only the instances still searching; the others keep their accepted trial
-            idx = torch.nonzero(~accepted).flatten()
-            v_sub, g_sub = subset(idx, y_try[idx])
+        else:  # the instances already accepted keep their accepted trial
             v_try, g_try = value.index_copy(0, idx, v_sub), grad.index_copy(0, idx, g_sub)
         if first and bool((v_try <= value + c1 * t * slope).all()):
             # fast path: Armijo holds for the first trial everywhere (usual for L-BFGS and Newton)
