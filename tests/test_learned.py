@@ -133,6 +133,38 @@ def test_es_and_pes_estimate_the_bptt_gradient():
     assert not torch.equal(pes.particles[0].y, pes.particles[1].y)
 
 
+def test_meta_objective_weights_emphasize_early_steps_and_enter_the_meta_gradient():
+    cfg = MetaConfig(unroll=5, horizon=20, weight_halflife=4.0)
+    w = torch.cat([cfg.step_weights(t0, 5) for t0 in (0, 5, 10, 15)])
+    assert torch.allclose(w.mean(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.allclose(w[4:] / w[:-4], torch.full((16,), 0.5, dtype=torch.float64))  # halves every 4 steps
+    assert torch.equal(MetaConfig(unroll=5, horizon=20).step_weights(5, 5), torch.ones(5, dtype=torch.float64))
+
+    # the TBPTT meta-gradient of the second truncation (steps 6..10) is the gradient of the weighted losses
+    def trainer(h):
+        torch.manual_seed(0)
+        lopt = LSTMOptimizer(hidden=3).double()
+        cfg = MetaConfig(unroll=5, horizon=20, batch=3, weight_halflife=h)
+        return MetaTrainer(lopt, QuadraticTask(dim=4, dtype=torch.float64), cfg)
+
+    tr = trainer(4.0)
+    tr.step()
+    carry, gen_state = tr.carry, tr.gen.get_state()
+    _, g, _ = tr.meta_gradient()
+    gen = torch.Generator()
+    gen.set_state(gen_state)
+    with torch.enable_grad():
+        losses, _ = unroll(tr.solver, tr.task, carry, 5, gen)
+        expected = torch.autograd.grad((w[5:10, None] * losses).mean(), list(tr.lopt.parameters()))
+    assert torch.allclose(_flat_grad(g), _flat_grad(expected), rtol=1e-10, atol=1e-12)
+    tr0 = trainer(0.0)
+    tr0.step()
+    _, g0, _ = tr0.meta_gradient()
+    assert not torch.allclose(_flat_grad(g), _flat_grad(g0))
+    with pytest.raises(ValueError, match="weight_halflife"):
+        MetaConfig(weight_halflife=-1.0)
+
+
 def test_tbptt_memory_is_bounded_by_truncation_not_horizon():
     def saved(unroll, horizon):
         torch.manual_seed(0)

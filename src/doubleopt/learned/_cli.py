@@ -38,6 +38,13 @@ def register(subparsers) -> None:
     p.add_argument("--es-sigma", type=float, default=0.01, help="ES/PES perturbation scale")
     p.add_argument("--second-order", action="store_true", help="TBPTT through the optimizee's gradients too")
     p.add_argument("--hidden", type=int, default=None, help="optimizer hidden size (default 20 LSTM, 32 MLP)")
+    p.add_argument(
+        "--weight-halflife",
+        type=float,
+        default=0.0,
+        help="meta-objective weights w_t = 2^(-(t-1)/H), normalized to mean 1 over the horizon: "
+        "emphasize the early steps (0 = uniform, the paper's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of tasks, minibatches and ES noise")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
@@ -69,6 +76,7 @@ def build(args: argparse.Namespace):
         es_pairs=args.es_pairs,
         es_sigma=args.es_sigma,
         seed=args.seed,
+        weight_halflife=args.weight_halflife,
     )
     return MetaTrainer(lopt, make_task(args.task, split="train"), cfg)
 

@@ -126,6 +126,7 @@ class MetaConfig:
     es_pairs: int = 8  # ES/PES: antithetic pairs N
     es_sigma: float = 0.01  # ES/PES: perturbation standard deviation sigma
     seed: int = 0  # seeds the task generator (instances, minibatches) and the ES generator
+    weight_halflife: float = 0.0  # meta-objective weights w_t = 2^(-(t-1)/halflife) (0: uniform, the paper's)
 
     def __post_init__(self):
         if self.method not in _METHODS:
@@ -136,6 +137,36 @@ class MetaConfig:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
         if not self.meta_lr > 0 or not self.es_sigma > 0 or self.es_pairs < 1:
             raise ValueError("meta_lr and es_sigma must be > 0 and es_pairs >= 1")
+        if not self.weight_halflife >= 0 or not math.isfinite(self.weight_halflife):
+            raise ValueError(f"weight_halflife must be a finite number >= 0, got {self.weight_halflife}")
+
+    def step_weights(self, t0: int, steps: int) -> Tensor:
+        """Meta-objective weights of optimizee steps ``t0 + 1 .. t0 + steps`` (float64, shape ``(steps,)``).
+
+        The meta-loss of a truncation is :math:`\\frac{1}{KB} \\sum_{k,b} w_{t_0+k}\\, f_b(\\theta_{t_0+k})`
+        with :math:`w_t = 2^{-(t-1)/h} / \\bar w` for half-life :math:`h > 0`, normalized so the mean weight
+        over the horizon :math:`t = 1..T` is 1 (so the meta-loss scale, and hence the meta-learning rate, stay
+        comparable with the uniform weights :math:`w_t = 1` of Andrychowicz et al. 2016, used when
+        :math:`h = 0`). A decreasing :math:`w_t` emphasizes the early steps (how fast the optimizer gets
+        down) over the late ones.
+
+        Example:
+            >>> MetaConfig(unroll=2, horizon=4, weight_halflife=1.0).step_weights(0, 2)
+            tensor([2.1333, 1.0667], dtype=torch.float64)
+        """
+        t = torch.arange(t0 + 1, t0 + steps + 1, dtype=torch.float64)
+        if self.weight_halflife == 0:
+            return torch.ones_like(t)
+        all_t = torch.arange(1, self.horizon + 1, dtype=torch.float64)
+        decay = math.log(2.0) / self.weight_halflife
+        return torch.exp(-decay * (t - 1)) / torch.exp(-decay * (all_t - 1)).mean()
+
+    def weighted_loss(self, losses: Tensor, t0: int) -> Tensor:
+        """Meta-loss of a truncation: ``losses (K, B)`` at steps ``t0 + 1 ..``, weighted by :meth:`step_weights`."""
+        if self.weight_halflife == 0:
+            return losses.mean()
+        w = self.step_weights(t0, losses.shape[0]).to(losses.dtype)
+        return (w[:, None] * losses).mean()
 
 
 @dataclass
@@ -201,7 +232,7 @@ class MetaTrainer:
         solver = self._scratch.as_solver(detach_grad=True)
         with torch.no_grad():
             losses, new = unroll(solver, self.task, carry, self.config.unroll, self.gen)
-        return float(losses.mean()), new
+        return float(self.config.weighted_loss(losses, int(carry.t))), new
 
     # ---- meta-gradients ----------------------------------------------------------------------
     def _tbptt(self) -> tuple[float, list[Tensor], int]:
@@ -213,8 +244,9 @@ class MetaTrainer:
 
         params = list(self.lopt.parameters())
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            t0 = int(self.carry.t)
             losses, new = unroll(self.solver, self.task, self.carry, self.config.unroll, self.gen)
-            loss = losses.mean()
+            loss = self.config.weighted_loss(losses, t0)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         self.carry = tree_detach(new)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
@@ -355,7 +387,8 @@ def load_checkpoint(trainer: MetaTrainer, path: str | os.PathLike) -> None:
         "task": trainer.task.name,
     }
     theirs = {
-        "config": json.loads(meta.get("config", "{}")),
+        # checkpoints written before weight_halflife existed used uniform weights
+        "config": {"weight_halflife": 0.0, **json.loads(meta.get("config", "{}"))},
         "arch": meta.get("arch"),
         "lopt_config": json.loads(meta.get("lopt_config", "{}")),
         "task": meta.get("task"),
