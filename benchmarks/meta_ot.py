@@ -48,7 +48,7 @@ class Args:
     tasks: tuple = ("digits", "sphere")  # which families: digits (8x8 image pairs), sphere (vMF mixtures)
     eps: float = 1e-2  # entropic regularization (Meta OT's choice)
     hidden: int = 512  # width of the potential MLP (2 hidden layers)
-    train_steps: int = 4000  # training steps of the MLP (objective loss = negative dual)
+    train_steps: int = 12000  # training steps of the MLP (objective loss = negative dual)
     batch_size: int = 128  # training pairs per step
     lr: float = 1e-3  # Adam learning rate (cosine schedule)
     n_test: int = 1000  # held-out pairs
