@@ -338,30 +338,10 @@ class ResistorNetwork:
         return LaplacianFactor(self, self._k(k))
 
     def _check_inputs(self, inputs: ArrayLike) -> np.ndarray:
-        x = _np(inputs)
-        if x.ndim == 1 and self.n_inputs == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.n_inputs:
-            raise ValueError(
-                f"inputs must have shape (B, n_inputs) = (B, {self.n_inputs}), got {tuple(x.shape)}"
-            )
-        bad = np.nonzero(~np.isfinite(x).all(1))[0]
-        if bad.size:
-            raise ValueError(f"inputs of samples {bad.tolist()[:10]} hold NaN or inf")
-        return x
+        return _check_samples("inputs", inputs, self.n_inputs, "n_inputs")
 
     def _check_targets(self, targets: ArrayLike, B: int) -> np.ndarray:
-        t = _np(targets)
-        if t.ndim == 1 and self.n_outputs == 1:
-            t = t[:, None]
-        if t.shape != (B, self.n_outputs):
-            raise ValueError(
-                f"targets must have shape (B, n_outputs) = ({B}, {self.n_outputs}), got {tuple(t.shape)}"
-            )
-        bad = np.nonzero(~np.isfinite(t).all(1))[0]
-        if bad.size:
-            raise ValueError(f"targets of samples {bad.tolist()[:10]} hold NaN or inf")
-        return t
+        return _check_samples("targets", targets, self.n_outputs, "n_outputs", batch=B)
 
     # ---- convenience (torch in / torch out) ----------------------------------------------------------
     def free_state(self, inputs: ArrayLike, k: ArrayLike | None = None) -> Tensor:
@@ -603,3 +583,18 @@ class LaplacianFactor:
     def drop_response(self, w: np.ndarray) -> np.ndarray:
         """Edge-drop change ``(B, E)`` from output currents ``w`` ``(B, m)``."""
         return w @ self.dZ.T
+
+
+def _check_samples(name: str, values: ArrayLike, width: int, width_name: str, batch: int | None = None) -> np.ndarray:
+    """``values`` as a finite ``(B, width)`` array (a 1-D array is accepted when ``width == 1``); the error names
+    the expected shape or the samples holding NaN or inf."""
+    v = _np(values)
+    if v.ndim == 1 and width == 1:
+        v = v[:, None]
+    B = "B" if batch is None else batch
+    if v.ndim != 2 or v.shape[1] != width or (batch is not None and v.shape[0] != batch):
+        raise ValueError(f"{name} must have shape (B, {width_name}) = ({B}, {width}), got {tuple(v.shape)}")
+    bad = np.nonzero(~np.isfinite(v).all(1))[0]
+    if bad.size:
+        raise ValueError(f"{name} of samples {bad.tolist()[:10]} hold NaN or inf")
+    return v
