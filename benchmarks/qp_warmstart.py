@@ -34,16 +34,21 @@ import torch
 
 import doubleopt as do
 from doubleopt.amortized import FullyAmortized, KKTResidual, Safeguarded, SemiAmortized, break_even, fit
-from doubleopt.amortized.qp_warmstart import PrimalDualQP, QPWarmStartNet, WarmStartQP
+from doubleopt.amortized.qp_warmstart import PrimalDualQP, QPWarmStartNet, WarmQPState, WarmStartQP
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
-from doubleopt.problems.qp import qp_kkt_residual, unpack_start
+from doubleopt.problems.qp import QPData, qp_kkt_residual, unpack_start
 from doubleopt.solvers.qp import QP
 
 
 @dataclass
 class Args:
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
-    n_assets: int = 20  # portfolio size n (m = 2n bounds, p = 1 budget constraint)
+    family: str = "mpc"  # "mpc" (MPCQP: x0 varies) or "portfolio" (PortfolioQP: expected returns vary)
+    n_assets: int = 20  # portfolio: size n (m = 2n bounds, p = 1 budget constraint)
+    n_states: int = 6  # mpc: state dimension
+    n_inputs: int = 3  # mpc: input dimension
+    horizon: int = 10  # mpc: steps T (n = T (n_states + n_inputs), p = T n_states, m = 2n)
+    u_max: float = 0.2  # mpc: input bound (tight: the inputs saturate)
     hidden: int = 256  # MLP width (2 hidden layers, SiLU)
     train_size: int = 50000  # training instances (solved once by the interior point, cached)
     train_steps: int = 8000  # Adam steps of the regression
@@ -52,6 +57,7 @@ class Args:
     n_test: int = 1000  # held-out instances
     tol: float = 1e-6  # target scaled KKT residual (and certificate threshold)
     center: float = 1e-3  # mu0 of the centred warm start: s, lam = max(pred, mu0)
+    polish_rounds: int = 3  # active-set polishes (primal-dual active-set updates) before the interior point
     max_steps: int = 100  # interior-point step cap
     osqp_instances: int = 1000  # instances in the OSQP loops
     repeats: int = 3  # timed repeats (median) of each batched solve
@@ -61,7 +67,8 @@ class Args:
 
 
 def osqp_loop(x, starts, tol: float, warm: bool):
-    """OSQP on each instance; returns (seconds per instance, iterations, KKT residuals)."""
+    """OSQP on each instance (matrices shared: set up once, ``update(q, l, u)`` per instance); returns
+    (seconds per instance, iterations, KKT residuals)."""
     import osqp
     import scipy.sparse as sp
 
@@ -69,16 +76,16 @@ def osqp_loop(x, starts, tol: float, warm: bool):
     q, b, h = x.q.numpy(), x.b.numpy(), x.h.numpy()
     p = A.shape[0]
     C = sp.csc_matrix(np.vstack([A, G]))
-    lo = np.concatenate([b[0], np.full(G.shape[0], -np.inf)])
-    up = np.concatenate([b[0], h[0]])
+    lo = np.concatenate([b, np.full(h.shape, -np.inf)], axis=1)
+    up = np.concatenate([b, h], axis=1)
     solver = osqp.OSQP()
-    solver.setup(sp.triu(sp.csc_matrix(Q), format="csc"), q[0], C, lo, up, eps_abs=tol, eps_rel=0.0, polishing=False,
-                 warm_starting=warm, verbose=False, max_iter=100000)
+    solver.setup(sp.triu(sp.csc_matrix(Q), format="csc"), q[0], C, lo[0], up[0], eps_abs=tol, eps_rel=0.0,
+                 polishing=False, warm_starting=warm, verbose=False, max_iter=100000)
     B = q.shape[0]
     zs, ys, iters = [], [], []
     start = time.perf_counter()
     for i in range(B):
-        solver.update(q=q[i])
+        solver.update(q=q[i], l=lo[i], u=up[i])
         if warm:
             solver.warm_start(x=starts.z[i].numpy(), y=np.concatenate([starts.nu[i].numpy(), starts.lam[i].numpy()]))
         res = solver.solve(raise_error=False)
@@ -104,7 +111,14 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fam = PrimalDualQP(do.problems.PortfolioQP(n_assets=args.n_assets))
+    if args.family == "portfolio":
+        base = do.problems.PortfolioQP(n_assets=args.n_assets)
+    elif args.family == "mpc":
+        base = do.problems.MPCQP(n_states=args.n_states, n_inputs=args.n_inputs, horizon=args.horizon,
+                                 u_max=args.u_max)
+    else:
+        raise ValueError(f"--family must be 'mpc' or 'portfolio', got {args.family!r}")
+    fam = PrimalDualQP(base)
     n, m, p = fam.sizes
     tol = args.tol
     reference = WarmStartQP(warm=False, qp=QP(skip_tol=1e-10))
@@ -132,6 +146,9 @@ def main(argv=None):
         f"warm (centred, mu0={args.center:g})": (model, WarmStartQP(qp=qp_nofloor, center=args.center)),
         "warm (polish + centred)": (model, WarmStartQP(qp=qp_nofloor, center=args.center, polish=True,
                                                        polish_tol=tol)),
+        f"warm (active-set x{args.polish_rounds} + centred)": (
+            model, WarmStartQP(qp=qp_nofloor, center=args.center, polish=True, polish_tol=tol,
+                               polish_rounds=args.polish_rounds)),
     }
     cert = KKTResidual()
 
@@ -158,8 +175,8 @@ def main(argv=None):
     for name, tm in timings.items():
         sol = tm.result
         steps = sol.num_steps.float() - (1 if name.startswith("safeguarded") else 0)  # minus the prediction step
-        if "polish" in name:  # the polish is one KKT factorization per instance: counted as an iteration
-            steps = steps + 1
+        if isinstance(sol.state, WarmQPState):  # each polish is one KKT factorization: counted as an iteration
+            steps = steps + sol.state.polish_steps.float()
         iters[name] = steps.numpy()
         r = cert(fam, sol.y, x)
         per = tm.median / B
@@ -181,7 +198,7 @@ def main(argv=None):
         )
     # ---- OSQP, one instance at a time ----
     k = min(args.osqp_instances, B)
-    xo = fam.base.context(fam.base.returns(x)[:k])
+    xo = QPData(*(t[:k] for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
     starts = unpack_start(pred[:k], xo)
     t_pred = time_call(lambda: model(x), repeats=args.repeats).median / B
     for label, warm in (("OSQP cold", False), ("OSQP warm (model)", True)):
@@ -203,7 +220,7 @@ def main(argv=None):
         ax1.hist(np.minimum(iters[nm], bins[-1] - 0.5), bins=bins, histtype="step", lw=1.6, label=nm)
     ax1.set_xlabel(f"interior-point iterations to KKT residual {tol:g}")
     ax1.set_ylabel("instances")
-    ax1.set_title(f"PortfolioQP n={n}: {B} held-out instances", fontsize=10)
+    ax1.set_title(f"{type(fam.base).__name__} n={n}, m={m}, p={p}: {B} held-out instances", fontsize=10)
     ax1.legend(fontsize=8)
     names = [r["method"] for r in report.rows]
     vals = [r["ms_per_inst"] for r in report.rows]

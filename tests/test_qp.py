@@ -282,3 +282,53 @@ def test_infeasible_and_unbounded_with_equalities(mode):
                       torch.tensor([[0.0, -1.0]], dtype=F64), torch.zeros(1, dtype=F64), solver=solver,
                       throw=False, max_steps=200)
     assert sol.result.tolist() == [do.RESULTS.unbounded]
+
+
+def test_mpc_family_matches_cvxpy_and_reads_back_x0():
+    import cvxpy as cp
+
+    fam = do.problems.MPCQP(n_states=4, n_inputs=2, horizon=6, u_max=0.2)
+    x = fam.sample(6, seed=0)
+    assert (x.n, x.m, x.p) == (36, 72, 24)
+    sol = do.solve(fam, do.solvers.QP(), x, tol=1e-10, max_steps=60)
+    assert sol.summary() == "6 successful"
+    x0 = fam.initial_states(x)
+    assert torch.allclose(fam.context(x0).b, x.b)
+    assert bool((x0.norm(dim=-1) <= fam.x_max + 1e-12).all())
+    A, Bm = fam.system_A.numpy(), fam.system_B.numpy()
+    T, nx, nu = fam.horizon, fam.n_states, fam.n_inputs
+    for i in range(2):  # the MPC problem written directly in CVXPY, not through our QP matrices
+        u, xs = cp.Variable((T, nu)), cp.Variable((T + 1, nx))
+        cons = [xs[0] == x0[i].numpy(), cp.abs(u) <= 0.2, cp.abs(xs[1:]) <= 1.0]
+        cons += [xs[t + 1] == A @ xs[t] + Bm @ u[t] for t in range(T)]
+        prob = cp.Problem(cp.Minimize(0.1 * cp.sum_squares(u) + cp.sum_squares(xs[1:])), cons)
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+        assert abs(prob.value - float(sol.value[i])) < 1e-6
+        assert torch.allclose(sol.y[i, :T * nu], torch.as_tensor(u.value.reshape(-1)), atol=1e-5)
+    # the input bound is active on some instances (the family is not trivially unconstrained)
+    assert bool((sol.y[:, :T * nu].abs().amax(-1) > 0.2 - 1e-6).any())
+    with pytest.raises(ValueError, match="rho"):
+        do.problems.MPCQP(rho=1.5)
+
+
+@pytest.mark.parametrize("equality", ["nullspace", "schur"])
+def test_polish_recovers_optimum_from_the_right_active_set(equality):
+    from doubleopt.problems.qp import qp_kkt_residual
+
+    fam = RandomQP(n=12, m=24, p=3)
+    x = fam.sample(16, seed=4)
+    solver = do.solvers.QP(equality=equality)
+    sol = do.solve(fam, solver, x, tol=1e-10, max_steps=60)
+    st = sol.state
+    g = torch.Generator().manual_seed(0)
+    noisy = [t + 1e-3 * torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (sol.y, st.s, st.lam, st.nu)]
+    start = QPStart(noisy[0], noisy[1].abs(), noisy[2].abs(), noisy[3])
+    pol = solver.polish(x, start)
+    r = qp_kkt_residual(x, pol.z, pol.lam, pol.nu)
+    assert bool((r < 1e-12).all()), r  # to machine precision, not to the penalty's sqrt(eps)
+    assert torch.allclose(pol.z, sol.y, atol=1e-8)
+    # a wrong active set (every constraint active) gives a point the certificate rejects
+    wrong = solver.polish(x, QPStart(sol.y, torch.zeros_like(st.s), torch.ones_like(st.lam), st.nu))
+    assert bool((qp_kkt_residual(x, wrong.z, wrong.lam, wrong.nu) > 1e-3).all())
+    with pytest.raises(ValueError, match="inequality"):
+        solver.polish(RandomQP(n=4, m=0, p=1).sample(2, seed=0), QPStart(torch.zeros(2, 4, dtype=torch.float64)))

@@ -1,5 +1,6 @@
 """Parametric QP warm starts: KKT certificate, warm start from the optimum, safeguard, the study's smoke run."""
 
+import pytest
 import torch
 
 import doubleopt as do
@@ -77,6 +78,33 @@ def test_warm_start_from_exact_solution_converges_at_once():
     assert polished.summary() == "32 successful"
     assert torch.equal(polished.num_steps == 0, polished.state.polished)
     assert bool((polished.state.polished == exact).all())
+    assert bool((polished.state.polish_steps == 1).all())
+
+
+def test_active_set_rounds_fix_wrong_guesses_and_count_factorizations():
+    fam = PrimalDualQP(do.problems.MPCQP(n_states=4, n_inputs=2, horizon=6, u_max=0.1))
+    x = fam.sample(64, seed=2)
+    sol = _exact(fam, x)
+    st = unpack_start(sol.y, x)
+    # a guess with the wrong active set on some instances: a saturated input predicted inactive
+    lam, s = st.lam.clone(), st.s.clone()
+    act = lam > s
+    flip = act & (torch.rand(act.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) < 0.3)
+    lam[flip], s[flip] = 0.0, 0.05
+    guess = pack_start(QPStart(st.z, s, lam, st.nu))
+    one = do.solve(fam, WarmStartQP(qp=QP(skip_tol=TOL), center=1e-3, polish=True, polish_tol=TOL), x, guess, tol=TOL)
+    many = do.solve(fam, WarmStartQP(qp=QP(skip_tol=TOL), center=1e-3, polish=True, polish_tol=TOL,
+                                     polish_rounds=4), x, guess, tol=TOL)
+    assert one.summary() == many.summary() == "64 successful"
+    n_wrong = int(flip.any(-1).sum())
+    assert n_wrong > 5 and int(one.state.polished.sum()) == 64 - n_wrong  # one polish: only right guesses
+    assert int(many.state.polished.sum()) > int(one.state.polished.sum())  # the active-set updates fix more
+    assert bool((many.state.polish_steps[~flip.any(-1)] == 1).all())  # certified ones are not polished again
+    assert int(many.state.polish_steps.max()) <= 4
+    assert bool((KKTResidual()(fam, many.y, x) <= TOL).all())
+    assert torch.allclose(unpack_start(many.y, x).z, st.z, atol=1e-3)
+    with pytest.raises(ValueError, match="polish_rounds"):
+        WarmStartQP(polish_rounds=0)
 
 
 class _Shifted(torch.nn.Module):

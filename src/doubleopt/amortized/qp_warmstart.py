@@ -21,7 +21,8 @@ To reuse the amortization framework unchanged (``FullyAmortized`` / ``SemiAmorti
   - ``polish=True``: guess the active set :math:`\mathcal A = \{i: \hat\lambda_i > \hat s_i\}` and solve the
     equality-constrained QP :math:`\min \tfrac12 z^\top Qz + q^\top z` s.t. :math:`Az = b,\ G_{\mathcal A} z =
     h_{\mathcal A}` by one batched KKT solve (OSQP's solution polishing, Stellato et al. 2020; the active-set
-    prediction of Bertsimas & Stellato 2021). If the guess is right the result is the exact optimum; the
+    prediction of Bertsimas & Stellato 2021) with the interior point's reduced KKT factorization
+    (:meth:`~doubleopt.solvers.QP.polish`). If the guess is right the result is the optimum; the
     polished point is kept only where it passes the KKT certificate (``polish_tol``), else the (centred)
     prediction is used. It costs about one interior-point iteration (one factorization).
 
@@ -57,7 +58,7 @@ from torch import Tensor, nn
 from .._problem import ProblemFamily
 from ..problems.qp import QPData, QPProblem, QPStart, pack_start, qp_kkt_residual, unpack_start
 from ..solvers._base import Solver
-from ..solvers.qp import QP, QPState
+from ..solvers.qp import QP, QPState, _take
 
 __all__ = ["PrimalDualQP", "WarmStartQP", "WarmQPState", "QPWarmStartNet", "polish_start", "qp_features"]
 
@@ -116,45 +117,23 @@ class WarmQPState:
     z: Tensor  # (B, n) primal iterate
     qp: QPState  # the interior point's state
     polished: Tensor  # (B,) bool: the start was replaced by its active-set polish
+    polish_steps: Tensor  # (B,) int: polish rounds (one factorization each) spent on the instance
 
 
-def polish_start(x: QPData, start: QPStart) -> QPStart:
-    r"""Active-set polish of a primal-dual guess: exact optimum if the guessed active set is right.
+def polish_start(x: QPData, start: QPStart, qp: QP | None = None) -> QPStart:
+    r"""Active-set polish of a primal-dual guess (:meth:`doubleopt.solvers.QP.polish`).
 
-    Active set :math:`\mathcal A = \{i: \lambda_i > s_i\}`; one batched solve of the KKT system
-
-    .. math:: \begin{pmatrix} Q & A^\top & G^\top D_{\mathcal A} \\ A & 0 & 0 \\
-       D_{\mathcal A} G & 0 & -(I - D_{\mathcal A}) \end{pmatrix}
-       \begin{pmatrix} z \\ \nu \\ \lambda \end{pmatrix} = \begin{pmatrix} -q \\ b \\ D_{\mathcal A} h
-       \end{pmatrix}
-
-    (:math:`D_{\mathcal A}` the 0/1 indicator of the active rows, so inactive rows read :math:`\lambda_i = 0`),
-    then :math:`s = h - Gz`. Instances whose system is singular keep ``start``. The result may be infeasible
-    (wrong active set): the caller certifies it.
+    Guesses the active set :math:`\mathcal A = \{i: \hat\lambda_i > \hat s_i\}` and solves the
+    equality-constrained QP on it with the interior point's own reduced KKT factorization (one factorization,
+    about the cost of one interior-point iteration). Exact optimum if the guess is right; otherwise a point
+    that fails the KKT certificate, so the caller certifies it.
     """
-    B, n, m, p = x.q.shape[0], x.n, x.m, x.p
-    act = (start.lam > start.s).to(x.q.dtype)  # (B, m)
-    Qs = 0.5 * (x.Q + x.Q.transpose(-1, -2))
-    K = x.q.new_zeros(B, n + p + m, n + p + m)
-    K[:, :n, :n] = Qs
-    K[:, :n, n:n + p] = x.A.transpose(-1, -2)
-    K[:, n:n + p, :n] = x.A
-    K[:, :n, n + p:] = x.G.transpose(-1, -2) * act[:, None, :]
-    K[:, n + p:, :n] = x.G * act[:, :, None]
-    K[:, n + p:, n + p:] = torch.diag_embed(act - 1.0)
-    rhs = torch.cat([-x.q, x.b, act * x.h], dim=-1)
-    sol, info = torch.linalg.solve_ex(K, rhs)
-    ok = (info == 0) & torch.isfinite(sol).all(-1)
-    z, nu, lam = torch.split(sol, [n, p, m], dim=-1)
-    s = x.h - (x.G @ z[..., None])[..., 0]
-    keep = ok[:, None]
-    return QPStart(torch.where(keep, z, start.z), torch.where(keep, s, start.s),
-                   torch.where(keep, lam, start.lam), torch.where(keep, nu, start.nu))
+    return (qp if qp is not None else QP()).polish(x, start)
 
 
 @dataclass(frozen=True)
 class WarmStartQP(Solver):
-    """:class:`~doubleopt.solvers.QP` on the packed primal-dual variable of :class:`PrimalDualQP`.
+    r""":class:`~doubleopt.solvers.QP` on the packed primal-dual variable of :class:`PrimalDualQP`.
 
     Args:
         qp: the interior-point configuration (its ``warm_start_floor`` clips ``s, lam`` of the start).
@@ -164,6 +143,11 @@ class WarmStartQP(Solver):
             where its KKT residual is ``<= polish_tol`` (then it is not centred either), else the prediction
             is used.
         polish_tol: acceptance threshold of a polished point (set it to the solve's ``tol``).
+        polish_rounds: where a polish fails the certificate, re-guess the active set from the polished point,
+            :math:`\mathcal A = \{i: \lambda_i + (G z - h)_i > 0\}` (the primal-dual active-set rule of
+            Hintermueller, Ito & Kunisch 2002: drop rows with a negative multiplier, add violated rows) and
+            polish again, up to this many polishes in all; each round runs only on the still uncertified
+            instances.
 
     For a start to survive unchanged, ``qp.warm_start_floor`` must be tiny (``QP(warm_start_floor=1e-12)``);
     use ``center`` for the moderate floor of the other instances.
@@ -174,6 +158,11 @@ class WarmStartQP(Solver):
     center: float | None = None
     polish: bool = False
     polish_tol: float = 1e-6
+    polish_rounds: int = 1
+
+    def __post_init__(self):
+        if self.polish_rounds < 1:
+            raise ValueError(f"polish_rounds must be >= 1, got {self.polish_rounds}")
 
     def check_problem(self, problem) -> None:
         if not isinstance(problem, PrimalDualQP):
@@ -183,6 +172,7 @@ class WarmStartQP(Solver):
         base = problem.base
         B = y.shape[0]
         polished = torch.zeros(B, dtype=torch.bool, device=y.device)
+        polish_steps = torch.zeros(B, dtype=torch.int64, device=y.device)
         if not self.warm:
             z = self.qp.cold_start(x)
             st = self.qp.init(base, z, x)
@@ -190,11 +180,7 @@ class WarmStartQP(Solver):
             start = unpack_start(y, x)
             start = QPStart(start.z, start.s.clamp_min(0), start.lam.clamp_min(0), start.nu)
             if self.polish:
-                pol = polish_start(x, start)
-                polished = qp_kkt_residual(x, pol.z, pol.lam, pol.nu) <= self.polish_tol
-                b = polished[:, None]
-                start = QPStart(*(torch.where(b, u, v) for u, v in zip(
-                    (pol.z, pol.s, pol.lam, pol.nu), (start.z, start.s, start.lam, start.nu))))
+                start, polished, polish_steps = self._polish(x, start)
             s, lam = start.s, start.lam
             if self.center is not None:  # certified polished points are not moved
                 keep = polished[:, None]
@@ -202,12 +188,37 @@ class WarmStartQP(Solver):
                 lam = torch.where(keep, lam, lam.clamp_min(self.center))
             z = start.z
             st = self.qp.init(base, z, x.with_start(QPStart(z, s, lam, start.nu)))
-        return WarmQPState(st.value, st.grad, st.residual, st.status, z, st, polished)
+        return WarmQPState(st.value, st.grad, st.residual, st.status, z, st, polished, polish_steps)
+
+    def _polish(self, x: QPData, start: QPStart) -> tuple[QPStart, Tensor, Tensor]:
+        """Polish rounds: ``(start with certified polished points swapped in, polished, polish_steps)``."""
+        B = start.z.shape[0]
+        out = [start.z.clone(), start.s.clone(), start.lam.clone(), start.nu.clone()]
+        polished = torch.zeros(B, dtype=torch.bool, device=start.z.device)
+        steps = torch.zeros(B, dtype=torch.int64, device=start.z.device)
+        idx = torch.arange(B, device=start.z.device)
+        xs, guess = x, start
+        for _ in range(self.polish_rounds):
+            pol = polish_start(xs, guess, self.qp)
+            steps[idx] += 1
+            ok = qp_kkt_residual(xs, pol.z, pol.lam, pol.nu) <= self.polish_tol
+            done = idx[ok]
+            polished[done] = True
+            for o, t in zip(out, (pol.z, pol.s, pol.lam, pol.nu)):
+                o[done] = t[ok]
+            if bool(ok.all()):
+                break
+            keep = torch.nonzero(~ok).flatten()
+            idx = idx[keep]
+            xs = QPData(*(_take(t, keep) for t in (xs.Q, xs.q, xs.A, xs.b, xs.G, xs.h)))
+            guess = QPStart(*(t[keep] for t in (pol.z, pol.s, pol.lam, pol.nu)))
+        return QPStart(*out), polished, steps
 
     def step(self, problem, y, x: QPData, state: WarmQPState):
         z, st = self.qp.step(problem.base, state.z, x, state.qp)
         y_new = pack_start(QPStart(z, st.s, st.lam, st.nu))
-        return y_new, WarmQPState(st.value, st.grad, st.residual, st.status, z, st, state.polished)
+        return y_new, WarmQPState(st.value, st.grad, st.residual, st.status, z, st, state.polished,
+                                  state.polish_steps)
 
     def stationarity(self, problem, y, x, state: WarmQPState) -> Tensor:
         return state.residual

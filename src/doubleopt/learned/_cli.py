@@ -45,6 +45,11 @@ def register(subparsers) -> None:
         help="meta-objective weights w_t = 2^(-(t-1)/H), normalized to mean 1 over the horizon: "
         "emphasize the early steps (0 = uniform, the paper's)",
     )
+    p.add_argument(
+        "--log-loss",
+        action="store_true",
+        help="meta-objective on log f(theta_t) instead of f (every phase of the run counts, not just the start)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of tasks, minibatches and ES noise")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
@@ -77,6 +82,7 @@ def build(args: argparse.Namespace):
         es_sigma=args.es_sigma,
         seed=args.seed,
         weight_halflife=args.weight_halflife,
+        log_loss=args.log_loss,
     )
     return MetaTrainer(lopt, make_task(args.task, split="train"), cfg)
 

@@ -13,9 +13,9 @@ __all__ = [
     "soft_threshold", "load_dataset",
 ]
 
-from .qp import PortfolioQP, QPData, QPProblem, QPStart, RandomQP, make_qp_data  # noqa: E402
+from .qp import MPCQP, PortfolioQP, QPData, QPProblem, QPStart, RandomQP, make_qp_data  # noqa: E402
 
-__all__ += ["QPProblem", "QPData", "QPStart", "RandomQP", "PortfolioQP", "make_qp_data"]
+__all__ += ["QPProblem", "QPData", "QPStart", "RandomQP", "PortfolioQP", "MPCQP", "make_qp_data"]
 
 from .ot import DigitsOT, EntropicOT, OTContext, SphereOT  # noqa: E402
 

@@ -369,6 +369,90 @@ class PortfolioQP(QPProblem):
         return self.context(self.mu_bar + self.sigma_mu * noise)
 
 
+class MPCQP(QPProblem):
+    r"""Linear model-predictive control: the QP of one MPC step, parametrized by the initial state ``x0``.
+
+    .. math:: \min_{u, x}\ \sum_{t=0}^{T-1} r\,\|u_t\|^2 + w\,\|x_{t+1}\|^2 \quad \text{s.t.} \quad
+       x_{t+1} = A x_t + B u_t,\ \ \|u_t\|_\infty \le u_{\max},\ \ \|x_{t+1}\|_\infty \le x_{\max},
+
+    with :math:`x_0` given (the context). The system (seeded by ``model_seed``) is
+    :math:`A = \rho\, e^{S}` with a random skew-symmetric :math:`S` (a lightly damped rotation of the state, so
+    the uncontrolled system oscillates and does not decay fast) and a Gaussian :math:`B`; the input bound is
+    tight, so the optimal inputs saturate for a state-dependent number of steps: the active set changes from
+    instance to instance, which is what makes the family hard for an interior point started cold and a good
+    test of warm starts. Initial states are drawn uniformly in the Euclidean ball of radius
+    ``radius * x_max``; with :math:`\rho \le 1` the zero input keeps :math:`\|x_t\|_2 \le \|x_0\|_2`, so every
+    instance is feasible.
+
+    In QP form ``z = [u_0 .. u_{T-1}, x_1 .. x_T]`` (``n = T (n_u + n_x)``), ``Q = 2 diag(r, w)``, ``q = 0``,
+    the dynamics are the ``p = T n_x`` equalities (``b = [A x0; 0; ...]``, the only data that vary) and the
+    bounds are ``G = [I; -I]``, ``m = 2n``. :meth:`initial_states` reads ``x0`` back.
+
+    Example:
+        >>> import doubleopt as do
+        >>> fam = do.problems.MPCQP(n_states=4, n_inputs=2, horizon=5)
+        >>> x = fam.sample(8, seed=0)
+        >>> (x.n, x.m, x.p), bool(do.solve(fam, do.solvers.QP(), x).successful.all())
+        ((30, 60, 20), True)
+    """
+
+    def __init__(self, n_states: int = 6, n_inputs: int = 3, horizon: int = 10, u_max: float = 0.2,
+                 x_max: float = 1.0, input_weight: float = 0.1, state_weight: float = 1.0, rho: float = 1.0,
+                 radius: float = 1.0, model_seed: int = 0, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        if min(n_states, n_inputs, horizon) < 1:
+            raise ValueError(f"need n_states, n_inputs, horizon >= 1; got {n_states}, {n_inputs}, {horizon}")
+        if not (0 < rho <= 1) or not (0 < radius <= 1):
+            raise ValueError(f"need 0 < rho <= 1 and 0 < radius <= 1 (every instance feasible); got {rho}, {radius}")
+        if not (u_max > 0 and x_max > 0 and input_weight > 0 and state_weight > 0):
+            raise ValueError("u_max, x_max, input_weight and state_weight must be > 0")
+        g = torch.Generator().manual_seed(model_seed)
+        nx, nu, T = n_states, n_inputs, horizon
+        S = torch.randn(nx, nx, generator=g, dtype=torch.float64)
+        A = rho * torch.linalg.matrix_exp(0.3 * (S - S.T))
+        Bm = torch.randn(nx, nu, generator=g, dtype=torch.float64) / nx**0.5
+        n, p = T * (nu + nx), T * nx
+        Aeq = torch.zeros(p, n, dtype=torch.float64)
+        for t in range(T):
+            rows = slice(t * nx, (t + 1) * nx)
+            Aeq[rows, T * nu + t * nx:T * nu + (t + 1) * nx] = torch.eye(nx, dtype=torch.float64)
+            Aeq[rows, t * nu:(t + 1) * nu] = -Bm
+            if t > 0:
+                Aeq[rows, T * nu + (t - 1) * nx:T * nu + t * nx] = -A
+        weights = torch.cat([torch.full((T * nu,), input_weight), torch.full((T * nx,), state_weight)])
+        bound = torch.cat([torch.full((T * nu,), u_max), torch.full((T * nx,), x_max)]).double()
+        eye = torch.eye(n, dtype=torch.float64)
+        self.register_buffer("system_A", A.to(dtype))
+        self.register_buffer("system_B", Bm.to(dtype))
+        self.register_buffer("Q", torch.diag(2 * weights).to(dtype))
+        self.register_buffer("A", Aeq.to(dtype))
+        self.register_buffer("G", torch.cat([eye, -eye]).to(dtype))
+        self.register_buffer("h", torch.cat([bound, bound]).to(dtype))
+        self.n_states, self.n_inputs, self.horizon = nx, nu, T
+        self.x_max, self.radius, self.dtype = x_max, radius, dtype
+        self.n = self.dim = n
+
+    def context(self, x0: Tensor, start: QPStart | None = None) -> QPData:
+        """The batch of MPC QPs for initial states ``x0`` ``(B, n_states)``."""
+        if x0.dim() != 2 or x0.shape[-1] != self.n_states:
+            raise ValueError(f"x0 must have shape (B, {self.n_states}), got {tuple(x0.shape)}")
+        b = x0.new_zeros(x0.shape[0], self.A.shape[0])
+        b[:, :self.n_states] = x0 @ self.system_A.T
+        q = x0.new_zeros(x0.shape[0], self.n)
+        return make_qp_data(self.Q, q, self.A, b, self.G, self.h, start=start)
+
+    def initial_states(self, x: QPData) -> Tensor:
+        """The initial states ``x0`` ``(B, n_states)`` of a batch."""
+        return torch.linalg.solve(self.system_A, x.b[:, :self.n_states].T).T
+
+    def _sample(self, batch_size, generator):
+        nx = self.n_states
+        d = torch.randn(batch_size, nx, generator=generator, dtype=torch.float64)
+        r = torch.rand(batch_size, 1, generator=generator, dtype=torch.float64) ** (1.0 / nx)
+        x0 = self.radius * self.x_max * r * d / d.norm(dim=-1, keepdim=True)
+        return self.context(x0.to(self.dtype))
+
+
 def pack_start(start: QPStart) -> Tensor:
     """A primal-dual point ``(z, s, lam, nu)`` as one ``(B, n + 2m + p)`` tensor ``[z, s, lam, nu]``.
 

@@ -591,6 +591,54 @@ class QP(Solver):
         Gz = st.Gz - a * (rin + ds)  # G (z + a dz), as G dz = -r_i - ds
         return z, self._state(z, x, c, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status, Gz)
 
+    def polish(self, x: QPData, start: QPStart, rounds: int = 2) -> QPStart:
+        r"""Active-set polish of a primal-dual guess: the exact optimum if the guessed active set is right.
+
+        Guess :math:`\mathcal A = \{i: \lambda_i > s_i\}` and solve the equality-constrained QP
+        :math:`\min \tfrac12 z^\top Qz + q^\top z` s.t. :math:`Az = b,\ G_{\mathcal A} z = h_{\mathcal A}`
+        (OSQP's solution polishing, Stellato et al. 2020): ``rounds`` steps of iterative refinement on its KKT
+        conditions :math:`F = (Qz + q + G_{\mathcal A}^\top\lambda + A^\top\nu,\ G_{\mathcal A} z - h_{\mathcal A},
+        \ Az - b) = 0` from the guess, each solving the regularized system :math:`K_\delta \Delta = -F` (a
+        :math:`-\delta_p I` block on the active rows, :math:`\delta_p = \sqrt{\epsilon}`), that is, with
+        :math:`D = \mathrm{diag}(1_{\mathcal A}) / \delta_p`,
+
+        .. math:: (Q + G^\top D G)\, \Delta z + A^\top \Delta\nu = -r_d - G^\top D r_p,\quad A\Delta z = -r_e,
+           \quad \Delta\lambda = D (G \Delta z + r_p).
+
+        The first step lands on the quadratic-penalty solution, each further one shrinks the error by a factor
+        of order :math:`\delta_p`; the residuals are evaluated exactly (products with ``Q, G, A``), so rounding
+        in the stiff matrix does not limit the accuracy (machine precision after 2 rounds on the zoo's QPs).
+        The matrix is the interior point's reduced KKT matrix
+        at the scaling :math:`D`, factorized **once** by the same code (null-space or Schur mode), so a polish
+        costs about one interior-point iteration, and nothing of size ``n + m``. Then :math:`s = h - Gz`.
+        A wrong guess gives a point with :math:`\lambda_i < 0` or :math:`s_i < 0`: certify the result
+        (:func:`~doubleopt.problems.qp.qp_kkt_residual`) before trusting it; instances whose factorization
+        fails keep ``start``.
+        """
+        B = x.q.shape[0]
+        if x.m == 0 or start.s is None or start.lam is None:
+            raise ValueError("polish needs inequality constraints and a start with s and lam")
+        c = self._consts(x)
+        delta_p = float(torch.finfo(x.q.dtype).eps) ** 0.5
+        act = (start.lam > start.s).to(x.q.dtype)
+        d = act / delta_p
+        L, W, LM, ok = self._factor(c, x, d)
+        ur = (c.ns.U, c.ns.R) if c.ns is not None else None
+        z, lam = start.z, start.lam * act
+        nu = start.nu if x.p > 0 else x.q.new_zeros(B, 0)
+        for _ in range(max(rounds, 1)):
+            rd = _mv(c.Qs, z) + x.q + _mtv(x.G, lam) + (_mtv(x.A, nu) if x.p > 0 else 0.0)
+            rp = act * (_mv(x.G, z) - x.h)
+            re = _mv(x.A, z) - x.b if x.p > 0 else nu
+            dz, dnu = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, d, -rd - _mtv(x.G, d * rp), -re, ur)
+            z, nu = z + dz, nu + dnu
+            lam = lam + d * (_mv(x.G, dz) + rp)
+        keep = (ok & torch.isfinite(z).all(-1) & torch.isfinite(lam).all(-1))[:, None]
+        s = x.h - _mv(x.G, z)
+        nu = nu if x.p > 0 else start.nu
+        return QPStart(torch.where(keep, z, start.z), torch.where(keep, s, start.s),
+                       torch.where(keep, lam, start.lam), torch.where(keep, nu, start.nu))
+
     def stationarity(self, problem, y, x, state: QPState) -> Tensor:
         return state.residual
 
