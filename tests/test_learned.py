@@ -165,6 +165,30 @@ def test_meta_objective_weights_emphasize_early_steps_and_enter_the_meta_gradien
         MetaConfig(weight_halflife=-1.0)
 
 
+def test_log_meta_loss_is_the_mean_log_loss_and_enters_the_meta_gradient():
+    losses = torch.tensor([[1.0, 4.0], [0.01, 0.5]], dtype=torch.float64)
+    cfg = MetaConfig(unroll=2, horizon=4, log_loss=True, weight_halflife=2.0)
+    w = cfg.step_weights(0, 2)
+    assert torch.allclose(cfg.weighted_loss(losses, 0), (w[:, None] * torch.log(losses + 1e-8)).mean())
+
+    def grad(log_loss):
+        torch.manual_seed(0)
+        tr = MetaTrainer(LSTMOptimizer(hidden=3).double(), QuadraticTask(dim=4, dtype=torch.float64),
+                         MetaConfig(unroll=5, horizon=10, batch=3, log_loss=log_loss))
+        carry, gen_state = tr.carry, tr.gen.get_state()
+        loss, g, _ = tr.meta_gradient()
+        gen = torch.Generator()
+        gen.set_state(gen_state)
+        with torch.enable_grad():
+            losses, _ = unroll(tr.solver, tr.task, carry, 5, gen)
+            f = torch.log(losses + 1e-8) if log_loss else losses
+            expected = torch.autograd.grad(f.mean(), list(tr.lopt.parameters()))
+        assert torch.allclose(_flat_grad(g), _flat_grad(expected), rtol=1e-10, atol=1e-12)
+        return _flat_grad(g)
+
+    assert not torch.allclose(grad(True), grad(False))
+
+
 def test_tbptt_memory_is_bounded_by_truncation_not_horizon():
     def saved(unroll, horizon):
         torch.manual_seed(0)

@@ -192,6 +192,9 @@ def _nonfinite_instances(x: Context, y0: Tensor, B: int) -> Tensor:
     bad = ~torch.isfinite(y0).all(dim=-1)
     for t in tree_tensors(x):
         if t.is_floating_point() and t.dim() > 0 and t.shape[0] == B:
+            if t.dim() > 1 and B > 1 and t.stride(0) == 0:  # shared by the batch (expanded view): check it once
+                bad = bad | ~torch.isfinite(t[0]).all()
+                continue
             flat = t.detach().flatten(1) if t.dim() > 1 else t.detach()[:, None]
             bad = bad | ~torch.isfinite(flat).all(dim=-1)
     return bad

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .._problem import ProblemFamily
+from ..linalg._shared import bmtv, bmv, sym
 
 
 @dataclass
@@ -180,12 +181,11 @@ class QPProblem(ProblemFamily):
         self.psd_tol = psd_tol
 
     def objective(self, y: Tensor, x: QPData) -> Tensor:
-        Qy = (x.Q @ y[..., None])[..., 0]
+        Qy = bmv(x.Q, y)
         return 0.5 * (y * Qy).sum(-1) + (x.q * y).sum(-1)
 
     def smooth_value_and_grad(self, y: Tensor, x: QPData):
-        Qs = 0.5 * (x.Q + x.Q.transpose(-1, -2))
-        Qy = (Qs @ y[..., None])[..., 0]
+        Qy = bmv(sym(x.Q), y)
         return 0.5 * (y * Qy).sum(-1) + (x.q * y).sum(-1), Qy + x.q
 
     def init(self, x: QPData) -> Tensor:
@@ -485,23 +485,22 @@ def qp_kkt_residual(x: QPData, z: Tensor, lam: Tensor, nu: Tensor) -> Tensor:
     tolerance and a certificate tolerance mean the same thing. Non-finite points give ``inf``.
     """
     B = z.shape[0]
-    Qs = 0.5 * (x.Q + x.Q.transpose(-1, -2))
 
     def inf(v: Tensor) -> Tensor:
         return v.abs().amax(-1) if v.shape[-1] > 0 else v.new_zeros(B)
 
-    rd = (Qs @ z[..., None])[..., 0] + x.q
+    rd = bmv(sym(x.Q), z) + x.q
     gap = z.new_zeros(B)
     res = z.new_zeros(B)
     if x.m > 0:
-        Gz = (x.G @ z[..., None])[..., 0]
-        rd = rd + (x.G.transpose(-1, -2) @ lam[..., None])[..., 0]
+        Gz = bmv(x.G, z)
+        rd = rd + bmtv(x.G, lam)
         res = torch.maximum(res, inf((Gz - x.h).clamp_min(0)) / (1 + inf(x.h)))
         res = torch.maximum(res, inf((-lam).clamp_min(0)))
         gap = gap + (lam * (x.h - Gz)).sum(-1)
     if x.p > 0:
-        req = (x.A @ z[..., None])[..., 0] - x.b
-        rd = rd + (x.A.transpose(-1, -2) @ nu[..., None])[..., 0]
+        req = bmv(x.A, z) - x.b
+        rd = rd + bmtv(x.A, nu)
         res = torch.maximum(res, inf(req) / (1 + inf(x.b)))
         gap = gap - (nu * req).sum(-1)
     res = torch.maximum(res, inf(rd) / (1 + inf(x.q)))

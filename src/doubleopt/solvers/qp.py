@@ -84,6 +84,7 @@ import torch
 from torch import Tensor
 
 from .._solution import RESULTS
+from ..linalg._shared import bmtv, bmv, is_shared, sym
 from ..problems.qp import QPData, QPProblem, QPStart, make_qp_data
 from ._base import Solver
 
@@ -139,22 +140,7 @@ class _Consts:
     ns: _NullSpace | None = None  # set when the equalities are eliminated (null-space mode)
 
 
-def _shared(M: Tensor) -> bool:
-    return M.dim() == 3 and M.shape[0] > 1 and M.stride(0) == 0
-
-
-def _mv(M: Tensor, v: Tensor) -> Tensor:
-    """``M v`` per instance, ``M (B, r, c)`` (possibly an expanded shared matrix), ``v (B, c)``."""
-    if _shared(M):
-        return v @ M[0].transpose(0, 1)
-    return (v[:, None, :] @ M.transpose(-1, -2))[:, 0]
-
-
-def _mtv(M: Tensor, v: Tensor) -> Tensor:
-    """``M^T v`` per instance, ``v (B, r)`` -> ``(B, c)``."""
-    if _shared(M):
-        return v @ M[0]
-    return (v[:, None, :] @ M)[:, 0]
+_shared, _mv, _mtv = is_shared, bmv, bmtv
 
 
 def _inf(v: Tensor) -> Tensor:
@@ -171,11 +157,7 @@ def _hessian(Qs: Tensor, G: Tensor, d: Tensor) -> Tensor:
     return torch.baddbmm(Qs, G.transpose(-1, -2) * d[:, None, :], G)
 
 
-def _sym(Q: Tensor) -> Tensor:
-    if _shared(Q):
-        Q0 = Q[0]
-        return (0.5 * (Q0 + Q0.transpose(0, 1))).expand_as(Q)
-    return 0.5 * (Q + Q.transpose(-1, -2))
+_sym = sym
 
 
 def _chol_solve(L: Tensor, R: Tensor) -> Tensor:
