@@ -133,6 +133,20 @@ def test_es_and_pes_estimate_the_bptt_gradient():
     assert not torch.equal(pes.particles[0].y, pes.particles[1].y)
 
 
+def _check_meta_gradient(tr, meta_loss):
+    """The trainer's next TBPTT meta-gradient equals autograd of ``meta_loss(losses (K, B))`` on a replay of
+    the same truncation (same carry, same minibatch generator state); returns it flattened."""
+    carry, gen_state = tr.carry, tr.gen.get_state()
+    _, g, _ = tr.meta_gradient()
+    gen = torch.Generator()
+    gen.set_state(gen_state)
+    with torch.enable_grad():
+        losses, _ = unroll(tr.solver, tr.task, carry, tr.config.unroll, gen)
+        expected = torch.autograd.grad(meta_loss(losses), list(tr.lopt.parameters()))
+    assert torch.allclose(_flat_grad(g), _flat_grad(expected), rtol=1e-10, atol=1e-12)
+    return _flat_grad(g)
+
+
 def test_meta_objective_weights_emphasize_early_steps_and_enter_the_meta_gradient():
     cfg = MetaConfig(unroll=5, horizon=20, weight_halflife=4.0)
     w = torch.cat([cfg.step_weights(t0, 5) for t0 in (0, 5, 10, 15)])
@@ -149,18 +163,11 @@ def test_meta_objective_weights_emphasize_early_steps_and_enter_the_meta_gradien
 
     tr = trainer(4.0)
     tr.step()
-    carry, gen_state = tr.carry, tr.gen.get_state()
-    _, g, _ = tr.meta_gradient()
-    gen = torch.Generator()
-    gen.set_state(gen_state)
-    with torch.enable_grad():
-        losses, _ = unroll(tr.solver, tr.task, carry, 5, gen)
-        expected = torch.autograd.grad((w[5:10, None] * losses).mean(), list(tr.lopt.parameters()))
-    assert torch.allclose(_flat_grad(g), _flat_grad(expected), rtol=1e-10, atol=1e-12)
+    g = _check_meta_gradient(tr, lambda losses: (w[5:10, None] * losses).mean())
     tr0 = trainer(0.0)
     tr0.step()
     _, g0, _ = tr0.meta_gradient()
-    assert not torch.allclose(_flat_grad(g), _flat_grad(g0))
+    assert not torch.allclose(g, _flat_grad(g0))
     with pytest.raises(ValueError, match="weight_halflife"):
         MetaConfig(weight_halflife=-1.0)
 
@@ -175,16 +182,7 @@ def test_log_meta_loss_is_the_mean_log_loss_and_enters_the_meta_gradient():
         torch.manual_seed(0)
         tr = MetaTrainer(LSTMOptimizer(hidden=3).double(), QuadraticTask(dim=4, dtype=torch.float64),
                          MetaConfig(unroll=5, horizon=10, batch=3, log_loss=log_loss))
-        carry, gen_state = tr.carry, tr.gen.get_state()
-        loss, g, _ = tr.meta_gradient()
-        gen = torch.Generator()
-        gen.set_state(gen_state)
-        with torch.enable_grad():
-            losses, _ = unroll(tr.solver, tr.task, carry, 5, gen)
-            f = torch.log(losses + 1e-8) if log_loss else losses
-            expected = torch.autograd.grad(f.mean(), list(tr.lopt.parameters()))
-        assert torch.allclose(_flat_grad(g), _flat_grad(expected), rtol=1e-10, atol=1e-12)
-        return _flat_grad(g)
+        return _check_meta_gradient(tr, lambda f: (torch.log(f + 1e-8) if log_loss else f).mean())
 
     assert not torch.allclose(grad(True), grad(False))
 
