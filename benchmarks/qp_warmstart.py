@@ -182,8 +182,10 @@ def main(argv=None):
         if isinstance(sol.state, WarmQPState):  # each polish is one KKT factorization: counted as an iteration
             steps = steps + sol.state.polish_steps.float()
         if name.startswith("safeguarded"):  # its first stage is the active-set row's solve (same model, same
-            # solver, deterministic): the same polishes per instance, plus the fallback's steps (in num_steps)
-            steps = steps + timings[best_name].result.state.polish_steps.float()
+            # solver, deterministic), so certified instances cost what they cost there; those that fell back
+            # add the fallback's steps (num_steps counts the prediction step and the refinement steps)
+            first = torch.as_tensor(iters[best_name])
+            steps = torch.where(sol.fell_back, steps + timings[best_name].result.state.polish_steps.float(), first)
         iters[name] = steps.numpy()
         r = cert(fam, sol.y, x)
         per = tm.median / B

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import doubleopt as do
-from doubleopt.problems import QPStart, RandomQP
+from doubleopt.problems import QPData, QPStart, RandomQP
 
 F64 = torch.float64
 
@@ -332,3 +332,33 @@ def test_polish_recovers_optimum_from_the_right_active_set(equality):
     assert bool((qp_kkt_residual(x, wrong.z, wrong.lam, wrong.nu) > 1e-3).all())
     with pytest.raises(ValueError, match="inequality"):
         solver.polish(RandomQP(n=4, m=0, p=1).sample(2, seed=0), QPStart(torch.zeros(2, 4, dtype=torch.float64)))
+
+
+def test_two_sided_rows_merge_in_the_hessian_without_changing_the_solution(monkeypatch):
+    import doubleopt.solvers.qp as qpmod
+
+    fam = do.problems.MPCQP(n_states=4, n_inputs=2, horizon=5)
+    x = fam.sample(16, seed=0)
+    solver = do.solvers.QP()
+    pairs = qpmod._paired_rows(x, None)
+    assert pairs is not None and pairs.reps.numel() == x.n  # G = [I; -I]: n pairs, every row paired
+    d = torch.rand(16, x.m, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = qpmod._hessian(torch.zeros(16, x.n, x.n, dtype=torch.float64), x.G, d)
+    merged = qpmod._hessian(torch.zeros(16, x.n, x.n, dtype=torch.float64), pairs.G, pairs.weights(d))
+    assert torch.allclose(dense, merged, atol=1e-14)
+    # a general G (no pairs), a G with one pair too few to matter, a per-instance G: no merging
+    xr = RandomQP(n=6, m=10, p=2, shared_matrices=True).sample(4, seed=0)
+    assert qpmod._paired_rows(xr, None) is None
+    assert qpmod._paired_rows(RandomQP(n=6, m=10, p=2).sample(4, seed=0), None) is None
+    with_pairs = do.solve(fam, solver, x, tol=1e-10)
+    monkeypatch.setattr(qpmod, "_paired_rows", lambda x, ns: None)
+    without = do.solve(fam, solver, fam.sample(16, seed=0), tol=1e-10)
+    assert torch.equal(with_pairs.num_steps, without.num_steps)
+    assert torch.allclose(with_pairs.y, without.y, atol=1e-10)
+    monkeypatch.undo()
+    # differentiating through the iterations w.r.t. G: rows stay separate (each gets its own gradient)
+    G = x.G[0].clone().requires_grad_()
+    with torch.enable_grad():
+        xg = fam.context(fam.initial_states(x))
+        xg = QPData(xg.Q, xg.q, xg.A, xg.b, G.expand(16, -1, -1), xg.h)
+        assert qpmod._paired_rows(xg, None) is None

@@ -30,7 +30,8 @@ work. One step of iterative refinement of the corrector against the unreduced op
 Steps keep ``s, lambda > 0`` (fraction to the boundary 0.99). With no inequalities one Newton step is exact;
 with no constraints it is a Cholesky solve.
 
-**Cost.** Per iteration: one batched GEMM for :math:`G^\top D G` (one plain GEMM when ``G`` is shared), one
+**Cost.** Per iteration: one batched GEMM for :math:`G^\top D G` (one plain GEMM when ``G`` is shared; over
+half the rows when a shared ``G`` has two-sided rows :math:`g_j = -g_i`, e.g. box bounds, whose terms merge), one
 batched Cholesky, a few triangular solves and about eight matrix-vector products with ``G``; one host
 synchronization for the factorization check, one for the divergence test, one for the active set.
 Instances that have converged are not recomputed: :func:`qp_solve` passes ``skip_tol = tol`` and each step
@@ -138,6 +139,55 @@ class _Consts:
     bn: Tensor
     hn: Tensor
     ns: _NullSpace | None = None  # set when the equalities are eliminated (null-space mode)
+    pairs: _PairedRows | None = None  # set when a shared G has two-sided rows (g_j = -g_i)
+
+
+@dataclass
+class _PairedRows:
+    r"""Two-sided constraints ``l <= g'z <= u`` in a shared ``G`` (rows ``g_j = -g_i``, e.g. box bounds).
+
+    Their Hessian terms merge, :math:`d_i g_i g_i^\top + d_j g_j g_j^\top = (d_i + d_j) g_i g_i^\top`, so
+    :math:`G^\top D G = G_r^\top \mathrm{diag}(d_r + d_{\mathrm{partner}}) G_r` over the representative rows
+    only (half the GEMM for box constraints).
+    """
+
+    reps: Tensor  # (r,) representative rows (one per pair, and every unpaired row)
+    partner: Tensor  # (r,) the partner row of each representative; m (a zero column) if unpaired
+    G: Tensor  # (B, r, n) G[reps] (shared view)
+    Gr: Tensor | None  # (B, r, k) (G N)[reps] in null-space mode (shared view)
+
+    def weights(self, d: Tensor) -> Tensor:
+        """``(B, r)``: ``d_rep + d_partner`` (``d_partner = 0`` for unpaired rows)."""
+        dz = torch.cat([d, d.new_zeros(d.shape[0], 1)], dim=-1)
+        return d.index_select(-1, self.reps) + dz.index_select(-1, self.partner)
+
+
+def _paired_rows(x: QPData, ns: _NullSpace | None) -> _PairedRows | None:
+    """Detect two-sided rows of a shared, constant ``G`` (exact negatives; None if fewer than m/4 pairs)."""
+    G = x.G
+    m = G.shape[-2]
+    if m < 2 or not _shared(G) or (torch.is_grad_enabled() and G.requires_grad):
+        return None  # merging would route the gradient of row j into row i under do.Unroll()
+    G0 = G[0].detach()
+    classes, inv = torch.unique(torch.cat([G0, -G0]), dim=0, return_inverse=True)
+    a, b = inv[:m], inv[m:]  # class of g_i, class of -g_j
+    if torch.unique(a).numel() < m:  # repeated rows: keep the general path
+        return None
+    first = torch.full((classes.shape[0],), -1, dtype=torch.int64, device=G.device)
+    first[a] = torch.arange(m, device=G.device)
+    partner = first[b]  # partner[j] = i with g_i = -g_j, or -1
+    idx = torch.arange(m, device=G.device)
+    partner = torch.where(partner == idx, -1, partner)  # a zero row is its own negative: not a pair
+    reps = idx[(partner < 0) | (idx < partner)]
+    if m - reps.numel() < m // 4:
+        return None
+    part = partner[reps]
+    part = torch.where(part < 0, m, part)
+    B = G.shape[0]
+    Gr = None
+    if ns is not None:  # G N pairs up the same way, per instance
+        Gr = ns.Gr[0, reps].expand(B, -1, -1) if _shared(ns.Gr) else ns.Gr[:, reps]
+    return _PairedRows(reps, part, G0[reps].expand(B, -1, -1), Gr)
 
 
 _shared, _mv, _mtv = is_shared, bmv, bmtv
@@ -237,6 +287,7 @@ def _consts(x: QPData, delta: float, equality: str) -> _Consts:
     # through the iterations (the complete QR has no derivative; Unroll w.r.t. A uses the Schur complement)
     if equality != "schur" and 0 < x.p < x.n and not (torch.is_grad_enabled() and x.A.requires_grad):
         c.ns = _null_space(x, Qs)
+    c.pairs = _paired_rows(x, c.ns)
     x._cache["consts"] = (key, c)
     return c
 
@@ -245,7 +296,12 @@ def _take_consts(c: _Consts, idx: Tensor) -> _Consts:
     ns = None
     if c.ns is not None:
         ns = _NullSpace(*(_take(getattr(c.ns, f.name), idx) for f in fields(c.ns)))
-    return _Consts(_take(c.Qs, idx), *(t.index_select(0, idx) for t in (c.shift, c.qn, c.bn, c.hn)), ns=ns)
+    pairs = None
+    if c.pairs is not None:
+        p = c.pairs
+        pairs = _PairedRows(p.reps, p.partner, _take(p.G, idx), _take(p.Gr, idx) if p.Gr is not None else None)
+    return _Consts(_take(c.Qs, idx), *(t.index_select(0, idx) for t in (c.shift, c.qn, c.bn, c.hn)), ns=ns,
+                   pairs=pairs)
 
 
 def _hvp(Qs: Tensor, G: Tensor, d: Tensor, v: Tensor) -> Tensor:
@@ -369,9 +425,14 @@ class QP(Solver):
         """
         B, n = x.q.shape
         if c.ns is not None:
-            L, ok = self._cholesky(_hessian(c.ns.Qr, c.ns.Gr, d), c.shift)
+            if c.pairs is not None and c.pairs.Gr is not None:
+                H = _hessian(c.ns.Qr, c.pairs.Gr, c.pairs.weights(d))
+            else:
+                H = _hessian(c.ns.Qr, c.ns.Gr, d)
+            L, ok = self._cholesky(H, c.shift)
             return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok  # U, R stay in the constants
-        L, ok = self._cholesky(_hessian(c.Qs, x.G, d), c.shift)
+        H = _hessian(c.Qs, c.pairs.G, c.pairs.weights(d)) if c.pairs is not None else _hessian(c.Qs, x.G, d)
+        L, ok = self._cholesky(H, c.shift)
         if x.p == 0:
             return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok
         At = x.A.transpose(-1, -2)
