@@ -1,27 +1,33 @@
 """Parametric QP warm starts: an MLP predicts the interior point's primal-dual start from the QP's data.
 
-Family: ``PortfolioQP`` (Markowitz, ``n`` assets, ``1'w = 1``, ``0 <= w <= w_max``; the expected returns ``mu``
--- the linear term -- vary per instance), solved as ``PrimalDualQP`` (variable = packed ``[z, s, lam, nu]``).
-A ``QPWarmStartNet`` is trained with ``do.amortized.fit(loss="regression")`` on the interior point's own optima
-of a fixed training set (solved once at tol 1e-10 and cached). On ``--n-test`` held-out instances, to the
-scaled KKT residual ``--tol`` (1e-6):
+Families (``--family``): ``mpc`` (default; ``MPCQP``: one step of linear MPC, 6 states, 3 inputs, horizon 10,
+tight input bounds, the initial state ``x0`` varies: n = 90, m = 180, p = 60) and ``portfolio``
+(``PortfolioQP``: Markowitz, the expected returns vary: n = 20, m = 40, p = 1). Solved as ``PrimalDualQP``
+(variable = packed ``[z, s, lam, nu]``). A ``QPWarmStartNet`` (ReLU MLP) is trained with
+``do.amortized.fit(loss="regression")`` on the interior point's own optima of a fixed training set (solved
+once at tol 1e-10 and cached). On ``--n-test`` held-out instances, to the scaled KKT residual ``--tol``:
 
 * cold: our batched interior point (``do.solvers.QP``) from the CVXOPT start;
 * warm (plain): from the prediction, ``s, lam`` clipped at the solver's default floor 1e-3;
 * warm (centred): ``s, lam = max(pred, mu0)`` (a move toward the central path), no other clipping;
 * warm (polish + centred): the active-set polish of the prediction where it passes the certificate
-  (exact optimum, zero interior-point steps), else the centred prediction;
-* safeguarded: the centred warm start inside ``Safeguarded(SemiAmortized(...), KKTResidual(), fallback=cold QP)``:
-  every instance is certified (KKT residual + duality gap <= tol) or falls back;
-* OSQP (benchmark-only dependency), one instance at a time, matrices set up once and ``update(q=...)`` per
-  instance (its parametric mode), ``eps_abs = tol, eps_rel = 0``, cold (``warm_starting=False``) and warm
-  (``warm_start(x=z_pred, y=[nu_pred; lam_pred])``); its answers are certified with the same KKT measure.
+  (the optimum, zero interior-point steps), else the centred prediction;
+* warm (active-set xK + centred): up to K polishes, re-guessing the active set from the last polished point
+  (primal-dual active-set rule: drop negative multipliers, add violated rows) on the still uncertified
+  instances only, then the centred interior point for the rest;
+* safeguarded: the active-set warm start inside ``Safeguarded(SemiAmortized(...), KKTResidual(),
+  fallback=cold QP)``: every instance is certified (KKT residual + duality gap <= tol) or falls back;
+* OSQP (benchmark-only dependency), one instance at a time, matrices set up once and ``update(q, l, u)``
+  per instance (its parametric mode), ``eps_abs = tol, eps_rel = 0``, cold (``warm_starting=False``) and
+  warm (``warm_start(x=z_pred, y=[nu_pred; lam_pred])``); its answers are certified with the same measure.
 
-Iterations exclude the model's forward pass but count the polish (one dense KKT factorization of size
-``n + p + m`` per instance) as one iteration; times include both (batched forward, divided per instance).
-Break-even: training time (incl. the reference solves) / time saved per instance. Median of ``--repeats``.
+Iterations exclude the model's forward pass but count every polish (one factorization of the interior
+point's reduced KKT matrix, ``QP.polish``) as one iteration; times include both (batched forward, divided
+per instance). Break-even: training time (incl. the reference solves) / time saved per instance. Median
+of ``--repeats``.
 
-Run: ``doubleopt bench qp_warmstart`` (``-- --quick`` for a seconds-long smoke run).
+Run: ``doubleopt bench qp_warmstart`` (``-- --quick`` for a seconds-long smoke run,
+``-- --family portfolio --out bench_results/qp_warmstart_portfolio`` for the portfolio family).
 """
 
 from __future__ import annotations

@@ -64,6 +64,18 @@ def test_fully_amortized_is_a_certified_solver(quad):
     assert (sol.result == do.RESULTS.not_certified).all() and (sol.y == 0).all()
     with pytest.raises(do.SolveError, match="not_certified"):
         do.solve(fam, FullyAmortized(Zero()), x, tol=1e-8)
+    # amortized solvers ignore y0, so do.solve does not compute the family's default start for them
+    calls = []
+    orig = fam.init
+    fam.init = lambda x: calls.append(1) or orig(x)
+    try:
+        do.solve(fam, FullyAmortized(Exact()), x, tol=1e-8)
+        do.solve(fam, SemiAmortized(Exact(), do.GD(lr=0.1), steps=2), x, tol=1e-8)
+        assert calls == []
+        do.solve(fam, do.GD(lr=0.1), x, max_steps=2, throw=False)
+        assert calls == [1]
+    finally:
+        del fam.init
 
 
 def test_model_output_and_arguments_are_checked(quad):

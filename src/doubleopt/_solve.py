@@ -73,7 +73,7 @@ def solve(
     adjoint = Implicit() if adjoint is None else adjoint
     _check_options(problem, solver, adjoint, max_steps, tol, rtol)
     problem.check_context(x)
-    y0 = _check_start(problem, x, y0)
+    y0 = _check_start(problem, x, y0, solver)
     tol = default_tol(y0.dtype) if tol is None else float(tol)
     B = y0.shape[0]
 
@@ -151,13 +151,17 @@ def _check_options(problem, solver, adjoint, max_steps, tol, rtol) -> None:
     solver.check_problem(problem)
 
 
-def _check_start(problem: Problem, x: Context, y0: Tensor | None) -> Tensor:
+def _check_start(problem: Problem, x: Context, y0: Tensor | None, solver: Solver | None = None) -> Tensor:
     tensors = tree_tensors(x)
     float_ctx = [t for t in tensors if t.is_floating_point()]
     if y0 is None:
         if not tensors:
             raise ValueError("x holds no tensor, so y0 is required to fix the batch size and dimension")
-        y0 = problem.init(x)
+        if solver is not None and not solver.uses_start and problem.dim and float_ctx:
+            ref = float_ctx[0]
+            y0 = ref.new_zeros(batch_size(x), problem.dim)  # a placeholder the solver does not read
+        else:
+            y0 = problem.init(x)
     if not isinstance(y0, Tensor):
         raise TypeError(f"y0 must be a tensor of shape (B, n), got {type(y0).__name__}")
     if y0.dim() != 2:

@@ -78,8 +78,11 @@ class SemiAmortized(Solver):
         steps: refinement budget ``k >= 0`` (0 is :class:`FullyAmortized`).
         certificate: checks the raw prediction (default: the problem's natural certificate); after
             refinement steps the solver's own stationarity measure is used.
+
+    It ignores ``y0`` (``uses_start = False``): ``do.solve`` does not compute ``problem.init(x)`` for it.
     """
 
+    uses_start = False
     model: nn.Module
     solver: Solver | None = None
     steps: int = 0

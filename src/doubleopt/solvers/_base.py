@@ -43,11 +43,15 @@ class Solver:
     """Base class of all solvers: ``init / step / stationarity / postprocess``.
 
     ``supports_composite`` says whether the solver handles ``f = s + g`` problems (proximal solvers);
-    smooth solvers refuse composite problems with a clear error.
+    smooth solvers refuse composite problems with a clear error. ``uses_start = False`` says that the solver
+    ignores ``y0`` (amortized solvers).
     """
 
     supports_composite = False
     supports_smooth = True
+    # False: the solver ignores y0 (an amortized solver predicts its own start), so do.solve's default y0
+    # is a zero placeholder instead of problem.init(x), which may itself cost a solve (a QP's cold start)
+    uses_start = True
 
     def check_problem(self, problem: Problem) -> None:
         name = type(self).__name__
