@@ -110,3 +110,27 @@ def test_families_are_valid_seeded_and_solvable():
         sol = do.solve(fam, Sinkhorn(), x, tol=1e-4, max_steps=5000)
         assert (fam.marginal_error(sol.y, x) <= 1e-4).all()
     assert not torch.equal(DigitsOT(split="train").measures[:5], DigitsOT(split="test").measures[:5])
+
+
+def test_skipping_finished_instances_changes_nothing_but_the_work():
+    fam = DigitsOT(split="test")
+    x = fam.sample(24, seed=3)
+    full = do.solve(fam, Sinkhorn(), x, tol=1e-5, max_steps=3000)
+    calls = []
+    orig = fam.evaluate
+    fam.evaluate = lambda f, xx: calls.append(f.shape[0]) or orig(f, xx)
+    try:
+        skip = do.solve(fam, Sinkhorn(skip_tol=1e-5, compact_below=1.0), x, tol=1e-5, max_steps=3000)
+    finally:
+        del fam.evaluate
+    assert skip.summary() == full.summary() == "24 successful"
+    assert torch.equal(skip.num_steps, full.num_steps)
+    assert torch.allclose(skip.y, full.y, rtol=0, atol=1e-12)
+    # compact_below=1: every step after the first finish runs on the unfinished instances only, so the work
+    # is each instance's own step count plus the init and the final evaluation (24 each)
+    assert min(calls) < 24
+    assert int(full.num_steps.sum()) < sum(calls) <= int(full.num_steps.sum()) + 2 * 24
+    with pytest.raises(ValueError, match="skip_tol"):
+        Sinkhorn(skip_tol=-1.0)
+    with pytest.raises(ValueError, match="compact_below"):
+        Sinkhorn(compact_below=2.0)
