@@ -34,7 +34,10 @@ class LoopOutput:
 
 
 def _finite_rows(y: Tensor, value: Tensor) -> Tensor:
-    return torch.isfinite(y).all(dim=-1) & torch.isfinite(value)
+    """``(B,)``: row ``b`` of ``y`` and ``value[b]`` are finite. ``(y * 0).sum(-1)`` is 0 for a finite row and
+    NaN as soon as one entry is inf or NaN: one fused pass, several times faster than ``isfinite(y).all(-1)``
+    (which runs every step of every solve)."""
+    return ((y.detach() * 0).sum(-1) == 0) & torch.isfinite(value)
 
 
 def iterate(
