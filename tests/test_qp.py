@@ -346,6 +346,13 @@ def test_two_sided_rows_merge_in_the_hessian_without_changing_the_solution(monke
     dense = qpmod._hessian(torch.zeros(16, x.n, x.n, dtype=torch.float64), x.G, d)
     merged = qpmod._hessian(torch.zeros(16, x.n, x.n, dtype=torch.float64), pairs.G, pairs.weights(d))
     assert torch.allclose(dense, merged, atol=1e-14)
+    # the same products as one GEMM over the outer-product table of the shared G
+    table = qpmod._outer_table(pairs.G)
+    assert table is not None and table.shape == (x.n, x.n * x.n)
+    tabled = qpmod._hessian(torch.zeros(16, x.n, x.n, dtype=torch.float64), pairs.G, pairs.weights(d), table)
+    assert torch.allclose(dense, tabled, atol=1e-14)
+    per_instance = qpmod._hessian(torch.zeros(16, x.n, x.n, dtype=torch.float64), x.G.contiguous(), d)
+    assert torch.allclose(dense, per_instance, atol=1e-14)
     # a general G (no pairs), a G with one pair too few to matter, a per-instance G: no merging
     xr = RandomQP(n=6, m=10, p=2, shared_matrices=True).sample(4, seed=0)
     assert qpmod._paired_rows(xr, None) is None
