@@ -83,5 +83,10 @@ def tree_index(tree: Any, index: Tensor) -> Any:
     return tree_map(lambda t: t[index] if t.dim() > 0 else t, tree)
 
 
+def tree_index_copy(tree: Any, index: Tensor, sub: Any) -> Any:
+    """``tree`` with instances ``index`` replaced by ``sub`` (a :func:`tree_index` of it, updated), out of place."""
+    return tree_map2(lambda t, u: t.index_copy(0, index, u) if t.dim() > 0 else t, tree, sub)
+
+
 def tree_detach(tree: Any) -> Any:
     return tree_map(lambda t: t.detach(), tree)

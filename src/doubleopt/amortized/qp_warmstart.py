@@ -56,9 +56,10 @@ import torch
 from torch import Tensor, nn
 
 from .._problem import ProblemFamily
+from .._tree import tree_index
 from ..problems.qp import QPData, QPProblem, QPStart, pack_start, qp_kkt_residual, unpack_start
 from ..solvers._base import Solver
-from ..solvers.qp import QP, QPState, _take
+from ..solvers.qp import QP, QPState, take_qp_data
 
 __all__ = ["PrimalDualQP", "WarmStartQP", "WarmQPState", "QPWarmStartNet", "polish_start", "qp_features"]
 
@@ -210,8 +211,7 @@ class WarmStartQP(Solver):
                 break
             keep = torch.nonzero(~ok).flatten()
             idx = idx[keep]
-            xs = QPData(*(_take(t, keep) for t in (xs.Q, xs.q, xs.A, xs.b, xs.G, xs.h)))
-            guess = QPStart(*(t[keep] for t in (pol.z, pol.s, pol.lam, pol.nu)))
+            xs, guess = take_qp_data(xs, keep), tree_index(pol, keep)
         return QPStart(*out), polished, steps
 
     def step(self, problem, y, x: QPData, state: WarmQPState):

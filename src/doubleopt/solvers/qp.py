@@ -85,6 +85,7 @@ import torch
 from torch import Tensor
 
 from .._solution import RESULTS
+from .._tree import tree_index, tree_index_copy
 from ..linalg._shared import bmtv, bmv, is_shared, sym
 from ..problems.qp import QPData, QPProblem, QPStart, make_qp_data
 from ._base import Solver
@@ -259,6 +260,11 @@ def _take(t: Tensor, idx: Tensor) -> Tensor:
     if _shared(t):
         return t[:1].expand(idx.shape[0], *t.shape[1:])
     return t.index_select(0, idx)
+
+
+def take_qp_data(x: QPData, idx: Tensor) -> QPData:
+    """Instances ``idx`` of a QP batch (no warm start); matrices shared by the batch stay shared views."""
+    return QPData(*(_take(t, idx) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
 
 
 def _mm(X: Tensor, Y: Tensor) -> Tensor:
@@ -629,12 +635,9 @@ class QP(Solver):
                 return z, st
             if k < self.compact_below * B:
                 idx = torch.nonzero(active).flatten()
-                xs = QPData(*(_take(t, idx) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
-                cs = _take_consts(c, idx)
-                sts = QPState(*(t.index_select(0, idx) for t in _fields(st)))
-                zs, sts = self._step(z.index_select(0, idx), xs, cs, sts)
-                new = QPState(*(o.index_copy(0, idx, n) for o, n in zip(_fields(st), _fields(sts))))
-                return z.index_copy(0, idx, zs), new
+                zs, sts = self._step(z.index_select(0, idx), take_qp_data(x, idx), _take_consts(c, idx),
+                                     tree_index(st, idx))
+                return z.index_copy(0, idx, zs), tree_index_copy(st, idx, sts)
         return self._step(z, x, c, st)
 
     def _step(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
@@ -715,10 +718,6 @@ class QP(Solver):
 
     def current_value(self, state: QPState) -> Tensor:
         return state.value
-
-
-def _fields(st: QPState) -> list[Tensor]:
-    return [getattr(st, f.name) for f in fields(st)]
 
 
 # ---- the KKT backward (OptNet) ----------------------------------------------------------------------

@@ -31,11 +31,12 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .._tree import tree_index, tree_index_copy
 from ._base import Solver
 
 
@@ -92,11 +93,8 @@ class Sinkhorn(Solver):
                 return y, state
             if k < self.compact_below * y.shape[0]:
                 idx = torch.nonzero(active).flatten()
-                sub = type(x)(**{f.name: getattr(x, f.name).index_select(0, idx) for f in fields(x)})
-                old = [getattr(state, f.name) for f in fields(state)]
-                f_sub, st_sub = self._step(problem, sub, SinkhornState(*(t.index_select(0, idx) for t in old)))
-                new = [getattr(st_sub, f.name) for f in fields(st_sub)]
-                return y.index_copy(0, idx, f_sub), SinkhornState(*(o.index_copy(0, idx, n) for o, n in zip(old, new)))
+                f_sub, st_sub = self._step(problem, tree_index(x, idx), tree_index(state, idx))
+                return y.index_copy(0, idx, f_sub), tree_index_copy(state, idx, st_sub)
         return self._step(problem, x, state)
 
     def _step(self, problem, x, state):
