@@ -106,18 +106,37 @@ class LogisticRegression(_LinearFamily):
         return RegressionContext(X.to(self.dtype), labels.to(self.dtype))
 
     def objective(self, y, x):
-        z = self.linear(y, x)
-        return F.binary_cross_entropy_with_logits(z, x.targets, reduction="none").mean(-1) + self._penalty(y)
+        return self._value_terms(y, x)[0]
+
+    def _value_terms(self, y, x):
+        """``(f, z, t, graph)``: the objective, the margins ``z`` and the targets ``t`` (both ``(B, 1, N)``), and
+        whether autograd records a graph.
+
+        loss_j = softplus(z_j) - t_j z_j with softplus(z) = max(z, 0) + log1p(exp(-|z|)) (stable for any z):
+        fewer and cheaper elementwise passes than ``binary_cross_entropy_with_logits``, same value to rounding.
+        Without a graph to record, the passes run in place on one buffer (fewer allocations); with one,
+        ``binary_cross_entropy_with_logits``."""
+        X, t = x.features, x.targets[:, None, :]
+        y3 = y[:, None, :]
+        # row-vector form w^T X^T + w_0 (one batched gemv over contiguous rows of X), kept (B, 1, N)
+        z = torch.baddbmm(y3[..., -1:], y3[..., :-1], X.transpose(-1, -2))
+        N = z.shape[-1]
+        graph = torch.is_grad_enabled() and (y.requires_grad or X.requires_grad or t.requires_grad)
+        if graph:  # its backward is exact at z = 0 (max / abs above have one-sided derivatives there)
+            terms = F.binary_cross_entropy_with_logits(z, t.expand_as(z), reduction="none")
+        else:
+            terms = z.abs().neg_().exp_().log1p_().add_(z.clamp_min(0)).addcmul_(t, z, value=-1)
+        # (sum_j loss_j + N l2/2 ||y||^2) / N
+        value = torch.add(terms.sum((-2, -1)), (y * y).sum(-1), alpha=0.5 * self.l2 * N).div_(N)
+        return value, z, t, graph
 
     def smooth_value_and_grad(self, y, x):
-        # loss_j = softplus(z_j) - t_j z_j with softplus(z) = max(z, 0) + log1p(exp(-|z|)) (stable for any z);
-        # fewer and cheaper elementwise passes than binary_cross_entropy_with_logits, same value to rounding
-        z = self.linear(y, x)
+        value, z, t, graph = self._value_terms(y, x)
         N = z.shape[-1]
-        softplus = z.clamp_min(0) + torch.log1p(torch.exp(-z.abs()))
-        value = (softplus - x.targets * z).sum(-1) / N + self._penalty(y)
-        dloss = (torch.sigmoid(z) - x.targets) / N
-        return value, self._grad_from_residual(y, x, dloss)
+        r = torch.sigmoid(z) - t if graph else torch.sigmoid(z).sub_(t)  # N dloss/dz, (B, 1, N)
+        # (X^T r, sum r) / N + l2 y
+        grad = torch.cat([r @ x.features, r.sum(-1, keepdim=True)], dim=-1)[:, 0]
+        return value, torch.add(grad, y, alpha=self.l2 * N).div_(N)
 
 
 class RidgeRegression(_LinearFamily):
