@@ -268,6 +268,74 @@ def test_lista_starts_as_ista_and_learns():
         LISTA(do.problems.Quadratic(dim=3))
 
 
+def test_firm_threshold_is_the_piecewise_rule_and_differentiable():
+    from doubleopt.amortized import firm_threshold
+    from doubleopt.problems import soft_threshold
+
+    g = torch.Generator().manual_seed(0)
+    v = 3 * torch.randn(200, dtype=torch.float64, generator=g)
+    t1, t2 = 0.7, 2.1
+    a = v.abs()
+    ref = torch.where(a <= t1, 0.0, torch.where(a <= t2, torch.sign(v) * t2 * (a - t1) / (t2 - t1), v))
+    torch.testing.assert_close(firm_threshold(v, t1, t2), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(firm_threshold(v, torch.tensor(t1).double(), torch.tensor(t2).double()), ref)
+    torch.testing.assert_close(soft_threshold(v, 0.7), torch.sign(v) * (a - 0.7).clamp_min(0), rtol=0, atol=1e-12)
+    tB = torch.rand(200, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(soft_threshold(v, tB), torch.sign(v) * (a - tB).clamp_min(0), rtol=0, atol=1e-12)
+    # gradients in v and both thresholds vs finite differences (away from the kinks)
+    v = v[((a - t1).abs() > 1e-3) & ((a - t2).abs() > 1e-3)].requires_grad_()
+    th = torch.tensor([t1, t2], dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda v, th: firm_threshold(v, th[0], th[1]), (v, th))
+
+
+@pytest.mark.parametrize("cls", [LISTA, ALISTA])
+@pytest.mark.parametrize("kind", ["soft", "support", "firm"])
+def test_unrolled_lasso_fast_inference_equals_autograd_path(cls, kind):
+    fam = do.problems.Lasso(n_measurements=15, n_atoms=30, lam=0.1)
+    x = fam.sample(16, seed=1)
+    opts = {"soft": {}, "support": {"support_selection": 0.05}, "firm": {"shrinkage": "firm"}}[kind]
+    model = cls(fam, layers=4, **opts)
+    with torch.no_grad():  # perturb the parameters so every layer differs
+        for p in model.parameters():
+            p.mul_(1 + 0.1 * torch.rand(p.shape, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():  # thresholds and steps as Python numbers, fused addmm / softshrink / in-place passes
+        fast = model(x, return_all=True)
+    slow = model(x, return_all=True)  # under autograd: tensor parameters
+    assert slow[-1].requires_grad and not fast[-1].requires_grad
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shrinkage must be one of"):
+        cls(fam, layers=2, shrinkage="hard")
+    with pytest.raises(ValueError, match="support_selection=0"):
+        cls(fam, layers=2, shrinkage="firm", support_selection=0.01)
+
+
+def test_layerwise_loss_trains_every_prefix():
+    fam = do.problems.Lasso(n_measurements=20, n_atoms=40, lam=0.05)
+    x = fam.sample(256, seed=5)
+
+    def prefix_nmse(model):
+        with torch.no_grad():
+            return [float(fam.nmse_db(y, x).mean()) for y in model(x, return_all=True)]
+
+    model = ALISTA(fam, layers=6, shrinkage="firm")
+    before = prefix_nmse(model)
+    res = fit(
+        FullyAmortized(model), fam, loss="layerwise", targets=lambda c: c.codes, steps=150, lr=5e-3,
+        progress=False, val_every=50, val_size=64,
+    )
+    after = prefix_nmse(model)
+    assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
+    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)  # every layer gained > 1 dB
+    with pytest.raises(ValueError, match="targets"):
+        fit(FullyAmortized(model), fam, loss="layerwise", progress=False)
+    with pytest.raises(ValueError, match="return_all"):
+        fit(FullyAmortized(nn.Linear(20, 40)), fam, loss="layerwise", targets=lambda c: c.codes, progress=False)
+    with pytest.raises(ValueError, match="steps=0"):
+        fit(SemiAmortized(model, do.ISTA(), steps=2), fam, loss="layerwise", targets=lambda c: c.codes,
+            progress=False)
+
+
 def test_meta_ot_warm_start_is_certified_and_cuts_iterations():
     fam = do.problems.SphereOT(n_points=30, eps=0.05)
     model = PotentialMLP(30, 30, hidden=64)

@@ -18,13 +18,14 @@ from ._train import (
     FitResult,
     break_even,
     fit,
+    layerwise_loss,
     load_checkpoint,
     objective_loss,
     regression_loss,
     save_checkpoint,
     unrolled_loss,
 )
-from .lista import ALISTA, LISTA, analytic_weight
+from .lista import ALISTA, LISTA, analytic_weight, firm_threshold
 from .meta_ot import PotentialMLP, ZeroPotential
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "default_certificate",
     "fit",
     "FitResult",
+    "layerwise_loss",
     "regression_loss",
     "objective_loss",
     "unrolled_loss",
@@ -49,6 +51,7 @@ __all__ = [
     "break_even",
     "LISTA",
     "ALISTA",
+    "firm_threshold",
     "analytic_weight",
     "PotentialMLP",
     "ZeroPotential",

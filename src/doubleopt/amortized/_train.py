@@ -6,6 +6,10 @@ Losses (Amos 2023, section 3.2), averaged over a batch of contexts :math:`x_i`:
   callable (e.g. the true sparse codes of a LASSO context) or computed once by a classical ``reference``
   solver on a fixed training set and cached;
 * ``"objective"``: :math:`\frac1B\sum_i f(\hat y_\theta(x_i); x_i)` (no solutions needed; Meta OT, VAEs);
+* ``"layerwise"``: :math:`\frac1K\sum_{k=1}^{K} \log \frac1B\sum_i \|y_k(x_i) - y^\star(x_i)\|^2` over the
+  outputs :math:`y_k` of every layer of an unrolled model (one whose ``forward`` takes ``return_all=True``,
+  e.g. :class:`~doubleopt.amortized.LISTA`), targets as for ``"regression"``: each decibel of error gained at
+  any depth counts the same, so every prefix of the network is a good solver (deep supervision);
 * ``"unrolled"``: :math:`\frac1B\sum_i \frac{1}{k+1}\sum_{t=0}^{k} f(y_t(x_i); x_i)` over the prediction and
   the ``k`` refinement iterates of a :class:`~doubleopt.amortized.SemiAmortized` solver, differentiated
   through the steps (unrolled).
@@ -17,6 +21,7 @@ Break-even: training costs :math:`T` seconds once; each instance then saves
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
@@ -35,13 +40,19 @@ from ..solvers._base import Solver
 from ._safeguard import index_context
 from ._solvers import SemiAmortized
 
-LOSSES = ("regression", "objective", "unrolled")
+LOSSES = ("regression", "objective", "unrolled", "layerwise")
 
 
 def regression_loss(solver: SemiAmortized, problem, x, target: Tensor) -> Tensor:
     """Mean squared distance of the final iterate to the targets ``y*(x)``."""
     y = solver.iterates(problem, x)[-1]
     return ((y - target) ** 2).sum(-1).mean()
+
+
+def layerwise_loss(solver: SemiAmortized, problem, x, target: Tensor) -> Tensor:
+    """Mean over the model's layers of the log mean squared distance of that layer's output to the targets."""
+    outs = solver.model(x, return_all=True)
+    return torch.stack([((y - target) ** 2).sum(-1).mean().log() for y in outs]).mean()
 
 
 def objective_loss(solver: SemiAmortized, problem, x) -> Tensor:
@@ -111,6 +122,8 @@ def _make_loss(loss: str, solver, problem, targets_of: Callable | None):
         return lambda x, t: objective_loss(solver, problem, x)
     if loss == "unrolled":
         return lambda x, t: unrolled_loss(solver, problem, x)
+    if loss == "layerwise":
+        return lambda x, t: layerwise_loss(solver, problem, x, t)
     return lambda x, t: regression_loss(solver, problem, x, t)
 
 
@@ -141,8 +154,8 @@ def fit(
         solver: :class:`FullyAmortized` or :class:`SemiAmortized`; its ``model`` is trained.
         family: a :class:`~doubleopt.ProblemFamily`; training contexts are fresh samples each step
             (``train_size=None``) or minibatches of a fixed set of ``train_size`` contexts.
-        loss: ``"objective"``, ``"unrolled"`` or ``"regression"`` (see the module docstring).
-        targets: for ``"regression"``: a callable ``x -> y*`` (e.g. known ground truth);
+        loss: ``"objective"``, ``"unrolled"``, ``"regression"`` or ``"layerwise"`` (see the module docstring).
+        targets: for ``"regression"`` / ``"layerwise"``: a callable ``x -> y*`` (e.g. known ground truth);
         reference: or a classical solver whose solutions on the fixed training set are computed once and
             cached (needs ``train_size``); instances it does not solve are dropped.
         val_size, val_every: held-out contexts (seed ``seed + 1``) and how often to evaluate them.
@@ -170,8 +183,16 @@ def fit(
         raise TypeError(f"fit trains FullyAmortized / SemiAmortized solvers, got {type(solver).__name__}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "regression" and targets is None and reference is None:
-        raise ValueError("loss='regression' needs targets (a callable x -> y*) or a reference solver")
+    if loss in ("regression", "layerwise") and targets is None and reference is None:
+        raise ValueError(f"loss={loss!r} needs targets (a callable x -> y*) or a reference solver")
+    if loss == "layerwise":
+        if solver.steps > 0:
+            raise ValueError("loss='layerwise' trains the layers of a FullyAmortized unrolled model (steps=0)")
+        if "return_all" not in inspect.signature(solver.model.forward).parameters:
+            raise ValueError(
+                f"loss='layerwise' needs a model whose forward takes return_all=True (every layer's output); "
+                f"{type(solver.model).__name__}.forward does not"
+            )
     if reference is not None and targets is None and train_size is None:
         raise ValueError("a reference solver caches solutions of a fixed training set: pass train_size")
     if steps < 1 or batch_size < 1:
@@ -181,7 +202,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
 
     def with_targets(x):
-        if loss != "regression":
+        if loss not in ("regression", "layerwise"):
             return x, None
         if targets is not None:
             return x, targets(x)

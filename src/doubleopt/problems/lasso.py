@@ -21,9 +21,18 @@ class LassoContext:
     codes: Tensor  # (B, n) the sparse codes that generated them (for NMSE)
 
 
-def soft_threshold(v: Tensor, threshold: Tensor) -> Tensor:
-    """:math:`\\mathrm{sign}(v) \\max(|v| - \\tau, 0)`, the prox of :math:`\\tau \\|\\cdot\\|_1`."""
-    return torch.sign(v) * torch.clamp(v.abs() - threshold, min=0.0)
+def clip_symmetric(v: Tensor, bound: Tensor | float) -> Tensor:
+    """``clip(v, -bound, bound)``: one ``clamp`` pass for a float bound; for a tensor bound (any broadcastable
+    shape) ``maximum`` then ``minimum``, several times faster on CPU than ``clamp`` with tensor bounds."""
+    if isinstance(bound, Tensor):
+        return torch.minimum(torch.maximum(v, -bound), bound)
+    return v.clamp(-bound, bound)
+
+
+def soft_threshold(v: Tensor, threshold: Tensor | float) -> Tensor:
+    """:math:`\\mathrm{sign}(v) \\max(|v| - \\tau, 0) = v - \\mathrm{clip}(v, -\\tau, \\tau)`, the prox of
+    :math:`\\tau \\|\\cdot\\|_1` (differentiable in ``v`` and a tensor ``threshold``)."""
+    return v - clip_symmetric(v, threshold)
 
 
 class Lasso(ProblemFamily):

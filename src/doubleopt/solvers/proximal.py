@@ -33,7 +33,7 @@ from ._base import Solver
 class ProxState:
     value: Tensor  # full objective s + g at y
     grad: Tensor  # gradient mapping at the point the last step was taken from
-    smooth_grad: Tensor  # grad s at y
+    smooth_grad: Tensor  # grad s at y (ISTA; FISTA keeps the initial one: it steps from z, not y)
     smooth_value: Tensor  # s at y
     lipschitz: Tensor  # (B,)
     y_prev: Tensor
@@ -97,7 +97,10 @@ class ISTA(Solver):
                     break
                 L = torch.where(ok, L, 2 * L)
                 y_new = torch.where(ok[:, None], y_new, _prox_step(problem, x, z, gz, L))
-        sv, sg = problem.value_and_grad(y_new, x)
+        if self.accelerated:  # the next step is taken from the extrapolated point: no gradient needed at y_new
+            sv, sg = problem.smooth_value(y_new, x), state.smooth_grad
+        else:
+            sv, sg = problem.value_and_grad(y_new, x)
         value = sv + problem.nonsmooth(y_new, x)
         mapping = (z - y_new) * L[:, None]
         return y_new, ProxState(value, mapping, sg, sv, L, y, theta_next)
