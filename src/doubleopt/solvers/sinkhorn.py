@@ -14,6 +14,14 @@ instance at marginal error 1e-4. Each step costs two soft-min passes (two batche
 shifted kernels, see :mod:`doubleopt.problems.ot`); the row soft-min of the new ``g`` gives both the
 gradient and the next ``f`` update, so nothing is computed twice.
 
+Over-relaxation (``relaxation=omega``, Thibault et al. 2021; Lehmann et al. 2022): the step becomes
+:math:`f \leftarrow f + \omega\,(T(f) - f)` where :math:`T(f)` is the plain update above; ``g`` stays the exact
+c-transform of ``f``, so the column marginal stays exact and the stopping test is unchanged. Near the
+solution the Jacobian of :math:`T` has eigenvalues in :math:`[0, \lambda]`, :math:`\lambda < 1` the plain
+rate; the relaxed map's are :math:`1 - \omega(1 - \mu)`, so any :math:`\omega \in (0, 2)` converges
+locally and :math:`\omega^\star = 2 / (2 - \lambda)` gives the rate :math:`\lambda / (2 - \lambda)`, about twice
+as fast when :math:`\lambda \to 1` (slow, small-:math:`\varepsilon` problems). Each step costs the same.
+
 A warm start is simply ``y0``: a potential predicted by a model (Meta OT) or the previous solution.
 
 Example:
@@ -46,11 +54,12 @@ class SinkhornState:
     grad: Tensor  # (B, n) row-marginal violation P 1 - a
     g: Tensor  # (B, m) c-transform of f
     lse_row: Tensor  # (B, n) log sum_j exp((g_j - C_ij)/eps)
+    steps: Tensor  # (B,) steps taken by each instance (for relaxation_after)
 
 
 @dataclass(frozen=True)
 class Sinkhorn(Solver):
-    """Log-domain Sinkhorn iterations on the dual potential ``f`` (see the module docstring).
+    r"""Log-domain Sinkhorn iterations on the dual potential ``f`` (see the module docstring).
 
     Args:
         skip_tol: instances whose marginal error is already ``<= skip_tol`` are not recomputed by ``step``
@@ -59,16 +68,28 @@ class Sinkhorn(Solver):
             sum of the instances' own iteration counts instead of batch size x the slowest one's.
         compact_below: with ``skip_tol``, a step runs on the gathered unfinished instances once they are
             fewer than this fraction of the batch (gathering costs a copy of ``a, b`` and the state).
+        relaxation: the over-relaxation factor :math:`\omega \in (0, 2)` (1: plain Sinkhorn; about 1.9 halves
+            the iterations on the digits task at :math:`\varepsilon = 10^{-2}`).
+        relaxation_after: plain steps before relaxing. A plain step multiplies the error's fast modes
+            (:math:`\mu \approx 0`) by :math:`\mu`, a relaxed one by :math:`1 - \omega`; a warm start's error is
+            mostly fast modes, so relaxing from the first step costs it more steps than it saves (digits:
+            warm start to 1e-2 in 21 steps relaxed from the start, 10 after two plain steps, 17 plain).
     """
 
     skip_tol: float | None = None
     compact_below: float = 0.85
+    relaxation: float = 1.0
+    relaxation_after: int = 2
 
     def __post_init__(self):
         if self.skip_tol is not None and not self.skip_tol >= 0:
             raise ValueError(f"skip_tol must be >= 0 or None, got {self.skip_tol}")
         if not 0 <= self.compact_below <= 1:
             raise ValueError(f"compact_below must be in [0, 1], got {self.compact_below}")
+        if not 0 < self.relaxation < 2:
+            raise ValueError(f"relaxation must be in (0, 2), got {self.relaxation}")
+        if self.relaxation_after < 0:
+            raise ValueError(f"relaxation_after must be >= 0, got {self.relaxation_after}")
 
     def check_problem(self, problem) -> None:
         if not hasattr(problem, "evaluate") or not hasattr(problem, "lse_rows"):
@@ -78,12 +99,12 @@ class Sinkhorn(Solver):
             )
         super().check_problem(problem)
 
-    def _state(self, problem, f, x) -> SinkhornState:
+    def _state(self, problem, f, x, steps) -> SinkhornState:
         ev = problem.evaluate(f, x)
-        return SinkhornState(ev.value, ev.grad, ev.g, ev.lse_row)
+        return SinkhornState(ev.value, ev.grad, ev.g, ev.lse_row, steps)
 
     def init(self, problem, y, x):
-        return self._state(problem, y, x)
+        return self._state(problem, y, x, torch.zeros(y.shape[0], dtype=torch.int64, device=y.device))
 
     def step(self, problem, y, x, state):
         if self.skip_tol is not None:
@@ -93,13 +114,20 @@ class Sinkhorn(Solver):
                 return y, state
             if k < self.compact_below * y.shape[0]:
                 idx = torch.nonzero(active).flatten()
-                f_sub, st_sub = self._step(problem, tree_index(x, idx), tree_index(state, idx))
+                f_sub, st_sub = self._step(problem, y[idx], tree_index(x, idx), tree_index(state, idx))
                 return y.index_copy(0, idx, f_sub), tree_index_copy(state, idx, st_sub)
-        return self._step(problem, x, state)
+        return self._step(problem, y, x, state)
 
-    def _step(self, problem, x, state):
-        f = problem.eps * (torch.log(x.a) - state.lse_row)
-        return f, self._state(problem, f, x)
+    def _step(self, problem, f, x, state):
+        f_plain = problem.eps * (torch.log(x.a) - state.lse_row)
+        if self.relaxation == 1.0:
+            f = f_plain
+        elif self.relaxation_after == 0:
+            f = torch.lerp(f, f_plain, self.relaxation)
+        else:
+            omega = torch.where(state.steps >= self.relaxation_after, self.relaxation, 1.0).to(f.dtype)
+            f = torch.lerp(f, f_plain, omega[:, None])
+        return f, self._state(problem, f, x, state.steps + 1)
 
     def stationarity(self, problem, y, x, state):
         return state.grad.abs().sum(-1)
