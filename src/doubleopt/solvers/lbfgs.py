@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._base import Solver
@@ -37,6 +38,11 @@ class LBFGSState:
     gamma: Tensor  # (B,)
     first: Tensor  # (B,) bool: no step taken yet
     status: Tensor  # (B,)
+    # the compact representation's small matrices, updated with each new pair (see _push_pair)
+    rinv: Tensor  # (B, m, m) R^{-1}, R = upper triangle of S'Y (unit diagonal on empty or skipped slots)
+    yy: Tensor  # (B, m, m) Y'Y
+    sy: Tensor  # (B, m) diag(S'Y) (1 up to rounding for a stored pair, 0 for an empty slot)
+    pg: Tensor  # (B, 2m) [S; Y] grad
 
 
 def two_loop(grad: Tensor, s: Tensor, r: Tensor, rho: Tensor, gamma: Tensor) -> Tensor:
@@ -67,29 +73,69 @@ def compact_inverse_hessian_product(grad: Tensor, s: Tensor, r: Tensor, rho: Ten
     scaled by :math:`1/\sqrt{s^\top y}` (BFGS is invariant to that), which keeps :math:`R` well conditioned
     near convergence (``diag(R) = 1``). Empty or skipped slots (``rho = 0``) are zeroed, so they contribute
     nothing.
+
+    This builds the solver's state by pushing the pairs oldest first, as :class:`LBFGS` does one pair per
+    step, and applies it to ``grad``.
     """
-    scale = rho.clamp_min(0).sqrt()[..., None]
-    pairs = torch.cat([s * scale, r * scale], dim=1)
-    return _scaled_product(grad, pairs, (rho > 0).to(grad.dtype), gamma)
+    B, m, n = s.shape
+    pairs, valid, rinv, yy, sy = _empty_memory(grad, m)
+    for i in range(m):
+        ok = rho[:, i] > 0
+        scale = torch.where(ok, rho[:, i], torch.zeros_like(rho[:, i])).sqrt()
+        pairs, valid, rinv, yy, sy, pg = _push_pair(
+            pairs, valid, rinv, yy, sy, s[:, i] * scale[:, None], r[:, i] * scale[:, None], ok, grad
+        )
+    return _product(grad, pairs, pg, rinv, yy, sy, gamma)
 
 
-def _scaled_product(grad: Tensor, pairs: Tensor, valid: Tensor, gamma: Tensor) -> Tensor:
-    """:func:`compact_inverse_hessian_product` on pre-scaled pairs ``[S; Y]`` (``s_i^T y_i = 1`` for a valid
-    slot, zero rows for an empty one): three batched products and two triangular solves."""
+def _empty_memory(like: Tensor, m: int):
+    """``pairs, valid, rinv, yy, sy`` of an empty memory (every slot empty: zero rows, ``R = I``)."""
+    B, n = like.shape
+    eye = torch.eye(m, dtype=like.dtype, device=like.device)
+    zeros = like.new_zeros
+    return zeros(B, 2 * m, n), zeros(B, m), eye.expand(B, m, m), zeros(B, m, m), zeros(B, m)
+
+
+def _push_pair(
+    pairs: Tensor, valid: Tensor, rinv: Tensor, yy: Tensor, sy: Tensor, s: Tensor, r: Tensor, ok: Tensor, grad: Tensor
+):
+    r"""Drop the oldest pair, append the pre-scaled pair ``(s, r)`` (``s^T r = 1``; zeros where ``ok`` is False,
+    a skipped pair), and update the small matrices of the compact form incrementally: one batched product
+    ``[S; Y] [r, g]`` gives the new column of :math:`R` and of :math:`Y^\top Y` and ``[S; Y] g`` for the next
+    direction. :math:`R^{-1}` is updated in closed form: dropping the oldest pair removes the first row and
+    column of :math:`R` and of :math:`R^{-1}` (the inverse of a trailing block of a triangular matrix is the
+    trailing block of its inverse), and appending the column :math:`(c, \delta)` gives
+    :math:`\begin{bmatrix} R^{-1} & -R^{-1} c / \delta \\ 0 & 1/\delta \end{bmatrix}`."""
     m = valid.shape[1]
-    # one product gives the Gram matrix [S; Y][S; Y]' (S'S, S'Y, Y'S, Y'Y) and [S; Y] g in its last column
-    G = pairs @ torch.cat([pairs.transpose(-1, -2), grad[..., None]], dim=-1)  # (B, 2m, 2m + 1)
-    SY, YY, a, b = G[:, :m, m : 2 * m], G[:, m:, m : 2 * m], G[:, :m, -1:], G[:, m:, -1:]
-    eye = torch.eye(m, dtype=grad.dtype, device=grad.device)
-    # diag(S'Y) is 1 up to rounding for a valid slot; use the computed value (consistent with the stored
-    # vectors: assuming exactly 1 stalls float32 solves near convergence); a unit diagonal on empty slots
-    R = torch.addcmul(SY * torch.ones_like(eye).triu(), eye, (1 - valid)[..., None])
-    u = torch.linalg.solve_triangular(R, a, upper=True)
-    g = gamma[:, None, None]
-    M = torch.addcmul(SY * eye, g, YY)  # D + gamma Y'Y
-    p1 = torch.linalg.solve_triangular(R.transpose(-1, -2), torch.addcmul(M @ u, g, b, value=-1), upper=False)
-    coef = torch.cat([p1, -g * u], dim=1)  # (B, 2m, 1)
-    return torch.addcmul((pairs.transpose(-1, -2) @ coef)[..., 0], gamma[:, None], grad)
+    pairs = torch.cat([pairs[:, 1:m], s[:, None], pairs[:, m + 1 :], r[:, None]], dim=1)
+    q2 = pairs @ torch.stack([r, grad], dim=-1)  # (B, 2m, 2): [S; Y] r and [S; Y] g
+    q = q2[..., 0]
+    okf = ok.to(s.dtype)
+    # the computed s'r (1 up to rounding; consistent with the stored vectors: assuming exactly 1 stalls float32
+    # solves near convergence) for a stored pair, 1 (an identity column) for a skipped one, whose s'r is 0
+    delta_inv = torch.add(q[:, m - 1], 1 - okf).reciprocal()[:, None, None]
+    kept = rinv[:, 1:, 1:]
+    col = (kept @ q[:, : m - 1, None]) * -delta_inv
+    rinv = torch.cat([torch.cat([kept, col], dim=-1), F.pad(delta_inv, (m - 1, 0))], dim=1)
+    yy = torch.cat([torch.cat([yy[:, 1:, 1:], q[:, m : 2 * m - 1, None]], dim=-1), q[:, None, m:]], dim=1)
+    sy = torch.cat([sy[:, 1:], q[:, m - 1 : m]], dim=1)
+    valid = torch.cat([valid[:, 1:], okf[:, None]], dim=1)
+    return pairs, valid, rinv, yy, sy, q2[..., 1]
+
+
+def _product(
+    grad: Tensor, pairs: Tensor, pg: Tensor, rinv: Tensor, yy: Tensor, sy: Tensor, gamma: Tensor, sign: float = 1.0
+) -> Tensor:
+    r"""``sign * H g`` from the compact form's small matrices and ``pg = [S; Y] g`` (a = S'g, b = Y'g):
+    :math:`H g = \gamma g + S p - \gamma Y u`, :math:`u = R^{-1} a`,
+    :math:`p = R^{-T}(D u + \gamma (Y^\top Y u - b))`: four small batched products."""
+    m = sy.shape[1]
+    g3 = gamma[:, None, None]
+    u = rinv @ pg[:, :m, None]
+    w = torch.addcmul(sy[..., None] * u, g3, torch.baddbmm(pg[:, m:, None], yy, u, beta=-1))
+    coef = torch.cat([rinv.transpose(-1, -2) @ w, -g3 * u], dim=1)  # (B, 2m, 1)
+    gg = (gamma[:, None] * grad)[..., None]
+    return torch.baddbmm(gg, pairs.transpose(-1, -2), coef, beta=sign, alpha=sign)[..., 0]
 
 
 @dataclass(frozen=True)
@@ -113,43 +159,48 @@ class LBFGS(Solver):
     def init(self, problem, y, x):
         value, grad = problem.value_and_grad(y, x)
         B, n = y.shape
+        pairs, valid, rinv, yy, sy = _empty_memory(y, self.memory)
         return LBFGSState(
             value,
             grad,
-            y.new_zeros(B, 2 * self.memory, n),
-            y.new_zeros(B, self.memory),
+            pairs,
+            valid,
             y.new_ones(B),
             torch.ones(B, dtype=torch.bool, device=y.device),
             torch.zeros(B, dtype=torch.int64, device=y.device),
+            rinv,
+            yy,
+            sy,
+            y.new_zeros(B, 2 * self.memory),
         )
 
     def step(self, problem, y, x, state):
-        m = self.memory
-        d = _scaled_product(state.grad, state.pairs, state.valid, state.gamma).neg_()
-        slope = (d * state.grad).sum(-1)
+        grad = state.grad
+        d = _product(grad, state.pairs, state.pg, state.rinv, state.yy, state.sy, state.gamma, sign=-1.0)
+        slope = torch.linalg.vecdot(d, grad)
         if not bool((slope < 0).all()):  # reset to steepest descent where d is not a descent direction
             descent = slope < 0
-            d = torch.where(descent[:, None], d, -state.grad)
-            slope = torch.where(descent, slope, -(state.grad * state.grad).sum(-1))
-        if bool(state.first.any()):  # first step: a gradient step of length at most 1
-            gnorm = torch.linalg.vector_norm(state.grad, dim=-1)
+            d = torch.where(descent[:, None], d, -grad)
+            slope = torch.where(descent, slope, -(grad * grad).sum(-1))
+        any_first = bool(state.first.any())
+        if any_first:  # first step: a gradient step of length at most 1
+            gnorm = torch.linalg.vector_norm(grad, dim=-1)
             t0 = torch.where(state.first, 1.0 / gnorm.clamp_min(1.0), torch.ones_like(gnorm))
         else:
-            t0 = torch.ones_like(state.value)
+            t0 = 1.0  # the unit step everywhere (the line search's cheapest path)
         ls = armijo_backtracking(
-            problem, x, y, state.value, state.grad, d, t0, c1=self.c1, max_iter=self.max_line_search, slope=slope
+            problem, x, y, state.value, grad, d, t0, c1=self.c1, max_iter=self.max_line_search, slope=slope
         )
         s_new = ls.y - y
-        r_new = ls.grad - state.grad
-        sr = (s_new * r_new).sum(-1)
-        rr = (r_new * r_new).sum(-1)
+        r_new = ls.grad - grad
+        sr = torch.linalg.vecdot(s_new, r_new)
+        rr = torch.linalg.vecdot(r_new, r_new)
         ok = sr > torch.finfo(y.dtype).eps * rr
-        okf = ok.to(y.dtype)
         # store the pair scaled by 1 / sqrt(s'r) (s'r = 1 after scaling); a skipped pair is stored as zeros
-        scale = (torch.where(ok, sr, torch.ones_like(sr)).rsqrt() * okf)[:, None, None]
-        new = torch.stack([s_new, r_new], dim=1) * scale  # (B, 2, n)
-        pairs = torch.cat([state.pairs[:, 1:m], new[:, :1], state.pairs[:, m + 1 :], new[:, 1:]], dim=1)
-        valid = torch.cat([state.valid[:, 1:], okf[:, None]], dim=1)
-        gamma = torch.where(ok, sr / torch.where(ok, rr, torch.ones_like(rr)), state.gamma)
-        first = state.first & ~ok
-        return ls.y, LBFGSState(ls.value, ls.grad, pairs, valid, gamma, first, ls.status)
+        scale = (torch.where(ok, sr, 1.0).rsqrt() * ok)[:, None]
+        pairs, valid, rinv, yy, sy, pg = _push_pair(
+            state.pairs, state.valid, state.rinv, state.yy, state.sy, s_new * scale, r_new * scale, ok, ls.grad
+        )
+        gamma = torch.where(ok, sr / torch.where(ok, rr, 1.0), state.gamma)
+        first = state.first & ~ok if any_first else state.first
+        return ls.y, LBFGSState(ls.value, ls.grad, pairs, valid, gamma, first, ls.status, rinv, yy, sy, pg)
