@@ -200,7 +200,12 @@ def _nonfinite_instances(x: Context, y0: Tensor, B: int) -> Tensor:
                 bad = bad | ~torch.isfinite(t[0]).all()
                 continue
             flat = t.detach().flatten(1) if t.dim() > 1 else t.detach()[:, None]
-            bad = bad | ~torch.isfinite(flat).all(dim=-1)
+            # a row holding inf or NaN has a non-finite sum (one pass, several times faster than isfinite().all()
+            # on large contexts); only rows whose sum is non-finite (or overflows) are checked entry by entry
+            suspect = ~torch.isfinite(flat.sum(-1))
+            if bool(suspect.any()):
+                suspect = suspect & ~torch.isfinite(flat).all(dim=-1)
+            bad = bad | suspect
     return bad
 
 
