@@ -93,7 +93,14 @@ SHRINKAGES = ("soft", "firm")
 
 
 class _UnrolledLasso(nn.Module):
-    def __init__(self, problem: Lasso, layers: int, support_selection: float, max_support: float, shrinkage: str):
+    def __init__(
+        self,
+        problem: Lasso,
+        layers: int = 16,
+        support_selection: float = 0.0,
+        max_support: float = 0.13,
+        shrinkage: str = "soft",
+    ):
         super().__init__()
         if not isinstance(problem, Lasso):
             raise TypeError(f"{type(self).__name__} needs a do.problems.Lasso family, got {type(problem).__name__}")
@@ -110,6 +117,10 @@ class _UnrolledLasso(nn.Module):
         self.layers, self.support_selection, self.max_support = layers, support_selection, max_support
         self.lipschitz = float(problem.lipschitz_constant(None))
         self.lam = problem.lam
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        raise NotImplementedError
 
     def keep_fraction(self, k: int) -> float:
         return min(k * self.support_selection, self.max_support)
@@ -168,16 +179,8 @@ class LISTA(_UnrolledLasso):
         shrinkage: ``"soft"`` (with optional support selection) or ``"firm"`` (a learned second threshold).
     """
 
-    def __init__(
-        self,
-        problem: Lasso,
-        layers: int = 16,
-        support_selection: float = 0.0,
-        max_support: float = 0.13,
-        shrinkage: str = "soft",
-    ):
-        super().__init__(problem, layers, support_selection, max_support, shrinkage)
-        W = (self.dictionary / self.lipschitz).unsqueeze(0).repeat(layers, 1, 1)
+    def _init_parameters(self) -> None:
+        W = (self.dictionary / self.lipschitz).unsqueeze(0).repeat(self.layers, 1, 1)
         self.weights = nn.Parameter(W)  # (K, m, n)
         self._init_thresholds(self.lam / self.lipschitz, W.dtype)
 
@@ -199,19 +202,11 @@ class ALISTA(_UnrolledLasso):
     """ALISTA: analytic weight, learned step sizes ``gamma_k`` and thresholds ``theta_k`` (2K parameters;
     3K with ``shrinkage="firm"``). Arguments as for :class:`LISTA`."""
 
-    def __init__(
-        self,
-        problem: Lasso,
-        layers: int = 16,
-        support_selection: float = 0.0,
-        max_support: float = 0.13,
-        shrinkage: str = "soft",
-    ):
-        super().__init__(problem, layers, support_selection, max_support, shrinkage)
+    def _init_parameters(self) -> None:
         W = analytic_weight(self.dictionary)
         self.register_buffer("weight", W)
         gamma0 = 1.0 / float(torch.linalg.matrix_norm((W.T @ self.dictionary).to(torch.float64), ord=2))
-        self.gammas = nn.Parameter(torch.full((layers,), gamma0, dtype=W.dtype))
+        self.gammas = nn.Parameter(torch.full((self.layers,), gamma0, dtype=W.dtype))
         self._init_thresholds(self.lam * gamma0, W.dtype)
 
     def layer(self, k, y, b, num):
