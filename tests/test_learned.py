@@ -172,6 +172,26 @@ def test_meta_objective_weights_emphasize_early_steps_and_enter_the_meta_gradien
         MetaConfig(weight_halflife=-1.0)
 
 
+def test_meta_lr_decay_follows_the_cosine_schedule_and_stops_updates_at_zero():
+    cfg = MetaConfig(meta_lr=2e-3, meta_lr_decay=4)
+    lrs = [cfg.meta_lr_at(s) for s in range(6)]
+    assert lrs[0] == 2e-3 and lrs[2] == pytest.approx(1e-3) and lrs[4] == lrs[5] == 0.0
+    assert all(a > b for a, b in zip(lrs[:4], lrs[1:5]))  # strictly decreasing until D
+    assert MetaConfig(meta_lr=2e-3).meta_lr_at(1000) == 2e-3
+    torch.manual_seed(0)
+    tr = MetaTrainer(LSTMOptimizer(hidden=3).double(), QuadraticTask(dim=4, dtype=torch.float64),
+                     MetaConfig(unroll=5, horizon=20, batch=3, meta_lr_decay=2))
+    flat = lambda: torch.nn.utils.parameters_to_vector(tr.lopt.parameters()).detach().clone()  # noqa: E731
+    w0 = flat()
+    tr.step()
+    tr.step()  # learning rates 2e-3 * (1, 0.5): the weights move
+    w2 = flat()
+    tr.step()  # learning rate 0 from meta-step 2 on: Adam applies no update
+    assert not torch.equal(w0, w2) and torch.equal(w2, flat())
+    with pytest.raises(ValueError, match="meta_lr_decay"):
+        MetaConfig(meta_lr_decay=-1)
+
+
 def test_log_meta_loss_is_the_mean_log_loss_and_enters_the_meta_gradient():
     losses = torch.tensor([[1.0, 4.0], [0.01, 0.5]], dtype=torch.float64)
     cfg = MetaConfig(unroll=2, horizon=4, log_loss=True, weight_halflife=2.0)

@@ -50,6 +50,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="meta-objective on log f(theta_t) instead of f (every phase of the run counts, not just the start)",
     )
+    p.add_argument(
+        "--meta-lr-decay",
+        type=int,
+        default=0,
+        help="cosine decay of the meta learning rate to 0 over this many meta-steps (0 = constant)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of tasks, minibatches and ES noise")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
@@ -83,6 +89,7 @@ def build(args: argparse.Namespace):
         seed=args.seed,
         weight_halflife=args.weight_halflife,
         log_loss=args.log_loss,
+        meta_lr_decay=args.meta_lr_decay,
     )
     return MetaTrainer(lopt, make_task(args.task, split="train"), cfg)
 

@@ -128,6 +128,7 @@ class MetaConfig:
     seed: int = 0  # seeds the task generator (instances, minibatches) and the ES generator
     weight_halflife: float = 0.0  # meta-objective weights w_t = 2^(-(t-1)/halflife) (0: uniform, the paper's)
     log_loss: bool = False  # meta-objective on log f(theta_t) (every phase of the run counts, not just the start)
+    meta_lr_decay: int = 0  # cosine decay of meta_lr to 0 over this many meta-steps (0: constant meta_lr)
 
     def __post_init__(self):
         if self.method not in _METHODS:
@@ -138,8 +139,25 @@ class MetaConfig:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
         if not self.meta_lr > 0 or not self.es_sigma > 0 or self.es_pairs < 1:
             raise ValueError("meta_lr and es_sigma must be > 0 and es_pairs >= 1")
+        if self.meta_lr_decay < 0:
+            raise ValueError(f"meta_lr_decay must be >= 0 meta-steps, got {self.meta_lr_decay}")
         if not self.weight_halflife >= 0 or not math.isfinite(self.weight_halflife):
             raise ValueError(f"weight_halflife must be a finite number >= 0, got {self.weight_halflife}")
+
+    def meta_lr_at(self, meta_step: int) -> float:
+        r"""Meta learning rate of meta-step ``meta_step`` (0-based): constant, or with ``meta_lr_decay = D``
+        :math:`\eta_s = \eta\,\tfrac12 (1 + \cos(\pi \min(s, D) / D))` (a function of the step alone, so a
+        resumed run follows the same schedule).
+
+        Example:
+            >>> c = MetaConfig(meta_lr=1e-3, meta_lr_decay=100)
+            >>> c.meta_lr_at(0), round(c.meta_lr_at(50), 6), c.meta_lr_at(100)
+            (0.001, 0.0005, 0.0)
+        """
+        if self.meta_lr_decay == 0:
+            return self.meta_lr
+        frac = min(meta_step, self.meta_lr_decay) / self.meta_lr_decay
+        return self.meta_lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     def step_weights(self, t0: int, steps: int) -> Tensor:
         """Meta-objective weights of optimizee steps ``t0 + 1 .. t0 + steps`` (float64, shape ``(steps,)``).
@@ -316,6 +334,8 @@ class MetaTrainer:
             scale = min(1.0, self.config.clip / (gnorm + 1e-12)) if self.config.clip > 0 else 1.0
             for p, g in zip(self.lopt.parameters(), grads):
                 p.grad = g * scale
+            for group in self.meta_opt.param_groups:
+                group["lr"] = self.config.meta_lr_at(self.meta_step)
             self.meta_opt.step()
             self.meta_opt.zero_grad(set_to_none=True)
         else:
@@ -401,8 +421,14 @@ def load_checkpoint(trainer: MetaTrainer, path: str | os.PathLike) -> None:
         "task": trainer.task.name,
     }
     theirs = {
-        # checkpoints written before weight_halflife / log_loss existed used uniform weights on f
-        "config": {"weight_halflife": 0.0, "log_loss": False, **json.loads(meta.get("config", "{}"))},
+        # checkpoints written before weight_halflife / log_loss / meta_lr_decay existed: uniform weights on f,
+        # constant meta_lr
+        "config": {
+            "weight_halflife": 0.0,
+            "log_loss": False,
+            "meta_lr_decay": 0,
+            **json.loads(meta.get("config", "{}")),
+        },
         "arch": meta.get("arch"),
         "lopt_config": json.loads(meta.get("lopt_config", "{}")),
         "task": meta.get("task"),
