@@ -159,3 +159,40 @@ def test_over_relaxation_reaches_the_same_solution_in_fewer_steps():
             Sinkhorn(relaxation=bad)
     with pytest.raises(ValueError, match="relaxation_after"):
         Sinkhorn(relaxation=1.5, relaxation_after=-1)
+
+
+def test_loop_compaction_gives_the_same_solve_on_shrinking_batches():
+    fam = DigitsOT(split="test")
+    x = fam.sample(24, seed=5)
+    full = do.solve(fam, Sinkhorn(), x, tol=1e-6, max_steps=3000)
+    calls = []
+    orig = fam.evaluate
+    fam.evaluate = lambda f, xx: calls.append(f.shape[0]) or orig(f, xx)
+    try:
+        comp = do.solve(fam, Sinkhorn(loop_compact_below=0.6), x, tol=1e-6, max_steps=3000)
+    finally:
+        del fam.evaluate
+    assert comp.summary() == full.summary() == "24 successful"
+    assert torch.equal(comp.num_steps, full.num_steps)
+    torch.testing.assert_close(comp.y, full.y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(comp.stationarity, full.stationarity, rtol=0, atol=1e-12)
+    torch.testing.assert_close(comp.value, full.value, rtol=0, atol=1e-12)
+    # the batch shrinks below 60% of its size again and again: less work than 24 x the slowest instance
+    assert min(calls) < 24 * 0.6 and sum(calls) < 0.8 * 24 * (int(full.num_steps.max()) + 1)
+    # a step budget that runs out inside a compacted sub-batch is reported per instance
+    short = do.solve(fam, Sinkhorn(loop_compact_below=0.9), x, tol=1e-6, max_steps=int(full.num_steps.median()),
+                     throw=False)
+    ref = do.solve(fam, Sinkhorn(), x, tol=1e-6, max_steps=int(full.num_steps.median()), throw=False)
+    assert torch.equal(short.result, ref.result) and torch.equal(short.num_steps, ref.num_steps)
+    torch.testing.assert_close(short.y, ref.y, rtol=0, atol=1e-12)
+    # under autograd (Unroll) the loop does not compact: the same gradient as plain Sinkhorn
+    grads = []
+    for solver in (Sinkhorn(), Sinkhorn(loop_compact_below=0.9)):
+        a = x.a[:6].clone().requires_grad_()
+        xs = type(x)(a, x.b[:6])
+        sol = do.solve(fam, solver, xs, tol=1e-6, max_steps=3000, adjoint=do.Unroll())
+        (grad,) = torch.autograd.grad(sol.value.sum(), a)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="loop_compact_below"):
+        Sinkhorn(loop_compact_below=1.5)

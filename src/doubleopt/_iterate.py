@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._solution import RESULTS
-from ._tree import tree_where
+from ._tree import tree_index, tree_index_copy, tree_where
 
 if TYPE_CHECKING:
     from ._problem import Context, Problem
@@ -54,6 +54,7 @@ def iterate(
     done0: Tensor | None = None,
     result0: Tensor | None = None,
     state0: Any = None,
+    postprocess: bool = True,
 ) -> LoopOutput:
     """Run ``solver`` on ``problem`` from ``y0`` until every instance has stopped.
 
@@ -61,6 +62,12 @@ def iterate(
     is ``<= rtol`` (if ``rtol > 0``), when its iterate or objective becomes non-finite (the last finite
     iterate is kept) or when the solver reports a failure code for it in ``state.status``.
     ``done0`` / ``result0`` mark instances that are already finished (e.g. bad input with ``throw=False``).
+
+    Loop compaction: a solver whose class sets ``loop_compact_below = r > 0`` declares that its state (and
+    the context) are batch-first and that an instance's step depends on that instance only. Then, outside
+    autograd and without a trace, once fewer than ``r * B`` instances are unfinished the loop gathers them
+    and continues on that sub-batch (recursively, so the batch keeps shrinking): a batched solve costs about
+    the sum of its instances' own steps instead of ``B`` times the slowest one's, with the same iterates.
     """
     B = y0.shape[0]
     device = y0.device
@@ -86,6 +93,8 @@ def iterate(
     values = [value.detach().clone()] if trace else None
     start = time.perf_counter()
     times = [0.0] if trace else None
+    compact_below = float(getattr(solver, "loop_compact_below", 0.0))
+    can_compact = compact_below > 0 and values is None and not torch.is_grad_enabled()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -93,7 +102,7 @@ def iterate(
         bar = tqdm(total=max_steps, desc=f"solve[{type(solver).__name__}]", unit="step", leave=False)
     try:
         n_done = int(done.sum())
-        for _ in range(max_steps):
+        for step_index in range(max_steps):
             if n_done == B:
                 break
             y_new, state_new = solver.step(problem, y, x, state)
@@ -147,11 +156,33 @@ def iterate(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(active=B - n_done, refresh=False)
+            if can_compact and 0 < B - n_done < compact_below * B:
+                idx = torch.nonzero(~done).flatten()
+                sub = iterate(
+                    problem,
+                    solver,
+                    tree_index(x, idx),
+                    y[idx],
+                    max_steps=max_steps - step_index - 1,
+                    tol=tol,
+                    rtol=rtol,
+                    trace=False,
+                    progress=False,
+                    state0=tree_index(state, idx),
+                    postprocess=False,
+                )
+                y = y.index_copy(0, idx, sub.y)
+                state = tree_index_copy(state, idx, sub.state)
+                result = result.index_copy(0, idx, sub.result)
+                num_steps = num_steps.index_copy(0, idx, num_steps[idx] + sub.num_steps)
+                stat = stat.index_copy(0, idx, sub.stationarity.to(stat.dtype))
+                break
     finally:
         if bar is not None:
             bar.close()
 
-    y, result = solver.postprocess(problem, y, x, state, result)
+    if postprocess:
+        y, result = solver.postprocess(problem, y, x, state, result)
     return LoopOutput(
         y=y,
         state=state,

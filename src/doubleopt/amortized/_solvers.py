@@ -97,6 +97,11 @@ class SemiAmortized(Solver):
         if self.steps > 0 and self.solver is None:
             raise ValueError("SemiAmortized with steps > 0 needs a refinement solver")
 
+    @property
+    def loop_compact_below(self) -> float:  # type: ignore[override]
+        """The refinement solver's loop compaction (the amortized state is batch-first around it)."""
+        return float(getattr(self.solver, "loop_compact_below", 0.0)) if self.solver is not None else 0.0
+
     def check_problem(self, problem) -> None:
         if self.solver is not None:
             self.solver.check_problem(problem)

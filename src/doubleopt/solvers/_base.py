@@ -44,7 +44,9 @@ class Solver:
 
     ``supports_composite`` says whether the solver handles ``f = s + g`` problems (proximal solvers);
     smooth solvers refuse composite problems with a clear error. ``uses_start = False`` says that the solver
-    ignores ``y0`` (amortized solvers).
+    ignores ``y0`` (amortized solvers). ``loop_compact_below = r > 0`` lets the solve loop gather the
+    unfinished instances once fewer than ``r`` of the batch remain (only for solvers whose state and context
+    are batch-first and whose steps are per instance; see :func:`doubleopt._iterate.iterate`).
     """
 
     supports_composite = False
@@ -52,6 +54,7 @@ class Solver:
     # False: the solver ignores y0 (an amortized solver predicts its own start), so do.solve's default y0
     # is a zero placeholder instead of problem.init(x), which may itself cost a solve (a QP's cold start)
     uses_start = True
+    loop_compact_below = 0.0
 
     def check_problem(self, problem: Problem) -> None:
         name = type(self).__name__

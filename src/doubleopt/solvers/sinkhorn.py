@@ -68,6 +68,10 @@ class Sinkhorn(Solver):
             sum of the instances' own iteration counts instead of batch size x the slowest one's.
         compact_below: with ``skip_tol``, a step runs on the gathered unfinished instances once they are
             fewer than this fraction of the batch (gathering costs a copy of ``a, b`` and the state).
+        loop_compact_below: ``r > 0``: once fewer than ``r`` of the batch are unfinished, the solve loop gathers
+            them and continues on that sub-batch (recursively; outside autograd and without a trace). Same
+            iterates; the work becomes the sum of the instances' own steps without the per-step full-batch
+            copies of ``skip_tol``. 0 (default): off.
         relaxation: the over-relaxation factor :math:`\omega \in (0, 2)` (1: plain Sinkhorn; about 1.9 halves
             the iterations on the digits task at :math:`\varepsilon = 10^{-2}`).
         relaxation_after: plain steps before relaxing. A plain step multiplies the error's fast modes
@@ -80,6 +84,7 @@ class Sinkhorn(Solver):
     compact_below: float = 0.85
     relaxation: float = 1.0
     relaxation_after: int = 2
+    loop_compact_below: float = 0.0
 
     def __post_init__(self):
         if self.skip_tol is not None and not self.skip_tol >= 0:
@@ -88,6 +93,8 @@ class Sinkhorn(Solver):
             raise ValueError(f"compact_below must be in [0, 1], got {self.compact_below}")
         if not 0 < self.relaxation < 2:
             raise ValueError(f"relaxation must be in (0, 2), got {self.relaxation}")
+        if not 0 <= self.loop_compact_below <= 1:
+            raise ValueError(f"loop_compact_below must be in [0, 1], got {self.loop_compact_below}")
         if self.relaxation_after < 0:
             raise ValueError(f"relaxation_after must be >= 0, got {self.relaxation_after}")
 
