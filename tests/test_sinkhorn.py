@@ -112,17 +112,22 @@ def test_families_are_valid_seeded_and_solvable():
     assert not torch.equal(DigitsOT(split="train").measures[:5], DigitsOT(split="test").measures[:5])
 
 
-def test_skipping_finished_instances_changes_nothing_but_the_work():
-    fam = DigitsOT(split="test")
-    x = fam.sample(24, seed=3)
-    full = do.solve(fam, Sinkhorn(), x, tol=1e-5, max_steps=3000)
+def _solve_counting_batches(fam, solver, x, tol):
+    """``do.solve`` to ``tol``, recording the batch size of every evaluation of the family."""
     calls = []
     orig = fam.evaluate
     fam.evaluate = lambda f, xx: calls.append(f.shape[0]) or orig(f, xx)
     try:
-        skip = do.solve(fam, Sinkhorn(skip_tol=1e-5, compact_below=1.0), x, tol=1e-5, max_steps=3000)
+        return do.solve(fam, solver, x, tol=tol, max_steps=3000), calls
     finally:
         del fam.evaluate
+
+
+def test_skipping_finished_instances_changes_nothing_but_the_work():
+    fam = DigitsOT(split="test")
+    x = fam.sample(24, seed=3)
+    full = do.solve(fam, Sinkhorn(), x, tol=1e-5, max_steps=3000)
+    skip, calls = _solve_counting_batches(fam, Sinkhorn(skip_tol=1e-5, compact_below=1.0), x, 1e-5)
     assert skip.summary() == full.summary() == "24 successful"
     assert torch.equal(skip.num_steps, full.num_steps)
     assert torch.allclose(skip.y, full.y, rtol=0, atol=1e-12)
@@ -165,13 +170,7 @@ def test_loop_compaction_gives_the_same_solve_on_shrinking_batches():
     fam = DigitsOT(split="test")
     x = fam.sample(24, seed=5)
     full = do.solve(fam, Sinkhorn(), x, tol=1e-6, max_steps=3000)
-    calls = []
-    orig = fam.evaluate
-    fam.evaluate = lambda f, xx: calls.append(f.shape[0]) or orig(f, xx)
-    try:
-        comp = do.solve(fam, Sinkhorn(loop_compact_below=0.6), x, tol=1e-6, max_steps=3000)
-    finally:
-        del fam.evaluate
+    comp, calls = _solve_counting_batches(fam, Sinkhorn(loop_compact_below=0.6), x, 1e-6)
     assert comp.summary() == full.summary() == "24 successful"
     assert torch.equal(comp.num_steps, full.num_steps)
     torch.testing.assert_close(comp.y, full.y, rtol=0, atol=1e-12)
