@@ -7,7 +7,8 @@ maximizing the dual (``do.amortized.fit(..., loss="objective")``), then (``--reg
 to the converged potentials of ``--regression-pairs`` training pairs (solved once, cached), and on held-out
 pairs we time, to L1 marginal error 1e-2 and 1e-4 per instance:
 
-* cold: our batched log-domain Sinkhorn from f = 0 (``do.solve(fam, Sinkhorn(), x, tol=t)``),
+* cold: our batched log-domain Sinkhorn from f = 0 as one batch (``do.solve(fam, Sinkhorn(loop_compact_below=0),
+  x, tol=t)``: every instance steps until the slowest one finishes),
 * warm: the same from the predicted potential (``SemiAmortized(model, Sinkhorn(), steps)``; prediction
   included in the time),
 * cold / warm (compacted): the same two loops with ``Sinkhorn(skip_tol=target)``: instances that reached the
@@ -173,12 +174,16 @@ def main(argv=None):
         for target in args.targets:
             # the batched loop: the whole batch steps until its slowest instance reaches the target
             methods = {
-                "cold": Sinkhorn(relaxation=args.relaxation),
-                "warm": SemiAmortized(model, Sinkhorn(relaxation=args.relaxation), steps=args.max_steps),
+                "cold": Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0),
+                "warm": SemiAmortized(
+                    model, Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0), steps=args.max_steps
+                ),
                 # the same loop, finished instances no longer recomputed (gathered out of the batch)
-                "cold (compacted)": Sinkhorn(skip_tol=target, relaxation=args.relaxation),
+                "cold (compacted)": Sinkhorn(skip_tol=target, relaxation=args.relaxation, loop_compact_below=0.0),
                 "warm (compacted)": SemiAmortized(
-                    model, Sinkhorn(skip_tol=target, relaxation=args.relaxation), steps=args.max_steps
+                    model,
+                    Sinkhorn(skip_tol=target, relaxation=args.relaxation, loop_compact_below=0.0),
+                    steps=args.max_steps,
                 ),
                 # the solve loop itself gathers the unfinished instances (recursively) once < 85% remain
                 "cold (loop-compacted)": Sinkhorn(loop_compact_below=0.85, relaxation=args.relaxation),
@@ -191,7 +196,7 @@ def main(argv=None):
                 "cold (rounds)": Safeguarded(
                     FullyAmortized(cold_model),
                     MarginalError(),
-                    Sinkhorn(relaxation=args.relaxation),
+                    Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0),
                     tol=target,
                     fallback_steps=args.max_steps,
                     round_steps=args.round_steps,
@@ -199,7 +204,7 @@ def main(argv=None):
                 "warm safeguarded (rounds)": Safeguarded(
                     FullyAmortized(model),
                     MarginalError(),
-                    Sinkhorn(relaxation=args.relaxation),
+                    Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0),
                     tol=target,
                     fallback_steps=args.max_steps,
                     round_steps=args.round_steps,

@@ -126,8 +126,10 @@ def _solve_counting_batches(fam, solver, x, tol):
 def test_skipping_finished_instances_changes_nothing_but_the_work():
     fam = DigitsOT(split="test")
     x = fam.sample(24, seed=3)
-    full = do.solve(fam, Sinkhorn(), x, tol=1e-5, max_steps=3000)
-    skip, calls = _solve_counting_batches(fam, Sinkhorn(skip_tol=1e-5, compact_below=1.0), x, 1e-5)
+    full = do.solve(fam, Sinkhorn(loop_compact_below=0.0), x, tol=1e-5, max_steps=3000)
+    skip, calls = _solve_counting_batches(
+        fam, Sinkhorn(skip_tol=1e-5, compact_below=1.0, loop_compact_below=0.0), x, 1e-5
+    )
     assert skip.summary() == full.summary() == "24 successful"
     assert torch.equal(skip.num_steps, full.num_steps)
     assert torch.allclose(skip.y, full.y, rtol=0, atol=1e-12)
@@ -169,7 +171,8 @@ def test_over_relaxation_reaches_the_same_solution_in_fewer_steps():
 def test_loop_compaction_gives_the_same_solve_on_shrinking_batches():
     fam = DigitsOT(split="test")
     x = fam.sample(24, seed=5)
-    full = do.solve(fam, Sinkhorn(), x, tol=1e-6, max_steps=3000)
+    one_batch = Sinkhorn(loop_compact_below=0.0)
+    full = do.solve(fam, one_batch, x, tol=1e-6, max_steps=3000)
     comp, calls = _solve_counting_batches(fam, Sinkhorn(loop_compact_below=0.6), x, 1e-6)
     assert comp.summary() == full.summary() == "24 successful"
     assert torch.equal(comp.num_steps, full.num_steps)
@@ -181,17 +184,18 @@ def test_loop_compaction_gives_the_same_solve_on_shrinking_batches():
     # a step budget that runs out inside a compacted sub-batch is reported per instance
     short = do.solve(fam, Sinkhorn(loop_compact_below=0.9), x, tol=1e-6, max_steps=int(full.num_steps.median()),
                      throw=False)
-    ref = do.solve(fam, Sinkhorn(), x, tol=1e-6, max_steps=int(full.num_steps.median()), throw=False)
+    ref = do.solve(fam, one_batch, x, tol=1e-6, max_steps=int(full.num_steps.median()), throw=False)
     assert torch.equal(short.result, ref.result) and torch.equal(short.num_steps, ref.num_steps)
     torch.testing.assert_close(short.y, ref.y, rtol=0, atol=1e-12)
     # under autograd (Unroll) the loop does not compact: the same gradient as plain Sinkhorn
     grads = []
-    for solver in (Sinkhorn(), Sinkhorn(loop_compact_below=0.9)):
+    for solver in (one_batch, Sinkhorn(loop_compact_below=0.9)):
         a = x.a[:6].clone().requires_grad_()
         xs = type(x)(a, x.b[:6])
         sol = do.solve(fam, solver, xs, tol=1e-6, max_steps=3000, adjoint=do.Unroll())
         (grad,) = torch.autograd.grad(sol.value.sum(), a)
         grads.append(grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)
+    assert Sinkhorn().loop_compact_below == 0.85  # on by default
     with pytest.raises(ValueError, match="loop_compact_below"):
         Sinkhorn(loop_compact_below=1.5)

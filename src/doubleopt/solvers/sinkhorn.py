@@ -68,10 +68,11 @@ class Sinkhorn(Solver):
             sum of the instances' own iteration counts instead of batch size x the slowest one's.
         compact_below: with ``skip_tol``, a step runs on the gathered unfinished instances once they are
             fewer than this fraction of the batch (gathering costs a copy of ``a, b`` and the state).
-        loop_compact_below: ``r > 0``: once fewer than ``r`` of the batch are unfinished, the solve loop gathers
-            them and continues on that sub-batch (recursively; outside autograd and without a trace). Same
-            iterates; the work becomes the sum of the instances' own steps without the per-step full-batch
-            copies of ``skip_tol``. 0 (default): off.
+        loop_compact_below: ``r > 0`` (default 0.85): once fewer than ``r`` of the batch are unfinished, the
+            solve loop gathers them and continues on that sub-batch (recursively; outside autograd and without
+            a trace). Same iterates; the work becomes about the sum of the instances' own steps, without the
+            per-step full-batch copies of ``skip_tol`` (digits, 1000 pairs to marginal error 1e-4: 0.53 ms per
+            pair, 0.92 ms as one batch). 0: the whole batch steps until its slowest instance finishes.
         relaxation: the over-relaxation factor :math:`\omega \in (0, 2)` (1: plain Sinkhorn; about 1.9 halves
             the iterations on the digits task at :math:`\varepsilon = 10^{-2}`).
         relaxation_after: plain steps before relaxing. A plain step multiplies the error's fast modes
@@ -84,7 +85,7 @@ class Sinkhorn(Solver):
     compact_below: float = 0.85
     relaxation: float = 1.0
     relaxation_after: int = 2
-    loop_compact_below: float = 0.0
+    loop_compact_below: float = 0.85
 
     def __post_init__(self):
         if self.skip_tol is not None and not self.skip_tol >= 0:
