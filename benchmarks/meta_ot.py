@@ -152,7 +152,7 @@ def main(argv=None):
                 FullyAmortized(model),
                 train_fam,
                 loss="regression",
-                reference=Sinkhorn(skip_tol=do.default_tol(torch.float64), relaxation=1.9),
+                reference=Sinkhorn(relaxation=1.9),  # to the default tol 1e-8
                 reference_steps=5000,
                 train_size=args.regression_pairs,
                 steps=args.regression_steps,
@@ -172,43 +172,30 @@ def main(argv=None):
         }
         cold_model = ZeroPotential(test_fam.n)
         for target in args.targets:
-            # the batched loop: the whole batch steps until its slowest instance reaches the target
-            methods = {
-                "cold": Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0),
-                "warm": SemiAmortized(
-                    model, Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0), steps=args.max_steps
-                ),
-                # the same loop, finished instances no longer recomputed (gathered out of the batch)
-                "cold (compacted)": Sinkhorn(skip_tol=target, relaxation=args.relaxation, loop_compact_below=0.0),
-                "warm (compacted)": SemiAmortized(
-                    model,
-                    Sinkhorn(skip_tol=target, relaxation=args.relaxation, loop_compact_below=0.0),
-                    steps=args.max_steps,
-                ),
-                # the solve loop itself gathers the unfinished instances (recursively) once < 85% remain
-                "cold (loop-compacted)": Sinkhorn(loop_compact_below=0.85, relaxation=args.relaxation),
-                "warm (loop-compacted)": SemiAmortized(
-                    model, Sinkhorn(loop_compact_below=0.85, relaxation=args.relaxation), steps=args.max_steps
-                ),
+            # every Sinkhorn here uses the study's relaxation; the loop compacts only in the rows that say so
+            def sinkhorn(**kw):
+                return Sinkhorn(relaxation=args.relaxation, **{"loop_compact_below": 0.0, **kw})
+
+            refiners = {
+                "": sinkhorn(),  # one batched loop: every instance steps until the slowest reaches the target
+                " (compacted)": sinkhorn(skip_tol=target),  # finished instances skipped by the solver's step
+                " (loop-compacted)": sinkhorn(loop_compact_below=0.85),  # the loop gathers the unfinished ones
             }
+            methods = {}
+            for suffix, refiner in refiners.items():
+                methods["cold" + suffix] = refiner
+                methods["warm" + suffix] = SemiAmortized(model, refiner, steps=args.max_steps)
             # compaction rounds (Safeguarded, fallback in rounds on the still-uncertified instances)
             guards = {
-                "cold (rounds)": Safeguarded(
-                    FullyAmortized(cold_model),
+                name: Safeguarded(
+                    FullyAmortized(start),
                     MarginalError(),
-                    Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0),
+                    sinkhorn(),
                     tol=target,
                     fallback_steps=args.max_steps,
                     round_steps=args.round_steps,
-                ),
-                "warm safeguarded (rounds)": Safeguarded(
-                    FullyAmortized(model),
-                    MarginalError(),
-                    Sinkhorn(relaxation=args.relaxation, loop_compact_below=0.0),
-                    tol=target,
-                    fallback_steps=args.max_steps,
-                    round_steps=args.round_steps,
-                ),
+                )
+                for name, start in (("cold (rounds)", cold_model), ("warm safeguarded (rounds)", model))
             }
             timings = {}
             with torch.no_grad():

@@ -130,8 +130,6 @@ class Sinkhorn(Solver):
         f_plain = problem.eps * (torch.log(x.a) - state.lse_row)
         if self.relaxation == 1.0:
             f = f_plain
-        elif self.relaxation_after == 0:
-            f = torch.lerp(f, f_plain, self.relaxation)
         else:
             omega = torch.where(state.steps >= self.relaxation_after, self.relaxation, 1.0).to(f.dtype)
             f = torch.lerp(f, f_plain, omega[:, None])
