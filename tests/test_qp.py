@@ -260,12 +260,73 @@ def test_nullspace_and_schur_modes_agree(shared):
         do.solvers.QP(equality="lu")
 
 
-def test_skipping_converged_instances_changes_nothing():
+@pytest.mark.parametrize("grad", [False, True])
+def test_skipping_converged_instances_changes_nothing(grad):
+    """Compaction (by the loop without autograd, by the step with ``skip_tol`` under it) gives the same
+    iterates as stepping the whole batch until the slowest instance is done."""
     x = RandomQP(n=8, m=16, p=2).sample(16, seed=9)
-    fast = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-11)  # skip_tol = tol: converged rows are skipped
-    full = do.solve(do.problems.QPProblem(), do.solvers.QP(), x, tol=1e-11)
+    if grad:
+        x.q.requires_grad_(True)
+    # skip_tol = tol: converged rows are skipped; no polish, so the iterations are the plain ones
+    fast = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-11, solver=do.solvers.QP(polish_below=0),
+                       adjoint=do.Unroll() if grad else None)
+    full = do.solve(do.problems.QPProblem(), do.solvers.QP(compact_below=0.0), x, tol=1e-11,
+                    adjoint=do.Unroll() if grad else None)
     assert bool((fast.num_steps == full.num_steps).all()) and len(set(full.num_steps.tolist())) > 1
     torch.testing.assert_close(fast.y, full.y, atol=1e-10, rtol=0)  # BLAS differs with the batch size
+
+
+@pytest.mark.parametrize("equality", ["auto", "schur"])
+def test_polish_finish_cuts_iterations_with_the_same_solution_and_gradients(equality):
+    """With ``polish_below`` the solver polishes near-converged instances (active-set solve) and keeps a
+    polished point only where the exact KKT residual passes ``tol``: fewer steps, same solution, and the KKT
+    backward from the polished state equals the one from the interior-point state."""
+    x = RandomQP(n=12, m=30, p=3).sample(24, seed=4)
+    w = torch.randn(24, 12, dtype=F64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for pb in (0.0, 1e-6):
+        leaves = [t.clone().requires_grad_() for t in (x.Q, x.q, x.A, x.b, x.G, x.h)]
+        sol = do.qp_solve(*leaves, tol=1e-12, solver=do.solvers.QP(polish_below=pb, equality=equality))
+        assert sol.result.eq(0).all()
+        (sol.y * w).sum().backward()
+        res = do.problems.qp.qp_kkt_residual(x, sol.y.detach(), sol.state.lam, sol.state.nu)
+        assert float(res.max()) <= 1e-11
+        out[pb] = (sol.y.detach(), sol.num_steps, [t.grad for t in leaves])
+    (z0, n0, g0), (z1, n1, g1) = out[0.0], out[1e-6]
+    assert int(n1.sum()) < int(n0.sum()) and bool((n1 <= n0).all())
+    torch.testing.assert_close(z1, z0, atol=1e-9, rtol=0)
+    for k, a, b in zip("QqAbGh", g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=f"gradient of {k}")
+
+
+def test_polish_finish_rejects_a_wrong_active_set():
+    """A polish from a point whose active-set guess is wrong fails the KKT check and is not kept: with
+    ``polish_below`` huge, every instance is polished from the very first iterates, yet every result
+    still satisfies the KKT conditions to tol (the interior point goes on where the polish was rejected)."""
+    x = RandomQP(n=10, m=25, p=2).sample(16, seed=5)
+    sol = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-10, solver=do.solvers.QP(polish_below=1e30))
+    ref = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-10, solver=do.solvers.QP(polish_below=0))
+    assert sol.result.eq(0).all()
+    res = do.problems.qp.qp_kkt_residual(x, sol.y, sol.state.lam, sol.state.nu)
+    assert float(res.max()) <= 1e-10
+    torch.testing.assert_close(sol.y, ref.y, atol=1e-6, rtol=0)
+    assert int(sol.num_steps.min()) > 1  # the first polishes (from the cold start) were rejected
+
+
+def test_loop_compaction_carries_the_qp_constants():
+    """The loop gathers the unfinished instances with ``QP.take_context``: the null-space constants come
+    along (no second QR), shared matrices stay shared views."""
+    x = RandomQP(n=8, m=16, p=2).sample(8, seed=1)
+    solver = do.solvers.QP()
+    c = solver._consts(x)
+    idx = torch.tensor([1, 5])
+    xs = solver.take_context(x, idx)
+    cs = xs._cache["consts"][1]
+    torch.testing.assert_close(cs.ns.N, c.ns.N[idx])
+    assert solver._consts(xs) is cs  # a cache hit
+    xsh = do.problems.qp.make_qp_data(x.Q[0], x.q, x.A[0], x.b, x.G[0], x.h)
+    sub = solver.take_context(xsh, idx)
+    assert sub.G.stride(0) == 0 and sub.q.shape[0] == 2
 
 
 @pytest.mark.parametrize("mode", ["auto", "schur"])

@@ -161,7 +161,7 @@ def iterate(
                 sub = iterate(
                     problem,
                     solver,
-                    tree_index(x, idx),
+                    solver.take_context(x, idx),
                     y[idx],
                     max_steps=max_steps - step_index - 1,
                     tol=tol,

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from .._tree import tree_index
+
 if TYPE_CHECKING:
     from .._problem import Context, Problem
 
@@ -46,7 +48,8 @@ class Solver:
     smooth solvers refuse composite problems with a clear error. ``uses_start = False`` says that the solver
     ignores ``y0`` (amortized solvers). ``loop_compact_below = r > 0`` lets the solve loop gather the
     unfinished instances once fewer than ``r`` of the batch remain (only for solvers whose state and context
-    are batch-first and whose steps are per instance; see :func:`doubleopt._iterate.iterate`).
+    are batch-first and whose steps are per instance; see :func:`doubleopt._iterate.iterate`); the loop
+    gathers the context with :meth:`take_context`.
     """
 
     supports_composite = False
@@ -68,6 +71,11 @@ class Solver:
 
     def init(self, problem: Problem, y: Tensor, x: Context) -> Any:
         raise NotImplementedError
+
+    def take_context(self, x: Context, index: Tensor) -> Context:
+        """Instances ``index`` of the context ``x`` (loop compaction). Default: every batched leaf indexed;
+        a solver overrides it to keep matrices shared by the batch shared or to carry per-solve constants."""
+        return tree_index(x, index)
 
     def step(self, problem: Problem, y: Tensor, x: Context, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError

@@ -34,8 +34,16 @@ with no constraints it is a Cholesky solve.
 half the rows when a shared ``G`` has two-sided rows :math:`g_j = -g_i`, e.g. box bounds, whose terms merge), one
 batched Cholesky, a few triangular solves and about eight matrix-vector products with ``G``; one host
 synchronization for the factorization check, one for the divergence test, one for the active set.
-Instances that have converged are not recomputed: :func:`qp_solve` passes ``skip_tol = tol`` and each step
-runs on the gathered active instances once they are fewer than 85% of the batch.
+Instances that have converged are not recomputed: once fewer than 85% of the batch is unfinished the solve
+loop gathers the rest into a smaller batch (:meth:`QP.take_context` carries the per-solve constants along);
+under autograd, :func:`qp_solve`'s ``skip_tol = tol`` makes each step gather its active instances instead.
+
+**Polish finish.** With ``skip_tol`` (:func:`qp_solve`), an instance whose residual is below ``polish_below``
+(1e-6) gets an active-set polish (:meth:`QP.polish`: the equality-constrained QP on the guessed active set,
+solved with one factorization of the same reduced matrix at :math:`D = 1_{\mathcal A}/\sqrt{\epsilon}`);
+the polished point is kept only where its exact KKT residual passes ``tol``. The last interior-point
+iterations (where :math:`\mu` shrinks from 1e-6 to 1e-12) become one polish; the KKT backward then runs
+on the polish's factorization, the exact one for the active set.
 
 **float32.** :func:`qp_solve` and :class:`~doubleopt.layers.QPLayer` run the interior point in float64
 for float32 inputs by default and cast the solution (and gradients) back; natively in float32
@@ -85,7 +93,7 @@ import torch
 from torch import Tensor
 
 from .._solution import RESULTS
-from .._tree import tree_index, tree_index_copy
+from .._tree import tree_index, tree_index_copy, tree_where
 from ..linalg._shared import bmtv, bmv, is_shared, sym
 from ..problems.qp import QPData, QPProblem, QPStart, make_qp_data
 from ._base import Solver
@@ -307,11 +315,15 @@ def _null_space(x: QPData, Qs: Tensor) -> _NullSpace | None:
     return _NullSpace(U, R, Y, N, _mm(x.G, N), _mm(x.G, Y), _mm(NtQ, N), NtQ)
 
 
-def _consts(x: QPData, delta: float, equality: str) -> _Consts:
-    """The per-solve constants of ``x``, cached on it (keyed by the tensors' versions and grad mode)."""
-    key = (torch.is_grad_enabled(), delta, equality) + tuple(
+def _consts_key(x: QPData, delta: float, equality: str) -> tuple:
+    return (torch.is_grad_enabled(), delta, equality) + tuple(
         (id(t), t._version) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)
     )
+
+
+def _consts(x: QPData, delta: float, equality: str) -> _Consts:
+    """The per-solve constants of ``x``, cached on it (keyed by the tensors' versions and grad mode)."""
+    key = _consts_key(x, delta, equality)
     hit = x._cache.get("consts")
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -392,10 +404,19 @@ class QP(Solver):
             code) are not recomputed by ``step``: the loop has stopped them, so their new state would be
             discarded. Must be ``<=`` the loop's ``tol``; :func:`qp_solve` sets it to ``tol``. ``None``
             (default with :func:`doubleopt.solve`) recomputes every instance.
-        compact_below: with ``skip_tol``, the step runs on the gathered active instances only when they are
-            fewer than this fraction of the batch (gathering per-instance matrices costs a copy).
+        compact_below: once fewer than this fraction of the batch is unfinished, the unfinished instances
+            are gathered into a smaller batch: by the solve loop (``loop_compact_below``, outside autograd: one
+            gather per level, constants carried by :meth:`take_context`), and, under autograd (``do.Unroll()``)
+            with ``skip_tol``, by each step itself.
         refine: iterative-refinement steps of the corrector direction (products with the unreduced
             operator); 1 cuts the iterations to tol 1e-10 from up to 15 to up to 12 at n = 50.
+        polish_below: with ``skip_tol``, an instance whose scaled KKT residual falls to ``<= polish_below``
+            (but not yet ``<= skip_tol``) gets an active-set polish (:meth:`polish`, ``polish_rounds`` rounds);
+            the polished point replaces the iterate where its exact KKT residual is ``<= skip_tol``, so the
+            loop stops it (a wrong active-set guess fails that test and the interior point goes on). At
+            n = 50, m = 100, p = 10 (B = 128, tol 1e-12) it cuts the iterations from max 17 / mean 11.9 to
+            max 11 / mean 8.5, and the solutions are exact to rounding on the active set. ``0`` turns it off.
+        polish_rounds: refinement rounds of each polish (one factorization for all of them).
         equality: ``"auto"`` (null space when ``A`` has full row rank and is not differentiated through the
             iterations, else Schur complement), ``"nullspace"`` (the same, as a preference) or ``"schur"``.
 
@@ -416,6 +437,8 @@ class QP(Solver):
     compact_below: float = 0.85
     refine: int = 1
     equality: str = "auto"
+    polish_below: float = 1e-6
+    polish_rounds: int = 2
 
     def __post_init__(self):
         if self.equality not in ("auto", "schur", "nullspace"):
@@ -441,17 +464,20 @@ class QP(Solver):
         ok = info == 0
         if bool(ok.all()):  # the common case: one synchronization, no fix-up
             return L, ok
-        # rare (ill-conditioned H, mostly float32): larger shifts for the failed instances
+        # rare (ill-conditioned H near the solution, mostly float32): larger shifts, on the failed instances only
         eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-        extra = shift
+        bad = torch.nonzero(~ok).flatten()
+        Hb, extra = H.index_select(0, bad), shift.index_select(0, bad)
+        Lb, okb = eye.expand_as(Hb), torch.zeros_like(bad, dtype=torch.bool)
         for _ in range(3):
             extra = extra * 1e3
-            L2, info2 = torch.linalg.cholesky_ex(H + extra[:, None, None] * eye)
-            L = torch.where(ok[:, None, None], L, L2)
-            ok = ok | (info2 == 0)
-            if bool(ok.all()):
+            L2, info2 = torch.linalg.cholesky_ex(Hb + extra[:, None, None] * eye)
+            Lb = torch.where(okb[:, None, None], Lb, L2)
+            okb = okb | (info2 == 0)
+            if bool(okb.all()):
                 break
-        return torch.where(ok[:, None, None], L, eye.expand_as(L)), ok
+        Lb = torch.where(okb[:, None, None], Lb, eye.expand_as(Lb))
+        return L.index_copy(0, bad, Lb), ok.index_copy(0, bad, okb)
 
     def _factor(self, c: _Consts, x: QPData, d: Tensor):
         """Factor the reduced KKT matrix at scaling ``d``: ``(L, W, LM, ok)`` (see :func:`_kkt_solve`).
@@ -520,8 +546,10 @@ class QP(Solver):
             dl = dl + st.d * Gddz
         return dz, -rin - Gdz, dl, dnu
 
-    def _state(self, z: Tensor, x: QPData, c: _Consts, s, lam, nu, status, Gz: Tensor | None = None) -> QPState:
-        """The state at ``(z, s, lam, nu)``: residuals, objective, factorization (``Gz`` if already known)."""
+    def _state(self, z: Tensor, x: QPData, c: _Consts, s, lam, nu, status, Gz: Tensor | None = None,
+               factored: tuple | None = None) -> QPState:
+        """The state at ``(z, s, lam, nu)``: residuals, objective, factorization (``Gz`` if already known;
+        ``factored = (d, L, W, LM, ok)`` if the factorization at scaling ``d`` is already known)."""
         Qz = _mv(c.Qs, z)
         value = 0.5 * (z * Qz).sum(-1) + (x.q * z).sum(-1)
         rd = Qz + x.q
@@ -529,7 +557,7 @@ class QP(Solver):
         if x.m > 0:
             rd = rd + _mtv(x.G, lam)
             Gz = _mv(x.G, z) if Gz is None else Gz
-            d = (lam / s).clamp(max=1.0 / self._delta(x))
+            d = (lam / s).clamp(max=1.0 / self._delta(x)) if factored is None else factored[0]
         else:
             Gz = d = z.new_zeros(B, 0)
         if x.p > 0:
@@ -543,7 +571,7 @@ class QP(Solver):
             req = _mv(x.A, z) - x.b
         else:
             req = z.new_zeros(B, 0)
-        L, W, LM, ok = self._factor(c, x, d)
+        L, W, LM, ok = self._factor(c, x, d) if factored is None else factored[1:]
         with torch.no_grad():
             res = _inf(rd) / c.qn
             if x.p > 0:
@@ -625,7 +653,30 @@ class QP(Solver):
         z, _ = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, x.q.new_ones(B, x.m), r1, x.b, ur)
         return torch.where(ok[:, None], z, torch.zeros_like(z))
 
+    @property
+    def loop_compact_below(self) -> float:  # type: ignore[override]
+        """The solve loop gathers the unfinished instances (outside autograd) below ``compact_below``."""
+        return self.compact_below
+
+    def take_context(self, x: QPData, index: Tensor) -> QPData:
+        """Instances ``index`` (shared matrices stay shared views) with their per-solve constants gathered
+        too, so a compacted loop does not redo the QR / ``G N`` products."""
+        xs = take_qp_data(x, index)
+        if x.start is not None:
+            xs = xs.with_start(tree_index(x.start, index))
+        delta = self._delta(x)
+        hit = x._cache.get("consts")
+        if hit is not None and hit[0] == _consts_key(x, delta, self.equality):
+            xs._cache["consts"] = (_consts_key(xs, delta, self.equality), _take_consts(hit[1], index))
+        return xs
+
     def step(self, problem, z, x: QPData, st: QPState):
+        z, st = self._ipm_step(z, x, st)
+        if self.skip_tol is not None and self.polish_below > 0 and x.m > 0:
+            z, st = self._polish_finish(z, x, self._consts(x), st)
+        return z, st
+
+    def _ipm_step(self, z, x: QPData, st: QPState):
         c = self._consts(x)
         if self.skip_tol is not None:
             active = (st.residual > self.skip_tol) & (st.status == 0)
@@ -689,29 +740,95 @@ class QP(Solver):
         (:func:`~doubleopt.problems.qp.qp_kkt_residual`) before trusting it; instances whose factorization
         fails keep ``start``.
         """
-        B = x.q.shape[0]
         if x.m == 0 or start.s is None or start.lam is None:
             raise ValueError("polish needs inequality constraints and a start with s and lam")
+        nu = start.nu if x.p > 0 else x.q.new_zeros(x.q.shape[0], 0)
         c = self._consts(x)
-        delta_p = float(torch.finfo(x.q.dtype).eps) ** 0.5
-        act = (start.lam > start.s).to(x.q.dtype)
-        d = act / delta_p
-        L, W, LM, ok = self._factor(c, x, d)
-        ur = (c.ns.U, c.ns.R) if c.ns is not None else None
-        z, lam = start.z, start.lam * act
-        nu = start.nu if x.p > 0 else x.q.new_zeros(B, 0)
-        for _ in range(max(rounds, 1)):
-            rd = _mv(c.Qs, z) + x.q + _mtv(x.G, lam) + (_mtv(x.A, nu) if x.p > 0 else 0.0)
-            rp = act * (_mv(x.G, z) - x.h)
-            re = _mv(x.A, z) - x.b if x.p > 0 else nu
-            dz, dnu = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, d, -rd - _mtv(x.G, d * rp), -re, ur)
-            z, nu = z + dz, nu + dnu
-            lam = lam + d * (_mv(x.G, dz) + rp)
+        z, s, lam, nu, _, factored, ok = self._polish(x, c, start.z, start.s, start.lam, nu, rounds)
+        if x.p > 0 and factored[1].shape[-1] < x.n:  # null-space rounds: the least-squares multipliers
+            Ytr = _mtv(c.ns.Y, _mv(c.Qs, z) + x.q + _mtv(x.G, lam))
+            nu = -torch.linalg.solve_triangular(c.ns.R, Ytr[..., None], upper=True)[..., 0]
         keep = (ok & torch.isfinite(z).all(-1) & torch.isfinite(lam).all(-1))[:, None]
-        s = x.h - _mv(x.G, z)
         nu = nu if x.p > 0 else start.nu
         return QPStart(torch.where(keep, z, start.z), torch.where(keep, s, start.s),
                        torch.where(keep, lam, start.lam), torch.where(keep, nu, start.nu))
+
+    def _polish(self, x: QPData, c: _Consts, z: Tensor, s: Tensor, lam: Tensor, nu: Tensor, rounds: int = 2):
+        """:meth:`polish` from ``(z, s, lam, nu)``: ``(z, h - Gz, lam, nu, Gz, (d, L, W, LM, ok), ok)``."""
+        delta_p = float(torch.finfo(x.q.dtype).eps) ** 0.5
+        act = (lam > s).to(x.q.dtype)
+        d = act / delta_p
+        L, W, LM, ok = self._factor(c, x, d)
+        ur = (c.ns.U, c.ns.R) if c.ns is not None else None
+        lam = lam * act
+        Gz = _mv(x.G, z)
+        if c.ns is not None and not (c.pairs is not None and c.pairs.Gr is not None):
+            return self._polish_nullspace(x, c, z, lam, Gz, act, d, (L, W, LM, ok), rounds)
+        for _ in range(max(rounds, 1)):
+            rd = _mv(c.Qs, z) + x.q + _mtv(x.G, lam) + (_mtv(x.A, nu) if x.p > 0 else 0.0)
+            rp = act * (Gz - x.h)
+            re = _mv(x.A, z) - x.b if x.p > 0 else nu
+            dz, dnu = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, d, -rd - _mtv(x.G, d * rp), -re, ur)
+            z, nu = z + dz, nu + dnu
+            Gdz = _mv(x.G, dz)
+            Gz = Gz + Gdz
+            lam = lam + d * (Gdz + rp)
+        return z, x.h - Gz, lam, nu, Gz, (d, L, W, LM, ok), ok
+
+    def _polish_nullspace(self, x: QPData, c: _Consts, z, lam, Gz, act, d, factors, rounds: int):
+        r""":meth:`_polish`'s rounds in null-space coordinates: ``dz = Y w + N u`` with ``R^T w = -(Az - b)``,
+
+        .. math:: L L^\top u = -N^\top Q (z + Y w) - N^\top q - (GN)^\top\big(\lambda + D(r_p + GY w)\big)
+
+        (``N^T A^T = 0``), i.e. two passes over ``GN`` per round instead of about seven over ``G``; the
+        multipliers ``nu`` are the least-squares ones (:meth:`_state`)."""
+        ns = c.ns
+        L = factors[0]
+        Ntq = _mtv(ns.N, x.q)
+        for _ in range(max(rounds, 1)):
+            rp = act * (Gz - x.h)
+            w = torch.linalg.solve_triangular(ns.R.transpose(-1, -2), (x.b - _mv(x.A, z))[..., None],
+                                              upper=False)[..., 0]
+            zp = z + _mv(ns.Y, w)
+            Gdzp = _mv(ns.GY, w)
+            rhs = _mv(ns.NtQ, zp) + Ntq + _mtv(ns.Gr, lam + d * (rp + Gdzp))
+            u = _chol_solve(L, -rhs[..., None])[..., 0]
+            Gdz = Gdzp + _mv(ns.Gr, u)
+            z = zp + _mv(ns.N, u)
+            lam = lam + d * (Gdz + rp)
+            Gz = Gz + Gdz
+        nu = x.q.new_zeros(x.q.shape[0], x.p)  # recomputed (least squares) by _state
+        return z, x.h - Gz, lam, nu, Gz, (d, *factors), factors[-1]
+
+    def _polish_finish(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
+        """Polish the instances whose residual is in ``(skip_tol, polish_below]``; keep the certified ones.
+
+        A polished point (clipped to ``s, lam >= 0``) replaces the iterate only where its exact scaled KKT
+        residual -- the loop's own stopping test -- is ``<= skip_tol``, so the loop stops it as converged. Its
+        state carries the polish's factorization (scaling ``D = 1_A / sqrt(eps)``), which is what the KKT
+        backward needs at an exact active-set solution.
+        """
+        cand = (st.residual <= self.polish_below) & (st.residual > self.skip_tol) & (st.status == 0)
+        k = int(cand.sum())
+        if k == 0:
+            return z, st
+        whole = 2 * k >= cand.shape[0]  # most of the batch: polish all of it (no gathers), keep the candidates
+        if whole:
+            xs, cs, sts, zs = x, c, st, z
+        else:
+            idx = torch.nonzero(cand).flatten()
+            xs, cs, sts, zs = take_qp_data(x, idx), _take_consts(c, idx), tree_index(st, idx), z.index_select(0, idx)
+        zp, sp, lp, nup, Gzp, factored, ok = self._polish(xs, cs, zs, sts.s, sts.lam, sts.nu, self.polish_rounds)
+        pol = self._state(zp, xs, cs, sp.clamp_min(0), lp.clamp_min(0), nup, sts.status, Gzp, factored)
+        good = ok & (pol.status == 0) & (pol.residual <= self.skip_tol)
+        if whole:
+            good = good & cand
+            return torch.where(good[:, None], zp, z), tree_where(good, pol, st)
+        if not bool(good.any()):
+            return z, st
+        sub = torch.nonzero(good).flatten()
+        keep = idx.index_select(0, sub)
+        return z.index_copy(0, keep, zp.index_select(0, sub)), tree_index_copy(st, keep, tree_index(pol, sub))
 
     def stationarity(self, problem, y, x, state: QPState) -> Tensor:
         return state.residual
@@ -727,32 +844,35 @@ class _QPKKT(torch.autograd.Function):
     """Forward: the solution ``z`` (already computed). Backward: the OptNet adjoint system."""
 
     @staticmethod
-    def forward(ctx, z, lam, nu, s, d, L, W, LM, Q, q, A, b, G, h):
+    def forward(ctx, z, lam, nu, s, d, L, W, LM, ns, Q, q, A, b, G, h):
         ctx.save_for_backward(z, lam, nu, s, d, L, W, LM)
         ctx.p, ctx.m = b.shape[-1], h.shape[-1]
-        ctx.Q, ctx.A, ctx.G = _sym(Q.detach()), A.detach(), G.detach()
+        ctx.Q, ctx.A, ctx.G, ctx.ns = _sym(Q.detach()), A.detach(), G.detach(), ns
         return z.clone()
 
     @staticmethod
     def backward(ctx, gz):
         z, lam, nu, s, d, L, W, LM = ctx.saved_tensors
-        wz, what, wnu = kkt_adjoint_solve(ctx.Q, ctx.A, ctx.G, lam, s, d, L, W, LM, gz)
+        if ctx.ns is not None and L.shape[-1] < gz.shape[-1]:
+            wz, what, wnu = _kkt_adjoint_nullspace(ctx.ns, ctx.Q, lam, s, d, L, gz)
+        else:
+            wz, what, wnu = kkt_adjoint_solve(ctx.Q, ctx.A, ctx.G, lam, s, d, L, W, LM, gz)
         need = ctx.needs_input_grad
         gQ = gq = gA = gb = gG = gh = None
-        if need[8]:
+        if need[9]:
             outer = wz[:, :, None] * z[:, None, :]
             gQ = 0.5 * (outer + outer.transpose(-1, -2))
-        if need[9]:
-            gq = wz
         if need[10]:
-            gA = nu[:, :, None] * wz[:, None, :] + wnu[:, :, None] * z[:, None, :]
+            gq = wz
         if need[11]:
-            gb = -wnu
+            gA = nu[:, :, None] * wz[:, None, :] + wnu[:, :, None] * z[:, None, :]
         if need[12]:
-            gG = lam[:, :, None] * wz[:, None, :] + what[:, :, None] * z[:, None, :]
+            gb = -wnu
         if need[13]:
+            gG = lam[:, :, None] * wz[:, None, :] + what[:, :, None] * z[:, None, :]
+        if need[14]:
             gh = -what
-        return (None,) * 8 + (gQ, gq, gA, gb, gG, gh)
+        return (None,) * 9 + (gQ, gq, gA, gb, gG, gh)
 
 
 def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
@@ -768,10 +888,10 @@ def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
     constraints), so a few steps of iterative refinement on this well-scaled system recover full accuracy.
     """
     m = lam.shape[-1]
+    E = _adjoint_scaling(s, lam)
     wz = torch.zeros_like(gz)
     what = gz.new_zeros(gz.shape[0], m)
     wnu = gz.new_zeros(gz.shape[0], A.shape[-2])
-    E = s / lam.clamp_min(torch.finfo(s.dtype).tiny)
     ur = _qr(A) if L.shape[-1] < gz.shape[-1] else None  # null-space mode: the forward pass's exact basis
     R1, R2, R3 = -gz, what, wnu
     for k in range(refinements + 1):
@@ -787,14 +907,46 @@ def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
     return wz, what, wnu
 
 
+def _adjoint_scaling(s: Tensor, lam: Tensor) -> Tensor:
+    """``E = s / lam``, finite: ``0`` on active constraints (``s = 0``), large but finite where ``lam = 0``
+    (their ``w_hat`` is exactly 0 there, and ``E * 0`` must stay 0)."""
+    return (s / lam.clamp_min(torch.finfo(s.dtype).tiny)).clamp(max=1e200)
+
+
+def _kkt_adjoint_nullspace(ns: _NullSpace, Qs: Tensor, lam, s, d, L, gz, refinements: int = 3):
+    r""":func:`kkt_adjoint_solve` in the forward pass's null-space coordinates: ``w_z = N u`` (so
+    :math:`A w_z = 0` exactly), refinement on :math:`N^\top Q N u + (GN)^\top \hat w = -N^\top \bar z`,
+    :math:`GN u - E \hat w = 0` (passes over ``GN``, ``k x k`` solves), then
+    :math:`R\, w_\nu = -Y^\top(\bar z + Q w_z + G^\top \hat w)`."""
+    E = _adjoint_scaling(s, lam)
+    rhs0 = -_mtv(ns.N, gz)
+    u = _chol_solve(L, rhs0[..., None])[..., 0]
+    Gu = _mv(ns.Gr, u)
+    what = d * Gu
+    for _ in range(refinements):
+        R1 = rhs0 - _mv(ns.Qr, u) - _mtv(ns.Gr, what)
+        R2 = E * what - Gu
+        du = _chol_solve(L, (R1 + _mtv(ns.Gr, d * R2))[..., None])[..., 0]
+        Gdu = _mv(ns.Gr, du)
+        u, Gu, what = u + du, Gu + Gdu, what + d * (Gdu - R2)
+    wz = _mv(ns.N, u)
+    t = _mtv(ns.Y, gz + _mv(Qs, wz)) + _mtv(ns.GY, what)
+    wnu = -torch.linalg.solve_triangular(ns.R, t[..., None], upper=True)[..., 0]
+    return wz, what, wnu
+
+
 def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
     """``z`` with a backward through the KKT conditions (used by ``do.Implicit()`` on QP problems)."""
     tensors = (x.Q, x.q, x.A, x.b, x.G, x.h)
     if not any(t.requires_grad for t in tensors):
         return z
     st = state
+    hit = x._cache.get("consts")  # the forward's null-space basis (computed under no_grad: same tensors)
+    ns = None
+    if hit is not None and hit[0][3:] == _consts_key(x, 0.0, "")[3:] and hit[1].ns is not None:
+        ns = _NullSpace(*(getattr(hit[1].ns, f.name).detach() for f in fields(_NullSpace)))
     return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.s.detach(), st.d.detach(),
-                        st.L.detach(), st.W.detach(), st.LM.detach(), *tensors)
+                        st.L.detach(), st.W.detach(), st.LM.detach(), ns, *tensors)
 
 
 QP_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
