@@ -259,8 +259,11 @@ def _step_to_boundary(v: Tensor, dv: Tensor) -> Tensor:
     """Largest ``a`` in ``(0, 1e30]`` with ``v + a dv >= 0`` per instance (``v > 0``)."""
     if v.shape[-1] == 0:
         return v.new_full(v.shape[:1], 1e30)
-    neg = dv < 0  # the inner where keeps the quotient (and its gradient under Unroll) finite
-    return torch.where(neg, -v / torch.where(neg, dv, -1.0), 1e30).amin(-1)
+    # min over dv_i < 0 of -v_i / dv_i = -1 / min_i(dv_i / v_i): elementwise work is one division (a masked
+    # select over (B, m) costs 5x a division on CPU); the inner where keeps -1 / r and its gradient finite
+    r = (dv / v).amin(-1)
+    neg = r < 0
+    return torch.where(neg, -1.0 / torch.where(neg, r, -1.0), 1e30)
 
 
 def _take(t: Tensor, idx: Tensor) -> Tensor:
