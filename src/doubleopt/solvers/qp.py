@@ -506,34 +506,37 @@ class QP(Solver):
         return L, W, LM, ok & ok2
 
     def _newton(self, st: QPState, x: QPData, c: _Consts, rin: Tensor, t: Tensor, refine: int = 0,
-                pre: dict | None = None):
+                pre: dict | None = None, need_dz: bool = True):
         """The Newton direction for ``t = (lam * r_i - r_c) / s``: ``(dz, ds, dlam, dnu)``.
 
         ``refine`` steps of iterative refinement against the *unreduced* operator (``Q dz + G' dlam + A' dnu``
         evaluated by products, not through the formed ``H``, whose entries carry the error of ``D`` up to
         ``1 / shift``) recover the accuracy the ill-conditioned ``H`` loses near the solution.
         In null-space mode ``nu`` is not iterated (``dnu = 0``): :meth:`_state` sets it to its least-squares
-        value. ``pre`` caches what the predictor and the corrector share.
+        value. ``pre`` caches what the predictor and the corrector share. ``need_dz=False`` (the predictor, which
+        uses only ``ds, dlam``) skips forming ``dz`` in null-space mode; the refinement stays in the
+        ``k``-dimensional coordinates ``u`` (``dz = Y w + N u``).
         """
         if c.ns is not None:
             ns = c.ns
             pre = {} if pre is None else pre
             if "Ntrd" not in pre:
                 w = torch.linalg.solve_triangular(ns.R.transpose(-1, -2), -st.req[..., None], upper=False)[..., 0]
-                pre.update(Ntrd=_mtv(ns.N, st.grad), Yw=_mv(ns.Y, w), GYw=_mv(ns.GY, w))
+                Yw = _mv(ns.Y, w)
+                # N' Q dz = N'Q Y w + (N'QN) u: the refinement's products stay k x k
+                pre.update(Ntrd=_mtv(ns.N, st.grad), Yw=Yw, GYw=_mv(ns.GY, w), NtQYw=_mv(ns.NtQ, Yw))
             Ntrd = pre["Ntrd"]
-            N = ns.N
             u = _chol_solve(st.L, (-Ntrd - _mtv(ns.Gr, t))[..., None])[..., 0]
-            dz = pre["Yw"] + _mv(N, u)
             Gdz = pre["GYw"] + _mv(ns.Gr, u)
             dl = st.d * Gdz + t
             for _ in range(refine):
-                e = Ntrd + _mv(ns.NtQ, dz) + _mtv(ns.Gr, dl)
+                e = Ntrd + pre["NtQYw"] + _mv(ns.Qr, u) + _mtv(ns.Gr, dl)
                 du = _chol_solve(st.L, -e[..., None])[..., 0]
-                dz = dz + _mv(N, du)
+                u = u + du
                 Gdu = _mv(ns.Gr, du)
                 Gdz = Gdz + Gdu
                 dl = dl + st.d * Gdu
+            dz = pre["Yw"] + _mv(ns.N, u) if need_dz else None
             return dz, -rin - Gdz, dl, torch.zeros_like(st.nu)
         r1 = -st.grad - _mtv(x.G, t)
         dz, dnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, r1, -st.req)
@@ -704,7 +707,7 @@ class QP(Solver):
         # predictor (affine scaling, r_c = s lam): t = (lam r_i - r_c) / s
         t_a = lam * rin / s - lam
         pre: dict = {}
-        dz_a, ds_a, dl_a, _ = self._newton(st, x, c, rin, t_a, 0, pre)
+        _, ds_a, dl_a, _ = self._newton(st, x, c, rin, t_a, 0, pre, need_dz=False)  # the predictor's dz is unused
         a_aff = torch.minimum(_step_to_boundary(s, ds_a), _step_to_boundary(lam, dl_a)).clamp(max=1.0)
         mu = (s * lam).sum(-1) / x.m
         mu_aff = ((s + a_aff[:, None] * ds_a) * (lam + a_aff[:, None] * dl_a)).sum(-1) / x.m
