@@ -1000,7 +1000,7 @@ def qp_solve(
             lower-precision inputs (float32, ...), whose solution and gradients are cast back to the input
             dtype (``Solution.state`` stays in float64). Pass ``torch.float32`` to iterate natively in
             float32: the interior point then stalls near a KKT residual of 1e-4..1e-5 once ``lam / s`` is
-            ill-conditioned, and the solution is only good to about 1e-3..1e-2 (see docs/optnet.md).
+            ill-conditioned, and the solution is only good to about 1e-3..1e-2 (README, "OptNet", float32).
 
     Example:
         >>> import torch, doubleopt as do
