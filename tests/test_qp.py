@@ -329,6 +329,41 @@ def test_loop_compaction_carries_the_qp_constants():
     assert sub.G.stride(0) == 0 and sub.q.shape[0] == 2
 
 
+def test_contradictory_bounds_are_certified_infeasible_early():
+    """z_i <= -2 and z_i >= -1 (a box with contradictory bounds): the interior point stalls at the boundary
+    long before its multipliers reach ``divergence``; the projected Farkas ray certifies the instance
+    infeasible within a few steps, and the feasible instances of the batch are solved."""
+    n = 4
+    G = torch.cat([torch.eye(n, dtype=F64), -torch.eye(n, dtype=F64)])
+    h = torch.ones(3, 2 * n, dtype=F64)
+    h[0, :n] = -2.0
+    q = torch.randn(3, n, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sol = do.qp_solve(torch.eye(n, dtype=F64), q, None, None, G, h, throw=False, max_steps=60)
+    assert sol.result.tolist() == [do.RESULTS.infeasible, 0, 0]
+    assert int(sol.num_steps[0]) < 15
+    torch.testing.assert_close(sol.y[1:], (-q[1:]).clamp(-1, 1), atol=1e-8, rtol=0)
+    with pytest.raises(do.SolveError, match=r"infeasible.*\(indices 0\)"):
+        do.qp_solve(torch.eye(n, dtype=F64), q, None, None, G, h, max_steps=60)
+
+
+def test_projected_farkas_ray_is_not_a_certificate_for_feasible_problems():
+    """The projected-ray test: a true Farkas ray passes; the multipliers of a feasible problem's solution
+    (scaled up as if they diverged) do not."""
+    from doubleopt.solvers.qp import _projected_farkas
+
+    n = 3
+    G = torch.cat([torch.eye(n, dtype=F64), -torch.eye(n, dtype=F64)]).expand(2, 2 * n, n)
+    h = torch.ones(2, 2 * n, dtype=F64)
+    h[0, 0] = -2.0  # instance 0: z_0 <= -2 and z_0 >= -1
+    x = QPData(torch.eye(n, dtype=F64).expand(2, n, n), torch.ones(2, n, dtype=F64), torch.zeros(2, 0, n, dtype=F64),
+               torch.zeros(2, 0, dtype=F64), G, h)
+    y = torch.zeros(2, 2 * n, dtype=F64)
+    y[0, 0], y[0, n] = 1.0, 0.9  # almost the ray e_0 + e_n: the projection makes it exact
+    y[1, 0], y[1, n] = 1.0, 0.9
+    ok = _projected_farkas(x, y, torch.zeros(2, 0, dtype=F64), 1e-6)
+    assert ok.tolist() == [True, False]  # instance 1 is feasible: h'y > 0 for the same ray
+
+
 @pytest.mark.parametrize("mode", ["auto", "schur"])
 def test_infeasible_and_unbounded_with_equalities(mode):
     solver = do.solvers.QP(equality=mode)

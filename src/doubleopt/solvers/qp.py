@@ -589,8 +589,19 @@ class QP(Solver):
             status = torch.where(ok | (status != 0), status, int(RESULTS.linear_solver_failed))
         return QPState(value, rd, s, lam, nu, Gz, req, res.detach(), d, status, L, W, LM)
 
+    @staticmethod
+    def _ray_from(dt: torch.dtype) -> float:
+        return 1e3 if dt == torch.float64 else 1e2
+
     def _certificates(self, z, x: QPData, c: _Consts, lam, nu, status) -> Tensor:
-        """Infeasibility / unboundedness certificates, evaluated only for instances whose iterates diverge."""
+        r"""Infeasibility / unboundedness certificates, evaluated only for instances whose iterates diverge.
+
+        Once the multipliers exceed ``1e3`` times the data's scale (before ``divergence``), the normalized
+        multipliers are also projected onto :math:`\{(y, \nu): G_S^\top y + A^\top \nu = 0\}` (``S`` their
+        support) and clipped to ``y >= 0`` (:func:`_projected_farkas`): an interior point on an infeasible
+        problem can stall at the boundary before its multipliers diverge, with a ray that is a Farkas
+        certificate up to a component the projection removes. The test on the projected ray is the same strict
+        one, so it never certifies a feasible problem that the plain test would not."""
         dt = x.q.dtype
         big = self.divergence if self.divergence is not None else (1e6 if dt == torch.float64 else 1e4)
         eps = self.certificate_tol
@@ -598,9 +609,11 @@ class QP(Solver):
         z, lam, nu = z.detach(), lam.detach(), nu.detach()
         ny = torch.maximum(_inf(lam), _inf(nu))
         nz = _inf(z)
-        cand_y = ny > big * torch.maximum(c.hn, c.bn)
+        scale_y = torch.maximum(c.hn, c.bn)
+        cand_y = ny > big * scale_y
+        cand_ray = (ny > self._ray_from(dt) * scale_y) & ~cand_y & (status == 0) if x.m > 0 else cand_y & False
         cand_z = nz > big * c.qn
-        if not bool((cand_y | cand_z).any()):  # one synchronization; the certificates below are rare
+        if not bool((cand_y | cand_z | cand_ray).any()):  # one synchronization; the certificates below are rare
             return status
         # dual ray (lam, nu) -> primal infeasible (Farkas)
         yl, yn = lam / ny.clamp_min(1e-300)[:, None], nu / ny.clamp_min(1e-300)[:, None]
@@ -613,6 +626,10 @@ class QP(Solver):
             farkas = farkas + _mtv(x.A, yn)
             supp = supp + (x.b * yn).sum(-1)
         pinf = cand_y & (_inf(farkas) <= eps * 10) & (supp < -eps)
+        if bool(cand_ray.any()):
+            idx = torch.nonzero(cand_ray).flatten()
+            ok_ray = _projected_farkas(take_qp_data(x, idx), yl.index_select(0, idx), yn.index_select(0, idx), eps)
+            pinf = pinf.index_copy(0, idx, ok_ray)
         # primal ray z -> unbounded
         dvec = z / nz.clamp_min(1e-300)[:, None]
         ok = cand_z & (_inf(_mv(c.Qs.detach(), dvec)) <= eps * 10) & ((x.q * dvec).sum(-1) < -eps)
@@ -939,6 +956,34 @@ def _kkt_adjoint_nullspace(ns: _NullSpace, Qs: Tensor, lam, s, d, L, gz, refinem
     t = _mtv(ns.Y, gz + _mv(Qs, wz)) + _mtv(ns.GY, what)
     wnu = -torch.linalg.solve_triangular(ns.R, t[..., None], upper=True)[..., 0]
     return wz, what, wnu
+
+
+def _projected_farkas(x: QPData, y: Tensor, nu: Tensor, eps: float) -> Tensor:
+    r"""``(B,)`` bool: the multipliers' direction ``(y, nu)`` (``y >= 0``), projected onto the null space of
+    :math:`K = [G_S^\top\ A^\top]` (``S`` = support of ``y``) and clipped to ``y >= 0``, is a Farkas certificate
+    of primal infeasibility: :math:`\|G^\top y + A^\top\nu\|_\infty \le 10\,\epsilon` and
+    :math:`h^\top y + b^\top \nu < -\epsilon` after scaling to :math:`\max(\|y\|_\infty, \|\nu\|_\infty) = 1`.
+    The projection is :math:`v - K^\top (K K^\top)^{-1} K v` with
+    :math:`K K^\top = G^\top \mathrm{diag}(1_S) G + A^\top A` (a tiny shift keeps it invertible where the
+    support is small)."""
+    with torch.no_grad():
+        supp = (y > 1e-8 * y.amax(-1, keepdim=True).clamp_min(1e-300)).to(y.dtype)
+        n = x.n
+        Kv = _mtv(x.G, y * supp) + (_mtv(x.A, nu) if x.p > 0 else 0.0)
+        KK = _hessian(x.G.new_zeros(1, n, n).expand(y.shape[0], n, n), x.G, supp)
+        if x.p > 0:
+            KK = KK + (x.A.transpose(-1, -2) @ x.A)
+        scale = KK.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1.0)
+        KK = KK + (1e-12 * scale)[:, None, None] * torch.eye(n, dtype=y.dtype, device=y.device)
+        L, info = torch.linalg.cholesky_ex(KK)
+        w = _chol_solve(L, Kv[..., None])[..., 0]
+        y2 = ((y - _mv(x.G, w)) * supp).clamp_min(0)
+        nu2 = nu - _mv(x.A, w) if x.p > 0 else nu
+        norm = torch.maximum(_inf(y2), _inf(nu2)).clamp_min(1e-300)[:, None]
+        y2, nu2 = y2 / norm, nu2 / norm
+        far = _mtv(x.G, y2) + (_mtv(x.A, nu2) if x.p > 0 else 0.0)
+        sep = (x.h * y2).sum(-1) + ((x.b * nu2).sum(-1) if x.p > 0 else 0.0)
+        return (info == 0) & (_inf(far) <= eps * 10) & (sep < -eps)
 
 
 def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
