@@ -418,7 +418,9 @@ class QP(Solver):
             the polished point replaces the iterate where its exact KKT residual is ``<= skip_tol``, so the
             loop stops it (a wrong active-set guess fails that test and the interior point goes on). At
             n = 50, m = 100, p = 10 (B = 128, tol 1e-12) it cuts the iterations from max 17 / mean 11.9 to
-            max 11 / mean 8.5, and the solutions are exact to rounding on the active set. ``0`` turns it off.
+            max 11 / mean 8.5, and the solutions are exact to rounding on the active set. Default: 1e-6 when
+            computing in float64, 1e-2 in float32 (there, with ``tol=1e-5``, it takes the median solution
+            error at the same size from 5e-4 to 2e-6). ``0`` turns it off.
         polish_rounds: refinement rounds of each polish (one factorization for all of them).
         equality: ``"auto"`` (null space when ``A`` has full row rank and is not differentiated through the
             iterations, else Schur complement), ``"nullspace"`` (the same, as a preference) or ``"schur"``.
@@ -440,7 +442,7 @@ class QP(Solver):
     compact_below: float = 0.85
     refine: int = 1
     equality: str = "auto"
-    polish_below: float = 1e-6
+    polish_below: float | None = None
     polish_rounds: int = 2
 
     def __post_init__(self):
@@ -459,6 +461,11 @@ class QP(Solver):
 
     def _consts(self, x: QPData) -> _Consts:
         return _consts(x, self._delta(x), self.equality)
+
+    def _polish_below(self, x: QPData) -> float:
+        if self.polish_below is not None:
+            return float(self.polish_below)
+        return 1e-6 if x.q.dtype == torch.float64 else 1e-2
 
     def _cholesky(self, H: Tensor, shift: Tensor):
         """Cholesky of ``H + shift I`` (``H`` fresh, shifted in place); larger shifts where it fails."""
@@ -695,7 +702,7 @@ class QP(Solver):
 
     def step(self, problem, z, x: QPData, st: QPState):
         z, st = self._ipm_step(z, x, st)
-        if self.skip_tol is not None and self.polish_below > 0 and x.m > 0:
+        if self.skip_tol is not None and self._polish_below(x) > 0 and x.m > 0:
             z, st = self._polish_finish(z, x, self._consts(x), st)
         return z, st
 
@@ -831,7 +838,7 @@ class QP(Solver):
         state carries the polish's factorization (scaling ``D = 1_A / sqrt(eps)``), which is what the KKT
         backward needs at an exact active-set solution.
         """
-        cand = (st.residual <= self.polish_below) & (st.residual > self.skip_tol) & (st.status == 0)
+        cand = (st.residual <= self._polish_below(x)) & (st.residual > self.skip_tol) & (st.status == 0)
         k = int(cand.sum())
         if k == 0:
             return z, st
