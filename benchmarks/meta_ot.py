@@ -4,8 +4,15 @@ Two tasks: pairs of scikit-learn 8x8 digits as measures on the pixel grid (squar
 eps = 1e-2 as in Meta OT's MNIST setting), and random von Mises-Fisher mixtures on a 100-point spherical grid
 (geodesic cost, eps = 1e-2). For each, a ``PotentialMLP`` is trained on the train split / fresh samples by
 maximizing the dual (``do.amortized.fit(..., loss="objective")``), then (``--regression-steps``) by regression
-to the converged potentials of ``--regression-pairs`` training pairs (solved once, cached), and on held-out
-pairs we time, to L1 marginal error 1e-2 and 1e-4 per instance:
+to the converged potentials of ``--regression-pairs`` training pairs (solved once, cached), then
+(``--unrolled-train-steps``) by maximizing the dual after ``--unrolled-sinkhorn`` Sinkhorn steps from the
+prediction (``fit(SemiAmortized(model, Sinkhorn(), steps=k), loss="objective")``, differentiated through the
+steps: the loss sees only the error that the refinement would be slow to remove). ``--swap-average 1`` wraps
+the network in ``SwapAveraged`` (its prediction averaged with the c-transform of its prediction for the
+swapped pair; symmetric costs) for the unrolled phase and the evaluation. The phases' defaults are per task
+(``-1``): digits 10000 regression steps, no unrolled phase, no swap average (the configuration measured
+before); sphere no regression (it made the sphere's raw prediction worse), 6000 unrolled steps with k = 50
+and the swap average. On held-out pairs we time, to L1 marginal error 1e-2 and 1e-4 per instance:
 
 * cold: our batched log-domain Sinkhorn from f = 0 as one batch (``do.solve(fam, Sinkhorn(loop_compact_below=0),
   x, tol=t)``: every instance steps until the slowest one finishes),
@@ -15,6 +22,9 @@ pairs we time, to L1 marginal error 1e-2 and 1e-4 per instance:
   target are gathered out of the batch instead of being recomputed until the slowest one finishes,
 * cold / warm (loop-compacted): ``Sinkhorn(loop_compact_below=0.85)``: the solve loop gathers the unfinished
   instances into a smaller batch (recursively) once fewer than 85% remain,
+* warm y0 (loop-compacted): ``do.solve(fam, Sinkhorn(loop_compact_below=0.85), x, y0=model(x))``, the
+  prediction timed with the solve: the same iterates as "warm (loop-compacted)" without ``SemiAmortized``'s
+  wrapper state in the solve loop (about 100 ms per 1000 sphere pairs to 1e-2),
 * cold (rounds) / warm safeguarded (rounds): ``Safeguarded`` with its fallback in rounds of growing length
   on the still-uncertified instances (the cold one from a zero potential),
 * POT: ``ot.sinkhorn`` (float64, kernel method) in a Python loop over the pairs, ``stopThr`` set so that
@@ -49,6 +59,7 @@ from doubleopt.amortized import (
     break_even,
     fit,
 )
+from doubleopt.amortized.meta_ot import SwapAveraged
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
 from doubleopt.solvers import Sinkhorn
 
@@ -60,9 +71,13 @@ class Args:
     eps: float = 1e-2  # entropic regularization (Meta OT's choice)
     hidden: int = 512  # width of the potential MLP (2 hidden layers)
     train_steps: int = 12000  # training steps of the MLP (objective loss = negative dual)
-    regression_steps: int = 10000  # then regression to cached converged potentials (0: objective loss only)
+    regression_steps: int = -1  # then regression to cached converged potentials (0: none; -1: task default)
     regression_pairs: int = 30000  # training pairs solved once (Sinkhorn to 1e-8) for the regression phase
     regression_lr: float = 3e-4  # Adam learning rate of the regression phase (cosine schedule)
+    unrolled_train_steps: int = -1  # then the dual after unrolled_sinkhorn Sinkhorn steps (0: none; -1: task default)
+    unrolled_sinkhorn: int = 50  # Sinkhorn steps unrolled in that phase's loss
+    unrolled_lr: float = 3e-4  # Adam learning rate of the unrolled phase (cosine schedule)
+    swap_average: int = -1  # 1: SwapAveraged model (prediction averaged with the swapped pair's), 0: off, -1: task
     batch_size: int = 128  # training pairs per step
     lr: float = 1e-3  # Adam learning rate (cosine schedule)
     n_test: int = 1000  # held-out pairs
@@ -76,6 +91,18 @@ class Args:
     threads: int = 1  # torch threads (fixed; reported)
     seed: int = 0  # seed of training stream and test pairs
     out: str = "bench_results/meta_ot"  # output folder
+
+
+# per-task defaults of the arguments left at -1
+TASK_DEFAULTS = {
+    "digits": {"regression_steps": 10000, "unrolled_train_steps": 0, "swap_average": 0},
+    "sphere": {"regression_steps": 0, "unrolled_train_steps": 6000, "swap_average": 1},
+}
+
+
+def task_setting(args, task: str, name: str):
+    value = getattr(args, name)
+    return TASK_DEFAULTS[task][name] if value == -1 else value
 
 
 def make_family(task: str, split: str, eps: float):
@@ -119,7 +146,7 @@ def main(argv=None):
     if args.quick:
         args.train_steps, args.n_test, args.pot_pairs, args.hidden, args.targets = 20, 16, 4, 32, (1e-2,)
         args.curve_steps, args.repeats, args.batch_size = 20, 1, 16
-        args.regression_steps, args.regression_pairs = 10, 64
+        args.regression_pairs, args.unrolled_sinkhorn = 64, min(args.unrolled_sinkhorn, 3)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     import matplotlib
@@ -133,10 +160,18 @@ def main(argv=None):
     for ti, task in enumerate(args.tasks):
         train_fam = make_family(task, "train", args.eps)
         test_fam = make_family(task, "test", args.eps)
-        model = PotentialMLP(test_fam.n, test_fam.m, hidden=args.hidden)
+        net = PotentialMLP(test_fam.n, test_fam.m, hidden=args.hidden)
+        swap = bool(task_setting(args, task, "swap_average"))
+        # the objective / regression phases train the network alone; the unrolled phase and the evaluation use
+        # the swap-averaged model (train_fam and test_fam share the cost)
+        model = SwapAveraged(net, train_fam) if swap else net
+        regression_steps = task_setting(args, task, "regression_steps")
+        unrolled_steps = task_setting(args, task, "unrolled_train_steps")
+        if args.quick:
+            regression_steps, unrolled_steps = min(regression_steps, 10), min(unrolled_steps, 5)
         print(f"== {task}: training the potential MLP ({args.train_steps} steps)")
         fit_res = fit(
-            FullyAmortized(model),
+            FullyAmortized(net),
             train_fam,
             loss="objective",
             steps=args.train_steps,
@@ -146,28 +181,45 @@ def main(argv=None):
             val_every=max(args.train_steps // 10, 1),
         )
         train_time = fit_res.train_time
-        if args.regression_steps > 0:
-            print(f"== {task}: regression to {args.regression_pairs} solved pairs ({args.regression_steps} steps)")
+        if regression_steps > 0:
+            print(f"== {task}: regression to {args.regression_pairs} solved pairs ({regression_steps} steps)")
             reg = fit(
-                FullyAmortized(model),
+                FullyAmortized(net),
                 train_fam,
                 loss="regression",
                 reference=Sinkhorn(relaxation=1.9),  # to the default tol 1e-8
                 reference_steps=5000,
                 train_size=args.regression_pairs,
-                steps=args.regression_steps,
+                steps=regression_steps,
                 batch_size=args.batch_size,
                 lr=args.regression_lr,
                 seed=args.seed + 1,
-                val_every=max(args.regression_steps // 10, 1),
+                val_every=max(regression_steps // 10, 1),
             )
             train_time += reg.train_time  # includes the reference solves
+        if unrolled_steps > 0:
+            k = args.unrolled_sinkhorn
+            print(f"== {task}: dual after {k} Sinkhorn steps from the prediction ({unrolled_steps} steps)")
+            unr = fit(
+                SemiAmortized(model, Sinkhorn(loop_compact_below=0.0), steps=k),
+                train_fam,
+                loss="objective",  # at the last iterate: F(T^k(f_hat)), through the k steps
+                steps=unrolled_steps,
+                batch_size=args.batch_size,
+                lr=args.unrolled_lr,
+                seed=args.seed + 2,
+                val_every=max(unrolled_steps // 10, 1),
+            )
+            train_time += unr.train_time
         x = test_fam.sample(args.n_test, seed=args.seed + 12345)
         B = args.n_test
         with torch.no_grad():
             pred_err = test_fam.marginal_error(model(x), x)
         summary[task] = {
             "train_time_s": train_time,
+            "regression_steps": regression_steps,
+            "unrolled_train_steps": unrolled_steps,
+            "swap_average": swap,
             "prediction_marginal_error_median": float(pred_err.median()),
         }
         cold_model = ZeroPotential(test_fam.n)
@@ -208,6 +260,20 @@ def main(argv=None):
                     )
                 for name, guard in guards.items():
                     timings[name] = time_call(lambda g=guard, fam=test_fam, x=x: g.solve(fam, x), repeats=args.repeats)
+                # the prediction passed as Sinkhorn's y0 (timed together): the same iterates as "warm
+                # (loop-compacted)" without SemiAmortized's wrapper state in the loop
+                timings["warm y0 (loop-compacted)"] = time_call(
+                    lambda t=target, fam=test_fam, x=x, m=model: do.solve(
+                        fam,
+                        sinkhorn(loop_compact_below=0.85),
+                        x,
+                        y0=m(x),
+                        tol=t,
+                        max_steps=args.max_steps,
+                        throw=False,
+                    ),
+                    repeats=args.repeats,
+                )
             pot_t, pot_err = pot_loop(test_fam, x, min(args.pot_pairs, B), target, args.max_steps)
             per_inst = {name: tm.median / B for name, tm in timings.items()}
             base = {
@@ -217,12 +283,14 @@ def main(argv=None):
                 "warm (compacted)": "cold (compacted)",
                 "cold (loop-compacted)": "cold (loop-compacted)",
                 "warm (loop-compacted)": "cold (loop-compacted)",
+                "warm y0 (loop-compacted)": "cold (loop-compacted)",
                 "cold (rounds)": "cold (rounds)",
                 "warm safeguarded (rounds)": "cold (rounds)",
             }
             for name, tm in timings.items():
                 sol = tm.result
-                steps = sol.num_steps.float() - (0 if name.startswith("cold") and "rounds" not in name else 1)
+                pred_step = not (name.startswith("cold") and "rounds" not in name) and "y0" not in name
+                steps = sol.num_steps.float() - (1 if pred_step else 0)
                 # (minus the prediction step: warm rows, and the rounds rows' zero-potential "prediction")
                 report.add_row(
                     task=task,
@@ -252,7 +320,7 @@ def main(argv=None):
                 max_marginal_err=float(pot_err.max()),
                 break_even_instances=float("nan"),
             )
-            for r in report.rows[-7:]:
+            for r in report.rows[-(len(timings) + 1) :]:
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
         with torch.no_grad():
             cold_curve = error_curve(test_fam, x, test_fam.init(x), args.curve_steps, args.relaxation)

@@ -26,7 +26,7 @@ from ._train import (
     unrolled_loss,
 )
 from .lista import ALISTA, LISTA, analytic_weight, firm_threshold
-from .meta_ot import PotentialMLP, ZeroPotential
+from .meta_ot import PotentialMLP, SwapAveraged, ZeroPotential
 
 __all__ = [
     "FullyAmortized",
@@ -54,5 +54,6 @@ __all__ = [
     "firm_threshold",
     "analytic_weight",
     "PotentialMLP",
+    "SwapAveraged",
     "ZeroPotential",
 ]
