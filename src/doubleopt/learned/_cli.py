@@ -56,6 +56,28 @@ def register(subparsers) -> None:
         default=0,
         help="cosine decay of the meta learning rate to 0 over this many meta-steps (0 = constant)",
     )
+    p.add_argument(
+        "--stagger",
+        type=int,
+        default=1,
+        help="TBPTT: split the batch into this many groups of optimizees whose trajectories start horizon/stagger "
+        "steps apart, so every meta-gradient mixes all phases of training instead of cycling through them "
+        "(1 = all optimizees in lockstep, the paper's)",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="digits task: each optimizee trains on its own random subset of this many rows of the training "
+        "split, a data-size variation that reaches the low-loss phase within the horizon (0 = the whole split)",
+    )
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        metavar="PATH",
+        help="start from the optimizer weights in PATH (a .safetensors file written by train-lopt, e.g. an earlier "
+        "stage with another meta-objective) instead of a random initialization; the meta-optimizer starts fresh",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of tasks, minibatches and ES noise")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
@@ -76,6 +98,8 @@ def build(args: argparse.Namespace):
         lopt = LSTMOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
     else:
         lopt = MLPOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
+    if getattr(args, "init_weights", None):
+        lopt.load_weights(args.init_weights)  # names any tensor of another architecture or size
     cfg = MetaConfig(
         method=args.method,
         unroll=args.unroll,
@@ -90,8 +114,9 @@ def build(args: argparse.Namespace):
         weight_halflife=args.weight_halflife,
         log_loss=args.log_loss,
         meta_lr_decay=args.meta_lr_decay,
+        stagger=getattr(args, "stagger", 1),
     )
-    return MetaTrainer(lopt, make_task(args.task, split="train"), cfg)
+    return MetaTrainer(lopt, make_task(args.task, split="train", rows=getattr(args, "rows", 0)), cfg)
 
 
 def torch_seed(seed: int) -> None:
@@ -128,6 +153,8 @@ def run(args: argparse.Namespace, callback=None) -> int:
         "command": "doubleopt " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:])),
         "arch": args.arch,
         "task": args.task,
+        "task_name": trainer.task.name,
+        "init_weights": getattr(args, "init_weights", None),
         "lopt_config": trainer.lopt.config(),
         "meta_config": asdict(trainer.config),
         "meta_steps": trainer.meta_step,

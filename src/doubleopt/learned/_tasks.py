@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from .._problem import ProblemFamily
-from ..problems import MLPClassifier
+from ..problems import ClassificationContext, MLPClassifier
+from ..problems._data import sample_rows
 
 
 @dataclass
@@ -103,6 +104,18 @@ class DigitsMLPTask(Task):
         activation: ``"sigmoid"`` (paper) or ``"relu"`` / ``"tanh"``.
         split: rows the optimizee trains on, ``"train"`` (meta-training) or ``"test"`` (held-out split).
         n_points: minibatch size.
+        rows: if > 0, a data-size variation of the task: every optimizee of a trajectory trains on its own
+            random subset of ``rows`` rows of the split (drawn at :meth:`reset`, without replacement), and its
+            minibatches (and held-out batches) are drawn from that subset. A smaller data set is fitted
+            faster, so a trajectory reaches the low-loss phase of training within its horizon.
+            ``0`` (default): the whole split.
+
+    Example:
+        >>> import torch
+        >>> task = DigitsMLPTask(rows=200)
+        >>> inst, theta0 = task.reset(3, torch.Generator().manual_seed(0))
+        >>> tuple(inst.shape), tuple(task.train_batch(inst, torch.Generator()).inputs.shape)
+        ((3, 200), (3, 128, 64))
     """
 
     def __init__(
@@ -112,6 +125,7 @@ class DigitsMLPTask(Task):
         split: str = "train",
         n_points: int = 128,
         dtype: torch.dtype = torch.float32,
+        rows: int = 0,
     ):
         self.problem = MLPClassifier(
             hidden=tuple(hidden),
@@ -121,18 +135,35 @@ class DigitsMLPTask(Task):
             n_points=n_points,
             dtype=dtype,
         )
-        self.name = f"digits-mlp{'x'.join(map(str, hidden))}-{activation}-{split}"
+        n_split = self.problem.data_inputs.shape[0]
+        if rows and not n_points <= rows <= n_split:
+            raise ValueError(
+                f"rows must be 0 or between n_points ({n_points}) and the split's {n_split} rows, got {rows}"
+            )
+        self.rows = int(rows)
+        self.name = f"digits-mlp{'x'.join(map(str, hidden))}-{activation}-{split}" + (f"-rows{rows}" if rows else "")
 
     def reset(self, batch_size, generator):
         x = self.problem.sample(batch_size, generator=generator)
-        # no fixed per-instance data: the instance ids only carry the batch size across truncations
-        return torch.arange(batch_size), self.problem.init(x, generator=generator)
+        theta0 = self.problem.init(x, generator=generator)
+        if not self.rows:
+            # no fixed per-instance data: the instance ids only carry the batch size across truncations
+            return torch.arange(batch_size), theta0
+        # each instance's own subset of the split: (B, rows) row indices
+        return sample_rows(self.problem.data_inputs.shape[0], batch_size, self.rows, generator), theta0
+
+    def _batch(self, inst, generator):
+        if inst.dim() == 1:
+            return self.problem.sample(inst.shape[0], generator=generator)
+        local = sample_rows(inst.shape[1], inst.shape[0], self.problem.n_points, generator)
+        idx = torch.gather(inst, 1, local)
+        return ClassificationContext(self.problem.data_inputs[idx], self.problem.data_labels[idx])
 
     def train_batch(self, inst, generator):
-        return self.problem.sample(inst.shape[0], generator=generator)
+        return self._batch(inst, generator)
 
     def eval_batch(self, inst, generator):
-        return self.problem.sample(inst.shape[0], generator=generator)
+        return self._batch(inst, generator)
 
 
 class QuadraticTask(Task):
@@ -162,10 +193,16 @@ def make_task(
     hidden: tuple[int, ...] = (20,),
     activation: str = "sigmoid",
     n_points: int = 128,
+    rows: int = 0,
 ) -> Task:
-    """``"digits"`` -> :class:`DigitsMLPTask`, ``"quadratic"`` -> :class:`QuadraticTask` (10-d)."""
+    """``"digits"`` -> :class:`DigitsMLPTask`, ``"quadratic"`` -> :class:`QuadraticTask` (10-d).
+
+    ``rows`` (digits only) is :class:`DigitsMLPTask`'s data-size variation (0: the whole split).
+    """
     if name == "digits":
-        return DigitsMLPTask(hidden=hidden, activation=activation, split=split, n_points=n_points)
+        return DigitsMLPTask(hidden=hidden, activation=activation, split=split, n_points=n_points, rows=rows)
+    if rows:
+        raise ValueError(f"rows applies to the digits task only, got rows={rows} for {name!r}")
     if name == "quadratic":
         return QuadraticTask()
     raise ValueError(f"unknown task {name!r}; choose 'digits' or 'quadratic'")

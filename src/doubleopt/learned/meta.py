@@ -20,6 +20,13 @@ Adam applies):
 * ``"tbptt"``: backpropagate through the ``K`` steps; optimizee and optimizer states are carried (detached)
   to the next truncation; memory is that of ``K`` steps, independent of ``T``. With ``second_order=False``
   the optimizee gradient is a constant input (the paper's simplification).
+  With ``stagger = G > 1`` the ``B`` optimizees form ``G`` groups whose trajectories start
+  ``T / G`` steps apart (each group is advanced without gradient to its offset when it is first drawn,
+  and restarts on its own when it reaches ``T``), so every meta-gradient averages truncations from
+  ``G`` phases of training instead of all ``B`` optimizees being at the same step. Without it
+  consecutive meta-steps cycle through the phases (steps 1-K, then K+1-2K, ...), each meta-gradient
+  seeing one phase only (learned_optimization desynchronizes its truncated trajectories with a random
+  initial iteration offset for the same reason).
 * ``"es"``: antithetic evolution strategies on the truncation, :math:`\hat g = \frac{1}{2N\sigma^2}
   \sum_{j=1}^{N} \epsilon_j (L(\phi+\epsilon_j) - L(\phi-\epsilon_j))`,
   :math:`\epsilon_j \sim N(0, \sigma^2 I)`,
@@ -129,6 +136,7 @@ class MetaConfig:
     weight_halflife: float = 0.0  # meta-objective weights w_t = 2^(-(t-1)/halflife) (0: uniform, the paper's)
     log_loss: bool = False  # meta-objective on log f(theta_t) (every phase of the run counts, not just the start)
     meta_lr_decay: int = 0  # cosine decay of meta_lr to 0 over this many meta-steps (0: constant meta_lr)
+    stagger: int = 1  # TBPTT: split the batch into this many groups whose trajectories are at different phases
 
     def __post_init__(self):
         if self.method not in _METHODS:
@@ -143,6 +151,24 @@ class MetaConfig:
             raise ValueError(f"meta_lr_decay must be >= 0 meta-steps, got {self.meta_lr_decay}")
         if not self.weight_halflife >= 0 or not math.isfinite(self.weight_halflife):
             raise ValueError(f"weight_halflife must be a finite number >= 0, got {self.weight_halflife}")
+        if self.stagger < 1 or self.batch % self.stagger or self.stagger > self.horizon // self.unroll:
+            raise ValueError(
+                f"stagger must be >= 1, divide batch ({self.batch}) and be at most horizon / unroll "
+                f"({self.horizon // self.unroll}), got {self.stagger}"
+            )
+        if self.stagger > 1 and self.method != "tbptt":
+            raise ValueError(f"stagger applies to method 'tbptt' only, got method {self.method!r}")
+
+    def stagger_offsets(self) -> list[int]:
+        """Starting step of each of the ``stagger`` trajectory groups: truncation boundaries spread evenly
+        over the horizon.
+
+        Example:
+            >>> MetaConfig(unroll=20, horizon=100, batch=10, stagger=5).stagger_offsets()
+            [0, 20, 40, 60, 80]
+        """
+        n = self.horizon // self.unroll
+        return [(g * n // self.stagger) * self.unroll for g in range(self.stagger)]
 
     def meta_lr_at(self, meta_step: int) -> float:
         r"""Meta learning rate of meta-step ``meta_step`` (0-based): constant, or with ``meta_lr_decay = D``
@@ -240,17 +266,31 @@ class MetaTrainer:
         self.peak_saved_bytes = 0
         self._scratch = copy.deepcopy(self.lopt) if c.method != "tbptt" else None
         self.carry: Carry | None = None
+        self.groups: list[Carry] = []  # stagger > 1: one carry per group (self.carry is groups[0])
         self.particles: list[Carry] = []
         self.xi: Tensor | None = None
         self._reset()
 
     # ---- trajectories --------------------------------------------------------------------------
     def _reset(self) -> None:
+        if self.config.stagger > 1:
+            self.groups = [self._start_group(offset) for offset in self.config.stagger_offsets()]
+            self.carry = self.groups[0]
+            return
         self.trajectories += 1
         self.carry = start_trajectory(self.solver, self.task, self.config.batch, self.gen)
         if self.config.method == "pes":
             self.particles = [self.carry for _ in range(2 * self.config.es_pairs)]
             self.xi = torch.zeros(self.config.es_pairs, self._n_params(), dtype=self._flat().dtype)
+
+    def _start_group(self, offset: int) -> Carry:
+        """A new trajectory for one stagger group, advanced without gradient to step ``offset``."""
+        self.trajectories += 1
+        carry = start_trajectory(self.solver, self.task, self.config.batch // self.config.stagger, self.gen)
+        if offset:
+            with torch.no_grad():
+                _, carry = unroll(self.solver, self.task, carry, offset, self.gen)
+        return carry
 
     def _n_params(self) -> int:
         return sum(p.numel() for p in self.lopt.parameters())
@@ -275,12 +315,18 @@ class MetaTrainer:
             return t
 
         params = list(self.lopt.parameters())
+        carries = self.groups if self.config.stagger > 1 else [self.carry]
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            t0 = int(self.carry.t)
-            losses, new = unroll(self.solver, self.task, self.carry, self.config.unroll, self.gen)
-            loss = self.config.weighted_loss(losses, t0)
+            loss, new = 0.0, []
+            for carry in carries:  # equal group sizes: the mean of the group means is the mean over all B
+                t0 = int(carry.t)
+                losses, nxt = unroll(self.solver, self.task, carry, self.config.unroll, self.gen)
+                loss = loss + self.config.weighted_loss(losses, t0) / len(carries)
+                new.append(tree_detach(nxt))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        self.carry = tree_detach(new)
+        if self.config.stagger > 1:
+            self.groups = new
+        self.carry = new[0]
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         return float(loss.detach()), grads, saved[0]
 
@@ -342,6 +388,13 @@ class MetaTrainer:
             self.skipped += 1
         self.meta_step += 1
         self.losses.append(loss)
+        if self.config.stagger > 1:
+            if not finite or not all(_finite_carry(c) for c in self.groups):
+                self._reset()
+            else:  # each group restarts on its own at the end of its horizon
+                self.groups = [self._start_group(0) if int(c.t) >= self.config.horizon else c for c in self.groups]
+                self.carry = self.groups[0]
+            return MetaStepInfo(loss, not finite, gnorm, saved)
         carries = self.particles if self.config.method == "pes" else [self.carry]
         if not finite or int(self.carry.t) >= self.config.horizon or not all(_finite_carry(c) for c in carries):
             self._reset()
@@ -359,7 +412,7 @@ class MetaTrainer:
         out["counters"] = torch.tensor([self.meta_step, self.skipped, self.trajectories], dtype=torch.int64)
         out["losses"] = torch.tensor(self.losses, dtype=torch.float64)
         out["peak_saved_bytes"] = torch.tensor(self.peak_saved_bytes, dtype=torch.int64)
-        carries = self.particles if self.config.method == "pes" else [self.carry]
+        carries = self.particles if self.config.method == "pes" else (self.groups or [self.carry])
         for j, c in enumerate(carries):
             for i, t in enumerate(tree_tensors(c)):
                 out[f"carry.{j}.{i}"] = t.detach().clone().contiguous()
@@ -391,6 +444,8 @@ class MetaTrainer:
             j += 1
         if self.config.method == "pes":
             self.particles, self.carry, self.xi = carries, carries[0], d["pes.xi"].clone()
+        elif self.config.stagger > 1:
+            self.groups, self.carry = carries, carries[0]
         else:
             self.carry = carries[0]
 
@@ -421,12 +476,13 @@ def load_checkpoint(trainer: MetaTrainer, path: str | os.PathLike) -> None:
         "task": trainer.task.name,
     }
     theirs = {
-        # checkpoints written before weight_halflife / log_loss / meta_lr_decay existed: uniform weights on f,
-        # constant meta_lr
+        # checkpoints written before weight_halflife / log_loss / meta_lr_decay / stagger existed: uniform
+        # weights on f, constant meta_lr, trajectories in lockstep
         "config": {
             "weight_halflife": 0.0,
             "log_loss": False,
             "meta_lr_decay": 0,
+            "stagger": 1,
             **json.loads(meta.get("config", "{}")),
         },
         "arch": meta.get("arch"),
