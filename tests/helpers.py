@@ -49,3 +49,29 @@ def compatible(problem: do.Problem, solver_name: str) -> bool:
 
 def sample(family, batch, dtype=torch.float64, seed=0):
     return family.sample(batch, generator=torch.Generator().manual_seed(seed))
+
+
+def train_lopt_full_and_resumed(argv: list[str], tmp_path, stop_at: int, between=None):
+    """``doubleopt train-lopt ARGV`` run to the end in ``tmp_path/full``, and again in ``tmp_path/cut``: stopped by
+    an exception from the progress callback at meta-step ``stop_at``, then ``--resume`` d. ``between(cut_dir)``
+    runs after the interruption. Returns the two output folders (compare their weights)."""
+    import pytest
+
+    from doubleopt.cli import build_parser
+    from doubleopt.learned._cli import run
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(trainer, info):
+        if trainer.meta_step == stop_at:
+            raise Interrupt
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run(build_parser().parse_args(["train-lopt", *argv, "--out", str(full)]))
+    with pytest.raises(Interrupt):
+        run(build_parser().parse_args(["train-lopt", *argv, "--out", str(cut)]), callback=stop)
+    if between is not None:
+        between(cut)
+    run(build_parser().parse_args(["train-lopt", *argv, "--out", str(cut), "--resume"]))
+    return full, cut

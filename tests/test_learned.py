@@ -7,6 +7,7 @@ import argparse
 
 import pytest
 import torch
+from helpers import train_lopt_full_and_resumed
 from safetensors.torch import load_file
 
 import doubleopt as do
@@ -286,19 +287,10 @@ def test_train_lopt_resume_gives_the_same_weights(tmp_path, method):
         "--seed",
         "7",
     ]
-    _cli.run(_parse([*common, "--out", str(tmp_path / "full")]))
+    def no_weights_yet(cut):
+        assert not (cut / "lstm-quadratic.safetensors").exists()
 
-    class Interrupt(Exception):
-        pass
-
-    def stop(trainer, info):
-        if trainer.meta_step == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        _cli.run(_parse([*common, "--out", str(tmp_path / "cut")]), callback=stop)
-    assert not (tmp_path / "cut" / "lstm-quadratic.safetensors").exists()
-    _cli.run(_parse([*common, "--out", str(tmp_path / "cut"), "--resume"]))
+    train_lopt_full_and_resumed(common, tmp_path, stop_at=3, between=no_weights_yet)
     a = load_file(tmp_path / "full" / "lstm-quadratic.safetensors")
     b = load_file(tmp_path / "cut" / "lstm-quadratic.safetensors")
     assert a.keys() == b.keys()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import train_lopt_full_and_resumed
 
 from doubleopt.learned import DigitsMLPTask, LSTMOptimizer, make_task
 from doubleopt.learned.meta import MetaConfig, MetaTrainer
@@ -142,27 +143,16 @@ def test_stagger_resume_gives_the_same_weights_and_bad_values_are_refused(tmp_pa
     from doubleopt.cli import build_parser
     from doubleopt.learned._cli import run
 
-    common = ["train-lopt", "--task", "quadratic", "--unroll", "2", "--horizon", "6", "--batch", "3", "--stagger", "3"]
+    common = ["--task", "quadratic", "--unroll", "2", "--horizon", "6", "--batch", "3", "--stagger", "3"]
     common += ["--meta-steps", "5", "--checkpoint-every", "2", "--no-progress", "--seed", "4"]
-    run(build_parser().parse_args([*common, "--out", str(tmp_path / "full")]))
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(trainer, info):
-        if trainer.meta_step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(build_parser().parse_args([*common, "--out", str(tmp_path / "cut")]), callback=stop)
-    run(build_parser().parse_args([*common, "--out", str(tmp_path / "cut"), "--resume"]))
+    train_lopt_full_and_resumed(common, tmp_path, stop_at=2)
     a = load_file(tmp_path / "full" / "lstm-quadratic.safetensors")
     b = load_file(tmp_path / "cut" / "lstm-quadratic.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a checkpoint of a staggered run does not resume a lockstep one
     lockstep = [*common[: common.index("--stagger")], *common[common.index("--stagger") + 2 :]]
     with pytest.raises(ValueError, match="same arguments"):
-        run(build_parser().parse_args([*lockstep, "--out", str(tmp_path / "cut"), "--resume"]))
+        run(build_parser().parse_args(["train-lopt", *lockstep, "--out", str(tmp_path / "cut"), "--resume"]))
     with pytest.raises(ValueError, match="stagger must be"):
         MetaConfig(batch=8, stagger=3)
     with pytest.raises(ValueError, match="stagger must be"):
