@@ -287,6 +287,7 @@ def test_train_lopt_resume_gives_the_same_weights(tmp_path, method):
         "--seed",
         "7",
     ]
+
     def no_weights_yet(cut):
         assert not (cut / "lstm-quadratic.safetensors").exists()
 
