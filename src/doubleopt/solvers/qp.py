@@ -318,10 +318,13 @@ def _null_space(x: QPData, Qs: Tensor) -> _NullSpace | None:
     return _NullSpace(U, R, Y, N, _mm(x.G, N), _mm(x.G, Y), _mm(NtQ, N), NtQ)
 
 
+def _data_key(x: QPData) -> tuple:
+    """Identity and version of the QP's tensors (a cache entry is valid only for these tensors)."""
+    return tuple((id(t), t._version) for t in (x.Q, x.q, x.A, x.b, x.G, x.h))
+
+
 def _consts_key(x: QPData, delta: float, equality: str) -> tuple:
-    return (torch.is_grad_enabled(), delta, equality) + tuple(
-        (id(t), t._version) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)
-    )
+    return (torch.is_grad_enabled(), delta, equality, _data_key(x))
 
 
 def _consts(x: QPData, delta: float, equality: str) -> _Consts:
@@ -359,6 +362,13 @@ def _hvp(Qs: Tensor, G: Tensor, d: Tensor, v: Tensor) -> Tensor:
     """``(Qs + G' D G) v`` by products."""
     out = _mv(Qs, v)
     return out + _mtv(G, d * _mv(G, v)) if G.shape[-2] > 0 else out
+
+
+def _ls_multipliers(ns: _NullSpace, r: Tensor) -> tuple[Tensor, Tensor]:
+    """Null-space mode: ``(nu, Y' r)`` with ``nu = -R^{-1} Y' r`` the least-squares equality multipliers for
+    ``r = Qz + q + G'lam`` (``A' = Y R``), so that ``r + A' nu = (I - Y Y') r``."""
+    Ytr = _mtv(ns.Y, r)
+    return -torch.linalg.solve_triangular(ns.R, Ytr[..., None], upper=True)[..., 0], Ytr
 
 
 def _kkt_solve(L, W, LM, Qs: Tensor, A: Tensor, G: Tensor, d: Tensor, r1: Tensor, r2: Tensor,
@@ -575,10 +585,8 @@ class QP(Solver):
             Gz = d = z.new_zeros(B, 0)
         if x.p > 0:
             if c.ns is not None:  # least-squares multipliers: rd = (I - Y Y') (Qz + q + G' lam)
-                Y = c.ns.Y
-                Ytr = _mtv(Y, rd)
-                nu = -torch.linalg.solve_triangular(c.ns.R, Ytr[..., None], upper=True)[..., 0]
-                rd = rd - _mv(Y, Ytr)
+                nu, Ytr = _ls_multipliers(c.ns, rd)
+                rd = rd - _mv(c.ns.Y, Ytr)
             else:
                 rd = rd + _mtv(x.A, nu)
             req = _mv(x.A, z) - x.b
@@ -595,10 +603,6 @@ class QP(Solver):
             status = self._certificates(z, x, c, lam, nu, status)
             status = torch.where(ok | (status != 0), status, int(RESULTS.linear_solver_failed))
         return QPState(value, rd, s, lam, nu, Gz, req, res.detach(), d, status, L, W, LM)
-
-    @staticmethod
-    def _ray_from(dt: torch.dtype) -> float:
-        return 1e3 if dt == torch.float64 else 1e2
 
     def _certificates(self, z, x: QPData, c: _Consts, lam, nu, status) -> Tensor:
         r"""Infeasibility / unboundedness certificates, evaluated only for instances whose iterates diverge.
@@ -618,7 +622,8 @@ class QP(Solver):
         nz = _inf(z)
         scale_y = torch.maximum(c.hn, c.bn)
         cand_y = ny > big * scale_y
-        cand_ray = (ny > self._ray_from(dt) * scale_y) & ~cand_y & (status == 0) if x.m > 0 else cand_y & False
+        ray_from = 1e3 if dt == torch.float64 else 1e2  # the projected Farkas ray is tried from here on
+        cand_ray = (ny > ray_from * scale_y) & ~cand_y & (status == 0) if x.m > 0 else torch.zeros_like(cand_y)
         cand_z = nz > big * c.qn
         if not bool((cand_y | cand_z | cand_ray).any()):  # one synchronization; the certificates below are rare
             return status
@@ -776,8 +781,7 @@ class QP(Solver):
         c = self._consts(x)
         z, s, lam, nu, _, factored, ok = self._polish(x, c, start.z, start.s, start.lam, nu, rounds)
         if x.p > 0 and factored[1].shape[-1] < x.n:  # null-space rounds: the least-squares multipliers
-            Ytr = _mtv(c.ns.Y, _mv(c.Qs, z) + x.q + _mtv(x.G, lam))
-            nu = -torch.linalg.solve_triangular(c.ns.R, Ytr[..., None], upper=True)[..., 0]
+            nu, _ = _ls_multipliers(c.ns, _mv(c.Qs, z) + x.q + _mtv(x.G, lam))
         keep = (ok & torch.isfinite(z).all(-1) & torch.isfinite(lam).all(-1))[:, None]
         nu = nu if x.p > 0 else start.nu
         return QPStart(torch.where(keep, z, start.z), torch.where(keep, s, start.s),
@@ -1001,7 +1005,7 @@ def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
     st = state
     hit = x._cache.get("consts")  # the forward's null-space basis (computed under no_grad: same tensors)
     ns = None
-    if hit is not None and hit[0][3:] == _consts_key(x, 0.0, "")[3:] and hit[1].ns is not None:
+    if hit is not None and hit[0][-1] == _data_key(x) and hit[1].ns is not None:
         ns = _NullSpace(*(getattr(hit[1].ns, f.name).detach() for f in fields(_NullSpace)))
     return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.s.detach(), st.d.detach(),
                         st.L.detach(), st.W.detach(), st.LM.detach(), ns, *tensors)
