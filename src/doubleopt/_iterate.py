@@ -72,7 +72,11 @@ def iterate(
     B = y0.shape[0]
     device = y0.device
     y = y0
-    state = solver.init(problem, y, x) if state0 is None else state0
+    if state0 is None:
+        state = solver.init(problem, y, x)
+        y = solver.initial_iterate(problem, y, x, state)
+    else:
+        state = state0
     result = torch.full((B,), int(RESULTS.max_steps_reached), dtype=torch.int64, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     if done0 is not None:

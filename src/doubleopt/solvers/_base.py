@@ -77,6 +77,11 @@ class Solver:
         a solver overrides it to keep matrices shared by the batch shared or to carry per-solve constants."""
         return tree_index(x, index)
 
+    def initial_iterate(self, problem: Problem, y: Tensor, x: Context, state: Any) -> Tensor:
+        """The iterate the loop starts from, called once right after :meth:`init`. Default ``y``; a solver whose
+        ``init`` already moved the instances (the QP's native kernel solves them there) returns where they are."""
+        return y
+
     def step(self, problem: Problem, y: Tensor, x: Context, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
 

@@ -92,7 +92,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor
 
-from .._solution import RESULTS
+from .._solution import RESULTS, SolveError
 from .._tree import tree_index, tree_index_copy, tree_where
 from ..linalg._shared import bmtv, bmv, is_shared, sym
 from ..problems.qp import QPData, QPProblem, QPStart, make_qp_data
@@ -207,6 +207,7 @@ def _paired_rows(x: QPData, ns: _NullSpace | None) -> _PairedRows | None:
 
 
 _shared, _mv, _mtv = is_shared, bmv, bmtv
+_NATIVE_BUDGET, _NATIVE_NONFINITE = 1, 4  # the C kernel's status codes (solvers/_native/qp_ipm.c)
 
 
 def _inf(v: Tensor) -> Tensor:
@@ -434,6 +435,19 @@ class QP(Solver):
         polish_rounds: refinement rounds of each polish (one factorization for all of them).
         equality: ``"auto"`` (null space when ``A`` has full row rank and is not differentiated through the
             iterations, else Schur complement), ``"nullspace"`` (the same, as a preference) or ``"schur"``.
+        native: run the iterations in the compiled C kernel (:mod:`doubleopt.solvers._native`, built on first
+            use with the machine's C compiler) where it applies: float64, ``m > 0``, ``skip_tol`` set (as
+            :func:`qp_solve` does), outside autograd (the forward pass of ``do.Implicit()``; ``do.Unroll()``
+            iterates in PyTorch), equalities eliminated in the null space (or none). The kernel runs the same
+            iteration (same start, predictor-corrector, refinement, polish) one instance at a time in cache, on
+            ``torch.get_num_threads()`` threads; ``init`` then rebuilds the state in PyTorch at its result, so
+            the residual, the certificates, the result codes and the backward are the PyTorch ones, and any
+            instance it leaves unconverged continues in PyTorch. ``True``: use it (raise if it cannot be built);
+            ``False``: never; ``None`` (default): :func:`qp_solve` (and so ``QPLayer``) turns it on where it is
+            available, a plain ``do.solve`` does not (a solver that wraps ``QP`` and calls its ``init`` must then
+            also call :meth:`initial_iterate`). ``DOUBLEOPT_NATIVE=0`` turns it off everywhere.
+        native_budget: iteration budget of the kernel (default 100; :func:`qp_solve` passes ``max_steps``);
+            an instance that spends it stops with ``max_steps_reached``.
 
     Example:
         >>> import torch, doubleopt as do
@@ -454,6 +468,8 @@ class QP(Solver):
     equality: str = "auto"
     polish_below: float | None = None
     polish_rounds: int = 2
+    native: bool | None = None
+    native_budget: int | None = None
 
     def __post_init__(self):
         if self.equality not in ("auto", "schur", "nullspace"):
@@ -657,6 +673,12 @@ class QP(Solver):
         B, n = x.q.shape
         c = self._consts(x)
         status = torch.zeros(B, dtype=torch.int64, device=y.device)
+        if self.uses_native(x):
+            return self._native_init(x, c, status)
+        if x._cache.get("start_placeholder", False) and x.start is None:  # qp_solve expected the native path
+            with torch.no_grad():
+                y = self.cold_start(x)
+            x._cache["start"] = y
         z = y
         if x.start is not None:
             st = x.start
@@ -677,6 +699,76 @@ class QP(Solver):
         else:
             s = lam = z.new_zeros(B, 0)
         return self._state(z, x, c, s, lam, z.new_zeros(B, x.p), status)
+
+    def uses_native(self, x: QPData) -> bool:
+        """Whether :meth:`init` solves ``x`` with the native kernel (see ``native``)."""
+        if not self.native or self.skip_tol is None:
+            return False
+        if x.q.dtype != torch.float64 or x.m == 0 or x.q.device.type != "cpu" or torch.is_grad_enabled():
+            return False
+        if x.p > 0 and self._consts(x).ns is None:
+            return False
+        from ._native import available
+
+        if not available():
+            if self.native:
+                raise RuntimeError("QP(native=True), but the native QP kernel could not be built (no C compiler, "
+                                   "a failed build: see the warning, or DOUBLEOPT_NATIVE=0)")
+            return False
+        return True
+
+    def _native_init(self, x: QPData, c: _Consts, status: Tensor) -> QPState:
+        r"""Solve in the C kernel, in null-space coordinates :math:`z = z_0 + N u` (:math:`z_0 = Y R^{-T} b`):
+        :math:`\min \tfrac12 u^\top (N^\top Q N) u + (N^\top (Q z_0 + q))^\top u` s.t.
+        :math:`(GN) u \le h - G z_0`; then the state (residuals, certificates, the factorization for the
+        backward: at the polish's scaling where the kernel polished) is rebuilt here. The iterate goes to the
+        loop through :meth:`initial_iterate`; the kernel's iteration counts to ``qp_solve`` via the cache."""
+        from ._native import qp_ipm
+
+        ns = c.ns
+        if ns is not None:
+            w = torch.linalg.solve_triangular(ns.R.transpose(-1, -2), x.b[..., None], upper=False)[..., 0]
+            z0 = _mv(ns.Y, w)
+            P, F, lin, g = ns.Qr, ns.Gr, _mv(ns.NtQ, z0) + _mtv(ns.N, x.q), x.h - _mv(ns.GY, w)
+        else:
+            z0, P, F, lin, g = None, c.Qs, x.G, x.q, x.h
+        start = None
+        if x.start is not None:
+            zs = x.start.z
+            u0 = _mtv(ns.N, zs - z0) if ns is not None else zs
+            s0 = x.start.s if x.start.s is not None else g - _mv(F, u0)
+            lam0 = x.start.lam if x.start.lam is not None else torch.ones_like(s0)
+            start = (u0, s0.clamp_min(self.warm_start_floor), lam0.clamp_min(self.warm_start_floor))
+        # the kernel hands an instance back once its multipliers reach the level from which _certificates tries
+        # the projected Farkas ray (or its primal iterate the divergence level): PyTorch certifies or continues
+        big = self.divergence if self.divergence is not None else 1e6
+        ydiv = min(big, 1e3) * torch.maximum(c.hn, c.bn)
+        budget = self.native_budget if self.native_budget is not None else 100
+        u, s, lam, iters, polished, code = qp_ipm(
+            P, lin, F, g, c.shift, c.qn, c.hn, ydiv, big * c.qn,
+            tol=float(self.skip_tol), delta=self._delta(x), step_fraction=self.step_fraction, refine=self.refine,
+            max_iter=budget, polish_below=self._polish_below(x), polish_rounds=self.polish_rounds, start=start)
+        z = z0 + _mv(ns.N, u) if ns is not None else u
+        bad = code == _NATIVE_NONFINITE
+        if bool(bad.any()):  # restart those from the PyTorch cold start (their s, lam are only placeholders here)
+            z = torch.where(bad[:, None], self.cold_start(x), z)
+            s, lam = torch.where(bad[:, None], 1.0, s), torch.where(bad[:, None], 1.0, lam)
+        # the state's factorization: at the polish's scaling 1_A / sqrt(eps) where the kernel polished (the one
+        # the KKT backward needs at an exact active set, as in _polish_finish), else at lam / s
+        act = (lam > s).to(s.dtype) / float(torch.finfo(s.dtype).eps) ** 0.5
+        d = torch.where(polished[:, None], act, (lam / s).clamp(max=1.0 / self._delta(x)))
+        st = self._state(z, x, c, s, lam, x.q.new_zeros(x.q.shape[0], x.p), status,
+                         factored=(d, *self._factor(c, x, d)))
+        spent = (code == _NATIVE_BUDGET) & (st.status == 0) & (st.residual > self.skip_tol)
+        st = replace(st, status=torch.where(spent, int(RESULTS.max_steps_reached), st.status))
+        x._cache["start"] = z
+        x._cache["native_steps"] = iters
+        return st
+
+    def initial_iterate(self, problem, y: Tensor, x: QPData, state: QPState) -> Tensor:
+        """The start :meth:`init` chose (the native kernel's solution, or the cold start it computed)."""
+        z = x._cache.pop("start", None)
+        return y if z is None else z
 
     def cold_start(self, x: QPData) -> Tensor:
         """The CVXOPT initial primal point: ``argmin 1/2 z'Qz + q'z + 1/2 ||h - Gz||^2`` s.t. ``Az = b``."""
@@ -1014,6 +1106,14 @@ def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
 QP_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
+def _count_native_steps(sol, data: QPData):
+    """``num_steps`` = the native kernel's iterations (if it ran) + the loop's steps."""
+    native_steps = data._cache.pop("native_steps", None)
+    if native_steps is None:
+        return sol
+    return replace(sol, num_steps=sol.num_steps + native_steps, stats={**sol.stats, "native": True})
+
+
 def qp_solve(
     Q: Tensor,
     q: Tensor,
@@ -1089,8 +1189,24 @@ def qp_solve(
     solver = solver or QP()
     if solver.skip_tol is None:
         solver = replace(solver, skip_tol=tol)
-    sol = solve(problem, solver, data, data.start.z if start is not None else None, adjoint=adjoint,
-                max_steps=max_steps, tol=tol, throw=throw, trace=trace)
+    if solver.native is None:
+        from ._native import available
+
+        solver = replace(solver, native=available() and not trace)  # a trace records the PyTorch steps
+    if solver.native_budget is None:  # the kernel's iterations and the loop's steps share max_steps
+        solver = replace(solver, native_budget=max_steps - 1)
+    y0 = data.start.z if start is not None else None
+    if y0 is None and not trace and solver.native and cdt == torch.float64 and data.m > 0:
+        # the native kernel computes its own start in QP.init: skip QPProblem.init's cold start (a factorization);
+        # QP.init computes it after all if the kernel does not apply (autograd, no compiler)
+        y0 = data.q.new_zeros(data.q.shape)
+        data._cache["start_placeholder"] = True
+    try:
+        sol = solve(problem, solver, data, y0, adjoint=adjoint, max_steps=max_steps, tol=tol, throw=throw,
+                    trace=trace)
+    except SolveError as err:
+        raise SolveError(_count_native_steps(err.solution, data)) from None
+    sol = _count_native_steps(sol, data)
     if cdt != in_dtype:
         sol = replace(sol, y=sol.y.to(in_dtype), value=sol.value.to(in_dtype))
     return sol

@@ -1,0 +1,329 @@
+/* Dense primal-dual interior point (Mehrotra predictor-corrector) for a batch of inequality-form QPs
+
+       min 1/2 u'P u + c'u   s.t.   F u <= g        (P: k x k, F: m x k, per instance, row-major)
+
+   one instance at a time, in cache. doubleopt's QP solver calls it (through ctypes, on slices of the batch
+   from several threads) after eliminating the equality constraints (u are null-space coordinates), and
+   rebuilds its own state from the result, so every answer is re-checked in PyTorch. The iteration is the
+   same as doubleopt.solvers.qp.QP._step: the CVXOPT initial point, the reduced matrix H = P + F'DF + shift I
+   (D = lam / s clipped at 1 / delta) factored once per iteration, the predictor, the Mehrotra corrector with
+   one step of iterative refinement against the unreduced operator, and the step to the boundary.
+   Status per instance: 0 converged (scaled KKT residual <= tol, with the 2-norm of the reduced dual
+   residual, which bounds the inf-norm of the full one), 1 iteration budget spent, 2 Cholesky failed,
+   3 iterates diverging (left to the caller's infeasibility / unboundedness certificates), 4 non-finite.
+   Once the residual is <= polish_below, each iteration first tries the active-set polish (as QP.polish);
+   `polished` says which instances ended with it. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ST_CONVERGED 0
+#define ST_BUDGET 1
+#define ST_CHOLESKY 2
+#define ST_DIVERGED 3
+#define ST_NONFINITE 4
+
+typedef struct {
+    int64_t k, m;
+    int64_t max_iter;
+    int64_t refine;
+    int64_t polish_rounds;
+    int64_t warm; /* 1: start from the given (u, s, lam) instead of the CVXOPT initial point */
+    double tol, delta, step_fraction, ydiv_factor, zdiv_factor, polish_below;
+} Options;
+
+static int cholesky(double *L, int64_t k) { /* lower triangle of L (row-major) in place */
+    for (int64_t j = 0; j < k; ++j) {
+        double *Lj = L + j * k;
+        double s = Lj[j];
+#pragma omp simd reduction(- : s)
+        for (int64_t t = 0; t < j; ++t) s -= Lj[t] * Lj[t];
+        if (!(s > 0.0) || !isfinite(s)) return 1;
+        double dj = sqrt(s), inv = 1.0 / dj;
+        Lj[j] = dj;
+        for (int64_t i = j + 1; i < k; ++i) {
+            double *Li = L + i * k;
+            double v = Li[j];
+#pragma omp simd reduction(- : v)
+            for (int64_t t = 0; t < j; ++t) v -= Li[t] * Lj[t];
+            Li[j] = v * inv;
+        }
+    }
+    return 0;
+}
+
+static void chol_solve(const double *L, int64_t k, double *x) { /* x <- (L L')^{-1} x */
+    for (int64_t i = 0; i < k; ++i) {
+        const double *Li = L + i * k;
+        double v = x[i];
+#pragma omp simd reduction(- : v)
+        for (int64_t t = 0; t < i; ++t) v -= Li[t] * x[t];
+        x[i] = v / Li[i];
+    }
+    for (int64_t i = k - 1; i >= 0; --i) {
+        double v = x[i] / L[i * k + i];
+        x[i] = v;
+        for (int64_t t = 0; t < i; ++t) x[t] -= L[i * k + t] * v; /* column i of L' = row i of L */
+    }
+}
+
+static void matvec(const double *F, int64_t m, int64_t k, const double *u, double *out) { /* out = F u */
+    for (int64_t i = 0; i < m; ++i) {
+        const double *Fi = F + i * k;
+        double v = 0.0;
+#pragma omp simd reduction(+ : v)
+        for (int64_t t = 0; t < k; ++t) v += Fi[t] * u[t];
+        out[i] = v;
+    }
+}
+
+static void matvec_t_add(const double *F, int64_t m, int64_t k, const double *v, double *out) { /* out += F'v */
+    for (int64_t i = 0; i < m; ++i) {
+        const double *Fi = F + i * k;
+        double w = v[i];
+#pragma omp simd
+        for (int64_t t = 0; t < k; ++t) out[t] += w * Fi[t];
+    }
+}
+
+static void sym_matvec(const double *P, int64_t k, const double *u, double *out) { /* out = P u (full P) */
+    matvec(P, k, k, u, out);
+}
+
+/* H = P + F' diag(d) F + shift I, lower triangle (rank-1 updates, four rows at a time) */
+static void form_h(const double *P, const double *F, const double *d, int64_t m, int64_t k, double shift,
+                   double *H) {
+    for (int64_t a = 0; a < k; ++a) {
+        memcpy(H + a * k, P + a * k, (size_t)(a + 1) * sizeof(double));
+        H[a * k + a] += shift;
+    }
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+        const double *F0 = F + i * k, *F1 = F0 + k, *F2 = F1 + k, *F3 = F2 + k;
+        for (int64_t a = 0; a < k; ++a) {
+            double w0 = d[i] * F0[a], w1 = d[i + 1] * F1[a], w2 = d[i + 2] * F2[a], w3 = d[i + 3] * F3[a];
+            double *Ha = H + a * k;
+#pragma omp simd
+            for (int64_t b = 0; b <= a; ++b) Ha[b] += w0 * F0[b] + w1 * F1[b] + w2 * F2[b] + w3 * F3[b];
+        }
+    }
+    for (; i < m; ++i) {
+        const double *Fi = F + i * k;
+        for (int64_t a = 0; a < k; ++a) {
+            double w = d[i] * Fi[a];
+            double *Ha = H + a * k;
+#pragma omp simd
+            for (int64_t b = 0; b <= a; ++b) Ha[b] += w * Fi[b];
+        }
+    }
+}
+
+static int factor(const double *P, const double *F, const double *d, int64_t m, int64_t k, double shift,
+                  double *H) { /* Cholesky of H, with larger shifts (x1e3, three times) where it fails */
+    for (int attempt = 0; attempt < 4; ++attempt) {
+        form_h(P, F, d, m, k, shift, H);
+        if (cholesky(H, k) == 0) return 0;
+        shift *= 1e3;
+    }
+    return 1;
+}
+
+static double step_to_boundary(const double *v, const double *dv, int64_t m) {
+    double a = 1e30;
+    for (int64_t i = 0; i < m; ++i)
+        if (dv[i] < 0.0) {
+            double r = -v[i] / dv[i];
+            if (r < a) a = r;
+        }
+    return a;
+}
+
+static double inf_norm(const double *v, int64_t n) {
+    double r = 0.0;
+    for (int64_t i = 0; i < n; ++i) r = fmax(r, fabs(v[i]));
+    return r;
+}
+
+/* scaled KKT residual at (u, s, lam); Fu = F u; rd, rp are outputs */
+static double residual(const double *P, const double *c, const double *F, const double *g, int64_t m, int64_t k,
+                       double qn, double hn, const double *u, const double *Fu, const double *s, const double *lam,
+                       double *rd, double *rp) {
+    sym_matvec(P, k, u, rd);
+    for (int64_t a = 0; a < k; ++a) rd[a] += c[a];
+    matvec_t_add(F, m, k, lam, rd);
+    double mu = 0.0, rd2 = 0.0;
+    for (int64_t i = 0; i < m; ++i) {
+        rp[i] = Fu[i] + s[i] - g[i];
+        mu += s[i] * lam[i];
+    }
+    for (int64_t a = 0; a < k; ++a) rd2 += rd[a] * rd[a];
+    return fmax(fmax(sqrt(rd2) / qn, inf_norm(rp, m) / hn), mu / (double)m);
+}
+
+/* Active-set polish (doubleopt.solvers.qp.QP.polish): guess A = {lam > s}, factor H at D = 1_A / sqrt(eps),
+   refine the equality-constrained KKT conditions; accept only if the polished point's residual is <= tol.
+   On success (u, s, lam) are replaced and 1 is returned. pw holds k + 5m doubles. */
+static int polish(const Options *o, const double *P, const double *c, const double *F, const double *g,
+                  double shift, double qn, double hn, double *u, double *s, double *lam, const double *Fu, double *H,
+                  double *rd, double *rp, double *pw) {
+    const int64_t k = o->k, m = o->m;
+    double *up = pw, *dp = up + k, *lp = dp + m, *Fup = lp + m, *sp = Fup + m, *Fdu = sp + m;
+    const double big = 1.0 / sqrt(2.220446049250313e-16);
+    for (int64_t i = 0; i < m; ++i) {
+        int act = lam[i] > s[i];
+        dp[i] = act ? big : 0.0;
+        lp[i] = act ? lam[i] : 0.0;
+        Fup[i] = Fu[i];
+    }
+    if (factor(P, F, dp, m, k, shift, H)) return 0;
+    memcpy(up, u, (size_t)k * sizeof(double));
+    for (int64_t r = 0; r < (o->polish_rounds > 0 ? o->polish_rounds : 1); ++r) {
+        sym_matvec(P, k, up, rd);
+        for (int64_t a = 0; a < k; ++a) rd[a] = -(rd[a] + c[a]);
+        for (int64_t i = 0; i < m; ++i) {
+            rp[i] = dp[i] > 0 ? Fup[i] - g[i] : 0.0;
+            sp[i] = -(lp[i] + dp[i] * rp[i]);
+        }
+        matvec_t_add(F, m, k, sp, rd);
+        chol_solve(H, k, rd);
+        matvec(F, m, k, rd, Fdu);
+        for (int64_t a = 0; a < k; ++a) up[a] += rd[a];
+        for (int64_t i = 0; i < m; ++i) {
+            lp[i] += dp[i] * (Fdu[i] + rp[i]);
+            Fup[i] += Fdu[i];
+        }
+    }
+    for (int64_t i = 0; i < m; ++i) {
+        sp[i] = fmax(g[i] - Fup[i], 0.0);
+        lp[i] = fmax(lp[i], 0.0);
+    }
+    double res = residual(P, c, F, g, m, k, qn, hn, up, Fup, sp, lp, rd, rp);
+    if (!(res <= o->tol)) return 0;
+    memcpy(u, up, (size_t)k * sizeof(double));
+    memcpy(s, sp, (size_t)m * sizeof(double));
+    memcpy(lam, lp, (size_t)m * sizeof(double));
+    return 1;
+}
+
+/* one instance; work holds k*k + 4k + 14m doubles */
+static int solve_one(const Options *o, const double *P, const double *c, const double *F, const double *g,
+                     double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
+                     int64_t *polished, double *work) {
+    const int64_t k = o->k, m = o->m;
+    double *H = work, *rd = H + k * k, *du = rd + k, *e = du + k;
+    double *Fu = e + k, *rp = Fu + m, *d = rp + m, *ta = d + m, *t = ta + m, *Fdu = t + m, *dsa = Fdu + m,
+           *dla = dsa + m, *dl = dla + m, *pw = dl + m;
+    const double dmax = 1.0 / o->delta;
+    *iters = 0;
+    *polished = 0;
+    if (!o->warm) { /* CVXOPT initial point: (P + F'F) u = -c + F'g; s = g - F u, lam = -s, both shifted > 0 */
+        for (int64_t i = 0; i < m; ++i) d[i] = 1.0;
+        if (factor(P, F, d, m, k, shift, H)) return ST_CHOLESKY;
+        for (int64_t a = 0; a < k; ++a) u[a] = -c[a];
+        matvec_t_add(F, m, k, g, u);
+        chol_solve(H, k, u);
+        matvec(F, m, k, u, Fu);
+        double ap = -1e300, ad = -1e300;
+        for (int64_t i = 0; i < m; ++i) {
+            s[i] = g[i] - Fu[i];
+            lam[i] = -s[i];
+            ap = fmax(ap, -s[i]);
+            ad = fmax(ad, -lam[i]);
+        }
+        for (int64_t i = 0; i < m; ++i) {
+            if (ap >= 0) s[i] += 1.0 + ap;
+            if (ad >= 0) lam[i] += 1.0 + ad;
+        }
+    }
+    for (int64_t it = 0;; ++it) {
+        /* residuals at the current point */
+        matvec(F, m, k, u, Fu);
+        double res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp);
+        double mu = 0.0;
+        for (int64_t i = 0; i < m; ++i) mu += s[i] * lam[i];
+        mu /= (double)m;
+        *iters = it;
+        if (!isfinite(res)) return ST_NONFINITE;
+        if (res <= o->tol) return ST_CONVERGED;
+        if (res <= o->polish_below && polish(o, P, c, F, g, shift, qn, hn, u, s, lam, Fu, H, rd, rp, pw)) {
+            *polished = 1;
+            return ST_CONVERGED;
+        }
+        if (res <= o->polish_below) /* the polish overwrote rd, rp: recompute them */
+            res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp);
+        if (inf_norm(lam, m) > o->ydiv_factor || inf_norm(u, k) > o->zdiv_factor) return ST_DIVERGED;
+        if (it >= o->max_iter) return ST_BUDGET;
+        for (int64_t i = 0; i < m; ++i) d[i] = fmin(lam[i] / s[i], dmax);
+        if (factor(P, F, d, m, k, shift, H)) return ST_CHOLESKY;
+        /* predictor (affine scaling): t = lam r_p / s - lam */
+        for (int64_t i = 0; i < m; ++i) ta[i] = lam[i] * rp[i] / s[i] - lam[i];
+        for (int64_t a = 0; a < k; ++a) du[a] = -rd[a];
+        for (int64_t i = 0; i < m; ++i) t[i] = -ta[i];
+        matvec_t_add(F, m, k, t, du);
+        chol_solve(H, k, du);
+        matvec(F, m, k, du, Fdu);
+        for (int64_t i = 0; i < m; ++i) {
+            dsa[i] = -rp[i] - Fdu[i];
+            dla[i] = d[i] * Fdu[i] + ta[i];
+        }
+        double aaff = fmin(1.0, fmin(step_to_boundary(s, dsa, m), step_to_boundary(lam, dla, m)));
+        double muaff = 0.0;
+        for (int64_t i = 0; i < m; ++i) muaff += (s[i] + aaff * dsa[i]) * (lam[i] + aaff * dla[i]);
+        muaff /= (double)m;
+        double sigma = fmin(fmax(muaff / fmax(mu, 1e-300), 0.0), 1.0);
+        sigma = sigma * sigma * sigma;
+        /* corrector: t = t_a - (ds_a dl_a - sigma mu) / s, same factorization */
+        for (int64_t i = 0; i < m; ++i) t[i] = ta[i] - (dsa[i] * dla[i] - sigma * mu) / s[i];
+        for (int64_t a = 0; a < k; ++a) du[a] = -rd[a];
+        for (int64_t i = 0; i < m; ++i) dl[i] = -t[i];
+        matvec_t_add(F, m, k, dl, du);
+        chol_solve(H, k, du);
+        matvec(F, m, k, du, Fdu);
+        for (int64_t i = 0; i < m; ++i) dl[i] = d[i] * Fdu[i] + t[i];
+        for (int64_t r = 0; r < o->refine; ++r) { /* e = rd + P du + F' dl (the unreduced operator) */
+            sym_matvec(P, k, du, e);
+            for (int64_t a = 0; a < k; ++a) e[a] = -(e[a] + rd[a]);
+            for (int64_t i = 0; i < m; ++i) dsa[i] = -dl[i];
+            matvec_t_add(F, m, k, dsa, e);
+            chol_solve(H, k, e);
+            for (int64_t a = 0; a < k; ++a) du[a] += e[a];
+            matvec(F, m, k, e, dsa);
+            for (int64_t i = 0; i < m; ++i) {
+                Fdu[i] += dsa[i];
+                dl[i] += d[i] * dsa[i];
+            }
+        }
+        for (int64_t i = 0; i < m; ++i) dsa[i] = -rp[i] - Fdu[i]; /* ds */
+        double a = fmin(step_to_boundary(s, dsa, m), step_to_boundary(lam, dl, m));
+        a = fmin(o->step_fraction * a, 1.0);
+        for (int64_t b = 0; b < k; ++b) u[b] += a * du[b];
+        for (int64_t i = 0; i < m; ++i) {
+            s[i] += a * dsa[i];
+            lam[i] += a * dl[i];
+        }
+    }
+}
+
+/* Instances [b0, b1) of the batch. Strides are in doubles between instances (0: shared by the batch).
+   ydiv / zdiv: per-instance divergence thresholds on max |lam| and max |u|. Returns nothing; writes
+   u (B, k), s (B, m), lam (B, m), iters (B,), status (B,). */
+void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P, int64_t sP, const double *c,
+                      const double *F, int64_t sF, const double *g, const double *shift, const double *qn,
+                      const double *hn, const double *ydiv, const double *zdiv, double *u, double *s,
+                      double *lam, int64_t *iters, int64_t *polished, int64_t *status) {
+    const int64_t k = o->k, m = o->m;
+    double *work = (double *)malloc(sizeof(double) * (size_t)(k * k + 4 * k + 14 * m + 8));
+    if (work == NULL) {
+        for (int64_t b = b0; b < b1; ++b) status[b] = ST_BUDGET, iters[b] = 0, polished[b] = 0;
+        return;
+    }
+    Options ob = *o;
+    for (int64_t b = b0; b < b1; ++b) {
+        ob.ydiv_factor = ydiv[b];
+        ob.zdiv_factor = zdiv[b];
+        status[b] = solve_one(&ob, P + b * sP, c + b * k, F + b * sF, g + b * m, shift[b], qn[b], hn[b], u + b * k,
+                              s + b * m, lam + b * m, iters + b, polished + b, work);
+    }
+    free(work);
+}
