@@ -3,7 +3,9 @@
 Same random feasible QPs (do.problems.RandomQP, per-instance matrices) for every method; solutions are
 checked to agree within `agree_tol` before anything is timed. Timed: forward + backward of sum(z * w) w.r.t.
 (Q, q, A, b, G, h), median of repeats after a warm-up, threads fixed; the process CPU time is recorded too
-(on a machine shared with other jobs, wall time includes waiting for a core). Then a scaling sweep of our
+(on a machine shared with other jobs, wall time includes waiting for a core). Ours runs the interior-point
+iterations in the native C kernel where it is available (a row times the same layer with QP(native=False), the
+PyTorch iterations only, in the same run). Then a scaling sweep of our
 layer over n and B, and the float32 accuracy (float32 inputs solved in float64, the default, and natively
 in float32). Run: doubleopt bench qp [-- --quick] [-- --threads 1]
 On a machine loaded by other jobs, OpenMP's default spin-waiting makes 2+ threads far slower than 1 (for
@@ -56,9 +58,10 @@ def make(args, B, n, m, p, dtype=torch.float64):
     return [getattr(x, k) for k in "QqAbGh"]
 
 
-def ours(tensors, w, tol=1e-12):
+def ours(tensors, w, tol=1e-12, native=None):
+    """doubleopt forward + backward; ``native=False``: the PyTorch iterations only (no C kernel)."""
     leaves = [t.clone().requires_grad_() for t in tensors]
-    sol = do.qp_solve(*leaves, tol=tol, throw=False)
+    sol = do.qp_solve(*leaves, tol=tol, throw=False, solver=do.solvers.QP(native=native))
     (sol.y * w).sum().backward()
     return sol.y.detach(), [t.grad for t in leaves], sol
 
@@ -117,8 +120,9 @@ def main(argv=None):
     z_ours, g_ours, sol = t_ours.result
     c_ours = cpu_time(lambda: ours(data, w, args.tol), args.repeats)
     rows = {"doubleopt": t_ours.median}
+    native = bool(sol.stats.get("native", False))
     report.add_row(
-        method="doubleopt (KKT adjoint)",
+        method="doubleopt (KKT adjoint" + (", native kernel)" if native else ", PyTorch iterations: no C compiler)"),
         fwd_bwd_s=t_ours.median,
         speedup=1.0,
         cpu_s=c_ours,
@@ -128,6 +132,20 @@ def main(argv=None):
         steps=float(sol.num_steps.double().mean()),
     )
     agree = {}
+    if native:  # the same layer without the C kernel: the PyTorch iterations only
+        t_py = time_call(lambda: ours(data, w, args.tol, native=False), warmup=1, repeats=args.repeats)
+        c_py = cpu_time(lambda: ours(data, w, args.tol, native=False), args.repeats)
+        rows["doubleopt (PyTorch)"] = t_py.median
+        report.add_row(
+            method="doubleopt, PyTorch iterations (QP(native=False))",
+            fwd_bwd_s=t_py.median,
+            speedup=t_py.median / t_ours.median,
+            cpu_s=c_py,
+            cpu_speedup=c_py / c_ours,
+            max_dz=float((t_py.result[0] - z_ours).abs().max()),
+            max_dgrad_q=float((t_py.result[1][1] - g_ours[1]).abs().max()),
+            steps=float(t_py.result[2].num_steps.double().mean()),
+        )
     try:
         z_q, g_q = qpth_run(data, w)
         dz = float((z_q - z_ours).abs().max())
@@ -184,6 +202,7 @@ def main(argv=None):
         d = make(args, bb, nn, 2 * nn, max(1, nn // 5))
         ww = torch.randn(bb, nn, dtype=torch.float64)
         t = time_call(lambda d=d, ww=ww: ours(d, ww, args.tol), warmup=1, repeats=args.repeats)
+        t_py = time_call(lambda d=d, ww=ww: ours(d, ww, args.tol, native=False), warmup=1, repeats=args.repeats)
         d32 = [x.float() for x in d]
         z32 = do.qp_solve(*d32, tol=args.tol, throw=False).y.double()  # float32 inputs, float64 IPM
         s32 = do.qp_solve(*d32, tol=1e-4, max_steps=100, throw=False, compute_dtype=torch.float32)
@@ -194,6 +213,7 @@ def main(argv=None):
                 "m": 2 * nn,
                 "p": max(1, nn // 5),
                 "fwd_bwd_s": t.median,
+                "fwd_bwd_s_pytorch_iterations": t_py.median,
                 "steps_mean": float(t.result[2].num_steps.double().mean()),
                 "f32_inputs_max_err": float((z32 - t.result[0]).abs().max()),
                 "f32_native_max_err": float((s32.y.double() - t.result[0]).abs().max()),
@@ -209,12 +229,19 @@ def main(argv=None):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     sn = [r for r in scaling[: len(args.scale_n)]]
     sb = [r for r in scaling[len(args.scale_n) :]]
-    axes[0].loglog([r["n"] for r in sn], [r["fwd_bwd_s"] for r in sn], "o-")
+    axes[0].loglog([r["n"] for r in sn], [r["fwd_bwd_s"] for r in sn], "o-", label="doubleopt")
+    axes[0].loglog([r["n"] for r in sn], [r["fwd_bwd_s_pytorch_iterations"] for r in sn], "s--",
+                   label="doubleopt, PyTorch iterations")
+    axes[0].legend()
     axes[0].set(xlabel="n (m = 2n, p = n/5)", ylabel="fwd+bwd time (s)", title=f"B = {B}")
-    axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s"] for r in sb], "o-")
+    axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s"] for r in sb], "o-", label="doubleopt")
+    axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s_pytorch_iterations"] for r in sb], "s--",
+                   label="doubleopt, PyTorch iterations")
+    axes[1].legend()
     axes[1].set(xlabel="batch B", ylabel="fwd+bwd time (s)", title=f"n = {n}")
     names = list(rows)
     axes[2].bar(names, [rows[k] for k in names])
+    axes[2].tick_params(axis="x", labelrotation=15)
     axes[2].set_yscale("log")
     axes[2].set(ylabel="fwd+bwd time (s)", title=f"B={B}, n={n}, m={m}, p={p}, float64")
     report.save(
