@@ -91,38 +91,73 @@ static void sym_matvec(const double *P, int64_t k, const double *u, double *out)
     matvec(P, k, k, u, out);
 }
 
-/* H = P + F' diag(d) F + shift I, lower triangle (rank-1 updates, four rows at a time) */
-static void form_h(const double *P, const double *F, const double *d, int64_t m, int64_t k, double shift,
+/* The reduced matrix H = P + F' diag(d) F + shift I (lower triangle) as blocks of dot products over the
+   constraints: Ft is F transposed (kp x mp, zero-padded to multiples of 4 rows and VW columns, built once per
+   instance), DFt = Ft scaled by d per column; each 4 x 4 block of H keeps 16 vector accumulators in registers. */
+#if defined(__AVX512F__)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef double vec __attribute__((vector_size(VW * sizeof(double))));
+
+typedef struct {
+    int64_t kp, mp;   /* padded sizes */
+    double *Ft, *DFt; /* kp x mp each, 64-byte aligned rows */
+} Hessian;
+
+static inline double hsum(vec v) {
+    double r = 0.0;
+    for (int t = 0; t < VW; ++t) r += v[t];
+    return r;
+}
+
+static void transpose_padded(const double *F, int64_t m, int64_t k, Hessian *hs) {
+    memset(hs->Ft, 0, sizeof(double) * (size_t)(hs->kp * hs->mp));
+    memset(hs->DFt, 0, sizeof(double) * (size_t)(hs->kp * hs->mp));
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t a = 0; a < k; ++a) hs->Ft[a * hs->mp + i] = F[i * k + a];
+}
+
+static void form_h(const double *P, const Hessian *hs, const double *d, int64_t m, int64_t k, double shift,
                    double *H) {
+    const int64_t kp = hs->kp, mp = hs->mp;
     for (int64_t a = 0; a < k; ++a) {
-        memcpy(H + a * k, P + a * k, (size_t)(a + 1) * sizeof(double));
-        H[a * k + a] += shift;
+        const double *Fa = hs->Ft + a * mp;
+        double *Da = hs->DFt + a * mp;
+        for (int64_t i = 0; i < m; ++i) Da[i] = d[i] * Fa[i];
     }
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-        const double *F0 = F + i * k, *F1 = F0 + k, *F2 = F1 + k, *F3 = F2 + k;
-        for (int64_t a = 0; a < k; ++a) {
-            double w0 = d[i] * F0[a], w1 = d[i + 1] * F1[a], w2 = d[i + 2] * F2[a], w3 = d[i + 3] * F3[a];
-            double *Ha = H + a * k;
-#pragma omp simd
-            for (int64_t b = 0; b <= a; ++b) Ha[b] += w0 * F0[b] + w1 * F1[b] + w2 * F2[b] + w3 * F3[b];
-        }
-    }
-    for (; i < m; ++i) {
-        const double *Fi = F + i * k;
-        for (int64_t a = 0; a < k; ++a) {
-            double w = d[i] * Fi[a];
-            double *Ha = H + a * k;
-#pragma omp simd
-            for (int64_t b = 0; b <= a; ++b) Ha[b] += w * Fi[b];
+    for (int64_t a0 = 0; a0 < kp; a0 += 4) {
+        for (int64_t b0 = 0; b0 <= a0; b0 += 4) {
+            vec acc[4][4];
+            memset(acc, 0, sizeof(acc));
+            const double *x0 = hs->DFt + a0 * mp, *y0 = hs->Ft + b0 * mp;
+            for (int64_t i = 0; i < mp; i += VW) {
+                vec x[4], y[4];
+                for (int r = 0; r < 4; ++r) {
+                    memcpy(&x[r], x0 + r * mp + i, sizeof(vec));
+                    memcpy(&y[r], y0 + r * mp + i, sizeof(vec));
+                }
+                for (int r = 0; r < 4; ++r)
+                    for (int c = 0; c < 4; ++c) acc[r][c] += x[r] * y[c];
+            }
+            for (int r = 0; r < 4; ++r) {
+                int64_t a = a0 + r;
+                if (a >= k) break;
+                for (int c = 0; c < 4; ++c) {
+                    int64_t b = b0 + c;
+                    if (b > a) break;
+                    H[a * k + b] = P[a * k + b] + hsum(acc[r][c]) + (a == b ? shift : 0.0);
+                }
+            }
         }
     }
 }
 
-static int factor(const double *P, const double *F, const double *d, int64_t m, int64_t k, double shift,
+static int factor(const double *P, const Hessian *hs, const double *d, int64_t m, int64_t k, double shift,
                   double *H) { /* Cholesky of H, with larger shifts (x1e3, three times) where it fails */
     for (int attempt = 0; attempt < 4; ++attempt) {
-        form_h(P, F, d, m, k, shift, H);
+        form_h(P, hs, d, m, k, shift, H);
         if (cholesky(H, k) == 0) return 0;
         shift *= 1e3;
     }
@@ -166,7 +201,7 @@ static double residual(const double *P, const double *c, const double *F, const 
    On success (u, s, lam) are replaced and 1 is returned. pw holds k + 5m doubles. */
 static int polish(const Options *o, const double *P, const double *c, const double *F, const double *g,
                   double shift, double qn, double hn, double *u, double *s, double *lam, const double *Fu, double *H,
-                  double *rd, double *rp, double *pw) {
+                  double *rd, double *rp, double *pw, const Hessian *hs) {
     const int64_t k = o->k, m = o->m;
     double *up = pw, *dp = up + k, *lp = dp + m, *Fup = lp + m, *sp = Fup + m, *Fdu = sp + m;
     const double big = 1.0 / sqrt(2.220446049250313e-16);
@@ -176,7 +211,7 @@ static int polish(const Options *o, const double *P, const double *c, const doub
         lp[i] = act ? lam[i] : 0.0;
         Fup[i] = Fu[i];
     }
-    if (factor(P, F, dp, m, k, shift, H)) return 0;
+    if (factor(P, hs, dp, m, k, shift, H)) return 0;
     memcpy(up, u, (size_t)k * sizeof(double));
     for (int64_t r = 0; r < (o->polish_rounds > 0 ? o->polish_rounds : 1); ++r) {
         sym_matvec(P, k, up, rd);
@@ -209,7 +244,7 @@ static int polish(const Options *o, const double *P, const double *c, const doub
 /* one instance; work holds k*k + 4k + 14m doubles */
 static int solve_one(const Options *o, const double *P, const double *c, const double *F, const double *g,
                      double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
-                     int64_t *polished, double *work) {
+                     int64_t *polished, double *work, Hessian *hs) {
     const int64_t k = o->k, m = o->m;
     double *H = work, *rd = H + k * k, *du = rd + k, *e = du + k;
     double *Fu = e + k, *rp = Fu + m, *d = rp + m, *ta = d + m, *t = ta + m, *Fdu = t + m, *dsa = Fdu + m,
@@ -217,9 +252,10 @@ static int solve_one(const Options *o, const double *P, const double *c, const d
     const double dmax = 1.0 / o->delta;
     *iters = 0;
     *polished = 0;
+    transpose_padded(F, m, k, hs);
     if (!o->warm) { /* CVXOPT initial point: (P + F'F) u = -c + F'g; s = g - F u, lam = -s, both shifted > 0 */
         for (int64_t i = 0; i < m; ++i) d[i] = 1.0;
-        if (factor(P, F, d, m, k, shift, H)) return ST_CHOLESKY;
+        if (factor(P, hs, d, m, k, shift, H)) return ST_CHOLESKY;
         for (int64_t a = 0; a < k; ++a) u[a] = -c[a];
         matvec_t_add(F, m, k, g, u);
         chol_solve(H, k, u);
@@ -246,7 +282,7 @@ static int solve_one(const Options *o, const double *P, const double *c, const d
         *iters = it;
         if (!isfinite(res)) return ST_NONFINITE;
         if (res <= o->tol) return ST_CONVERGED;
-        if (res <= o->polish_below && polish(o, P, c, F, g, shift, qn, hn, u, s, lam, Fu, H, rd, rp, pw)) {
+        if (res <= o->polish_below && polish(o, P, c, F, g, shift, qn, hn, u, s, lam, Fu, H, rd, rp, pw, hs)) {
             *polished = 1;
             return ST_CONVERGED;
         }
@@ -255,7 +291,7 @@ static int solve_one(const Options *o, const double *P, const double *c, const d
         if (inf_norm(lam, m) > o->ydiv_factor || inf_norm(u, k) > o->zdiv_factor) return ST_DIVERGED;
         if (it >= o->max_iter) return ST_BUDGET;
         for (int64_t i = 0; i < m; ++i) d[i] = fmin(lam[i] / s[i], dmax);
-        if (factor(P, F, d, m, k, shift, H)) return ST_CHOLESKY;
+        if (factor(P, hs, d, m, k, shift, H)) return ST_CHOLESKY;
         /* predictor (affine scaling): t = lam r_p / s - lam */
         for (int64_t i = 0; i < m; ++i) ta[i] = lam[i] * rp[i] / s[i] - lam[i];
         for (int64_t a = 0; a < k; ++a) du[a] = -rd[a];
@@ -313,17 +349,25 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
                       const double *hn, const double *ydiv, const double *zdiv, double *u, double *s,
                       double *lam, int64_t *iters, int64_t *polished, int64_t *status) {
     const int64_t k = o->k, m = o->m;
-    double *work = (double *)malloc(sizeof(double) * (size_t)(k * k + 4 * k + 14 * m + 8));
-    if (work == NULL) {
+    Hessian hs;
+    hs.kp = (k + 3) / 4 * 4;
+    hs.mp = (m + VW - 1) / VW * VW;
+    size_t nwork = (size_t)(k * k + 4 * k + 14 * m + 8), nh = (size_t)(hs.kp * hs.mp);
+    size_t bytes = ((nwork + 2 * nh) * sizeof(double) + 63) / 64 * 64;
+    double *buf = (double *)aligned_alloc(64, bytes);
+    if (buf == NULL) {
         for (int64_t b = b0; b < b1; ++b) status[b] = ST_BUDGET, iters[b] = 0, polished[b] = 0;
         return;
     }
+    hs.Ft = buf;
+    hs.DFt = buf + nh;
+    double *work = buf + 2 * nh;
     Options ob = *o;
     for (int64_t b = b0; b < b1; ++b) {
         ob.ydiv_factor = ydiv[b];
         ob.zdiv_factor = zdiv[b];
         status[b] = solve_one(&ob, P + b * sP, c + b * k, F + b * sF, g + b * m, shift[b], qn[b], hn[b], u + b * k,
-                              s + b * m, lam + b * m, iters + b, polished + b, work);
+                              s + b * m, lam + b * m, iters + b, polished + b, work, &hs);
     }
-    free(work);
+    free(buf);
 }
