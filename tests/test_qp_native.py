@@ -137,9 +137,9 @@ def test_a_nonfinite_kernel_result_restarts_from_the_pytorch_cold_start(monkeypa
     real = _native.qp_ipm
 
     def broken(*args, **kw):  # instance 1 comes back non-finite (status 4)
-        u, s, lam, iters, polished, code = real(*args, **kw)
+        u, s, lam, iters, polished, code, L, lok = real(*args, **kw)
         u[1], s[1], lam[1], code[1] = float("nan"), float("nan"), float("nan"), 4
-        return u, s, lam, iters, polished, code
+        return u, s, lam, iters, polished, code, L, lok
 
     monkeypatch.setattr(_native, "qp_ipm", broken)
     sol = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, tol=1e-10, solver=QP(native=True))

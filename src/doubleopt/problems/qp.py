@@ -259,15 +259,16 @@ def not_psd(Q: Tensor, psd_tol: float | None = None) -> Tensor:
         return torch.zeros(0, dtype=torch.bool, device=Q.device)
     tol = psd_tol if psd_tol is not None else (1e-10 if Q.dtype == torch.float64 else 1e-5)
     shared = Q.stride(0) == 0
-    Qc = Q[:1] if shared else Q
-    Qc = 0.5 * (Qc + Qc.transpose(-1, -2)).detach()
+    Qc = (Q[:1] if shared else Q).detach()
     n = Qc.shape[-1]
     if n == 0:
         return torch.zeros(B, dtype=torch.bool, device=Q.device)
     scale = 1.0 + Qc.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-    eye = torch.eye(n, dtype=Q.dtype, device=Q.device)
-    _, info = torch.linalg.cholesky_ex(Qc + (tol * scale)[:, None, None] * eye)
-    bad = (info != 0) | ~torch.isfinite(Qc).flatten(1).all(-1)
+    S = Qc + Qc.transpose(-1, -2)  # 2 sym(Q) + 2 tol scale I: one temporary, factored in place of 0.5 (...)
+    S.diagonal(dim1=-2, dim2=-1).add_((2 * tol * scale)[:, None])
+    _, info = torch.linalg.cholesky_ex(S)
+    finite = (S * 0).sum((-2, -1)) == 0  # NaN as soon as one entry is inf or NaN
+    bad = (info != 0) | ~finite
     return bad.expand(B) if shared else bad
 
 

@@ -744,7 +744,7 @@ class QP(Solver):
         big = self.divergence if self.divergence is not None else 1e6
         ydiv = min(big, 1e3) * torch.maximum(c.hn, c.bn)
         budget = self.native_budget if self.native_budget is not None else 100
-        u, s, lam, iters, polished, code = qp_ipm(
+        u, s, lam, iters, polished, code, L, lok = qp_ipm(
             P, lin, F, g, c.shift, c.qn, c.hn, ydiv, big * c.qn,
             tol=float(self.skip_tol), delta=self._delta(x), step_fraction=self.step_fraction, refine=self.refine,
             max_iter=budget, polish_below=self._polish_below(x), polish_rounds=self.polish_rounds, start=start)
@@ -753,12 +753,17 @@ class QP(Solver):
         if bool(bad.any()):  # restart those from the PyTorch cold start (their s, lam are only placeholders here)
             z = torch.where(bad[:, None], self.cold_start(x), z)
             s, lam = torch.where(bad[:, None], 1.0, s), torch.where(bad[:, None], 1.0, lam)
-        # the state's factorization: at the polish's scaling 1_A / sqrt(eps) where the kernel polished (the one
-        # the KKT backward needs at an exact active set, as in _polish_finish), else at lam / s
+            lok = lok & ~bad
+        # the state's factorization (the kernel's): at the polish's scaling 1_A / sqrt(eps) where it polished (the
+        # one the KKT backward needs at an exact active set, as in _polish_finish), else at lam / s
         act = (lam > s).to(s.dtype) / float(torch.finfo(s.dtype).eps) ** 0.5
         d = torch.where(polished[:, None], act, (lam / s).clamp(max=1.0 / self._delta(x)))
-        st = self._state(z, x, c, s, lam, x.q.new_zeros(x.q.shape[0], x.p), status,
-                         factored=(d, *self._factor(c, x, d)))
+        B, k = L.shape[:2]
+        factored = (d, L, x.q.new_zeros(B, x.n, 0), x.q.new_zeros(B, 0, 0), lok)
+        if not bool(lok.all()):  # rare (a failed kernel factorization, a restarted instance): factor here
+            Lp, Wp, LMp, okp = self._factor(c, x, d)
+            factored = (d, torch.where(lok[:, None, None], L, Lp), Wp, LMp, torch.where(lok, lok, okp))
+        st = self._state(z, x, c, s, lam, x.q.new_zeros(x.q.shape[0], x.p), status, factored=factored)
         spent = (code == _NATIVE_BUDGET) & (st.status == 0) & (st.residual > self.skip_tol)
         st = replace(st, status=torch.where(spent, int(RESULTS.max_steps_reached), st.status))
         x._cache["start"] = z

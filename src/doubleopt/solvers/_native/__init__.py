@@ -95,7 +95,7 @@ def _build() -> ctypes.CDLL | None:
     f = lib.doubleopt_qp_ipm
     f.restype = None
     f.argtypes = [ctypes.POINTER(_Options), ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p, ctypes.c_int64,
-                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 12
+                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 14
     return lib
 
 
@@ -140,7 +140,9 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
     ``P (B, k, k)``, ``F (B, m, k)``: per instance, or shared (stride 0 over the batch); every row contiguous.
     ``c (B, k)``, ``g (B, m)``, ``shift, qn, hn, ydiv, zdiv (B,)``. Returns ``u, s, lam, iters, polished,
     status`` (``status``: 0 converged, 1 iteration budget, 2 Cholesky failed, 3 diverging, 4 non-finite;
-    ``polished``: converged by the active-set polish, tried once the residual is ``<= polish_below``).
+    ``polished``: converged by the active-set polish, tried once the residual is ``<= polish_below``; ``L``:
+    the Cholesky factor of the reduced matrix at the returned point -- at the scaling ``1_A / sqrt(eps)``,
+    ``A = {lam > s}``, where it polished, else ``lam / s`` clipped at ``1 / delta`` -- valid where ``lok``).
     ``start = (u, s, lam)``: a warm start (``s, lam > 0``) instead of the CVXOPT initial point.
     """
     lib = native_lib()
@@ -162,12 +164,14 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
     iters = torch.empty(B, dtype=torch.int64)
     polished = torch.empty(B, dtype=torch.int64)
     status = torch.empty(B, dtype=torch.int64)
+    L = c.new_empty(B, k, k)
+    lok = torch.empty(B, dtype=torch.int64)
     opts = _Options(k, m, max_iter, refine, polish_rounds, int(start is not None), tol, delta, step_fraction, 0.0,
                     0.0, polish_below)
     sP = 0 if (B > 1 and P.stride(0) == 0) else k * k
     sF = 0 if (B > 1 and F.stride(0) == 0) else m * k
     args = [_ptr(P), sP, _ptr(vecs[0]), _ptr(F), sF] + [_ptr(v) for v in vecs[1:]] + [
-        _ptr(u), _ptr(s), _ptr(lam), _ptr(iters), _ptr(polished), _ptr(status)]
+        _ptr(u), _ptr(s), _ptr(lam), _ptr(iters), _ptr(polished), _ptr(status), _ptr(L), _ptr(lok)]
     n_threads = max(1, min(torch.get_num_threads(), B))
     if n_threads == 1:
         lib.doubleopt_qp_ipm(ctypes.byref(opts), 0, B, *args)
@@ -177,4 +181,4 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
                    for b0, b1 in zip(bounds[:-1], bounds[1:]) if b1 > b0]
         for f in futures:
             f.result()
-    return u, s, lam, iters, polished.bool(), status
+    return u, s, lam, iters, polished.bool(), status, L, lok.bool()

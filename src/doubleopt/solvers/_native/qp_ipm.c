@@ -242,7 +242,7 @@ static int polish(const Options *o, const double *P, const double *c, const doub
 }
 
 /* one instance; work holds k*k + 4k + 14m doubles */
-static int solve_one(const Options *o, const double *P, const double *c, const double *F, const double *g,
+static int solve_iterations(const Options *o, const double *P, const double *c, const double *F, const double *g,
                      double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
                      int64_t *polished, double *work, Hessian *hs) {
     const int64_t k = o->k, m = o->m;
@@ -341,13 +341,32 @@ static int solve_one(const Options *o, const double *P, const double *c, const d
     }
 }
 
+/* solve_iterations, then the factor L of H at the returned point (at 1_A / sqrt(eps), A = {lam > s}, where it
+   polished, else at lam / s): the caller's state and KKT backward use it. *lok = 0 where it is not available. */
+static int solve_one(const Options *o, const double *P, const double *c, const double *F, const double *g,
+                     double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
+                     int64_t *polished, double *work, Hessian *hs, double *L, int64_t *lok) {
+    const int64_t k = o->k, m = o->m;
+    int status = solve_iterations(o, P, c, F, g, shift, qn, hn, u, s, lam, iters, polished, work, hs);
+    *lok = 0;
+    if (status == ST_NONFINITE) return status;
+    double *H = work, *d = work + k * k + 4 * k; /* the iterations' H and m doubles of their scratch */
+    const double big = 1.0 / sqrt(2.220446049250313e-16), dmax = 1.0 / o->delta;
+    for (int64_t i = 0; i < m; ++i) d[i] = *polished ? (lam[i] > s[i] ? big : 0.0) : fmin(lam[i] / s[i], dmax);
+    if (factor(P, hs, d, m, k, shift, H)) return status;
+    for (int64_t a = 0; a < k; ++a)
+        for (int64_t b = 0; b < k; ++b) L[a * k + b] = b <= a ? H[a * k + b] : 0.0;
+    *lok = 1;
+    return status;
+}
+
 /* Instances [b0, b1) of the batch. Strides are in doubles between instances (0: shared by the batch).
    ydiv / zdiv: per-instance divergence thresholds on max |lam| and max |u|. Returns nothing; writes
-   u (B, k), s (B, m), lam (B, m), iters (B,), status (B,). */
+   u (B, k), s (B, m), lam (B, m), iters (B,), polished (B,), status (B,), L (B, k, k), lok (B,). */
 void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P, int64_t sP, const double *c,
                       const double *F, int64_t sF, const double *g, const double *shift, const double *qn,
                       const double *hn, const double *ydiv, const double *zdiv, double *u, double *s,
-                      double *lam, int64_t *iters, int64_t *polished, int64_t *status) {
+                      double *lam, int64_t *iters, int64_t *polished, int64_t *status, double *L, int64_t *lok) {
     const int64_t k = o->k, m = o->m;
     Hessian hs;
     hs.kp = (k + 3) / 4 * 4;
@@ -356,7 +375,7 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
     size_t bytes = ((nwork + 2 * nh) * sizeof(double) + 63) / 64 * 64;
     double *buf = (double *)aligned_alloc(64, bytes);
     if (buf == NULL) {
-        for (int64_t b = b0; b < b1; ++b) status[b] = ST_BUDGET, iters[b] = 0, polished[b] = 0;
+        for (int64_t b = b0; b < b1; ++b) status[b] = ST_BUDGET, iters[b] = 0, polished[b] = 0, lok[b] = 0;
         return;
     }
     hs.Ft = buf;
@@ -367,7 +386,7 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
         ob.ydiv_factor = ydiv[b];
         ob.zdiv_factor = zdiv[b];
         status[b] = solve_one(&ob, P + b * sP, c + b * k, F + b * sF, g + b * m, shift[b], qn[b], hn[b], u + b * k,
-                              s + b * m, lam + b * m, iters + b, polished + b, work, &hs);
+                              s + b * m, lam + b * m, iters + b, polished + b, work, &hs, L + b * k * k, lok + b);
     }
     free(buf);
 }
