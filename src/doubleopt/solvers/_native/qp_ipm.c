@@ -33,21 +33,42 @@ typedef struct {
     double tol, delta, step_fraction, ydiv_factor, zdiv_factor, polish_below;
 } Options;
 
-static int cholesky(double *L, int64_t k) { /* lower triangle of L (row-major) in place */
-    for (int64_t j = 0; j < k; ++j) {
-        double *Lj = L + j * k;
-        double s = Lj[j];
-#pragma omp simd reduction(- : s)
-        for (int64_t t = 0; t < j; ++t) s -= Lj[t] * Lj[t];
-        if (!(s > 0.0) || !isfinite(s)) return 1;
-        double dj = sqrt(s), inv = 1.0 / dj;
-        Lj[j] = dj;
-        for (int64_t i = j + 1; i < k; ++i) {
+static int cholesky(double *L, int64_t k, double *col) { /* lower triangle of L (row-major) in place */
+    /* right-looking in panels of (up to) 4 columns: the panel is factored column by column, then each trailing
+       row gets one fused update from the 4 panel columns (held contiguously in col: 4 x k doubles) */
+    for (int64_t j0 = 0; j0 < k; j0 += 4) {
+        const int64_t nb = k - j0 < 4 ? k - j0 : 4;
+        for (int64_t c = 0; c < nb; ++c) { /* the panel, unblocked (updates stay inside the panel) */
+            const int64_t j = j0 + c;
+            double s = L[j * k + j];
+            if (!(s > 0.0) || !isfinite(s)) return 1;
+            double dj = sqrt(s), inv = 1.0 / dj;
+            L[j * k + j] = dj;
+            double *cj = col + c * k;
+            for (int64_t i = j + 1; i < k; ++i) cj[i] = (L[i * k + j] *= inv);
+            for (int64_t i = j + 1; i < k; ++i) { /* columns j+1 .. j0+nb-1 of the panel */
+                double *Li = L + i * k;
+                const double w = cj[i];
+                const int64_t tend = i < j0 + nb - 1 ? i : j0 + nb - 1;
+                for (int64_t t = j + 1; t <= tend; ++t) Li[t] -= w * cj[t];
+            }
+        }
+        const int64_t t0 = j0 + nb;
+        const double *c0 = col, *c1 = col + k, *c2 = col + 2 * k, *c3 = col + 3 * k;
+        for (int64_t i = t0; i < k; ++i) { /* trailing rows: A[i][t] -= sum_c L[i][j0+c] L[t][j0+c], t0 <= t <= i */
             double *Li = L + i * k;
-            double v = Li[j];
-#pragma omp simd reduction(- : v)
-            for (int64_t t = 0; t < j; ++t) v -= Li[t] * Lj[t];
-            Li[j] = v * inv;
+            if (nb == 4) {
+                const double w0 = c0[i], w1 = c1[i], w2 = c2[i], w3 = c3[i];
+#pragma omp simd
+                for (int64_t t = t0; t <= i; ++t) Li[t] -= w0 * c0[t] + w1 * c1[t] + w2 * c2[t] + w3 * c3[t];
+            } else {
+                for (int64_t c = 0; c < nb; ++c) {
+                    const double *cc = col + c * k;
+                    const double w = cc[i];
+#pragma omp simd
+                    for (int64_t t = t0; t <= i; ++t) Li[t] -= w * cc[t];
+                }
+            }
         }
     }
     return 0;
@@ -104,7 +125,19 @@ typedef double vec __attribute__((vector_size(VW * sizeof(double))));
 typedef struct {
     int64_t kp, mp;   /* padded sizes */
     double *Ft, *DFt; /* kp x mp each, 64-byte aligned rows */
+    double *col;      /* 4 k doubles of scratch for the Cholesky */
 } Hessian;
+
+/* out = F u from the transposed copy: out[i] = sum_a u[a] Ft[a][i], an axpy per column (vectorized over i) */
+static void matvec_ft(const Hessian *hs, int64_t m, int64_t k, const double *u, double *out) {
+    for (int64_t i = 0; i < m; ++i) out[i] = 0.0;
+    for (int64_t a = 0; a < k; ++a) {
+        const double *Fa = hs->Ft + a * hs->mp;
+        const double w = u[a];
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) out[i] += w * Fa[i];
+    }
+}
 
 static inline double hsum(vec v) {
     double r = 0.0;
@@ -158,7 +191,7 @@ static int factor(const double *P, const Hessian *hs, const double *d, int64_t m
                   double *H) { /* Cholesky of H, with larger shifts (x1e3, three times) where it fails */
     for (int attempt = 0; attempt < 4; ++attempt) {
         form_h(P, hs, d, m, k, shift, H);
-        if (cholesky(H, k) == 0) return 0;
+        if (cholesky(H, k, hs->col) == 0) return 0;
         shift *= 1e3;
     }
     return 1;
@@ -222,7 +255,7 @@ static int polish(const Options *o, const double *P, const double *c, const doub
         }
         matvec_t_add(F, m, k, sp, rd);
         chol_solve(H, k, rd);
-        matvec(F, m, k, rd, Fdu);
+        matvec_ft(hs, m, k, rd, Fdu);
         for (int64_t a = 0; a < k; ++a) up[a] += rd[a];
         for (int64_t i = 0; i < m; ++i) {
             lp[i] += dp[i] * (Fdu[i] + rp[i]);
@@ -259,7 +292,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         for (int64_t a = 0; a < k; ++a) u[a] = -c[a];
         matvec_t_add(F, m, k, g, u);
         chol_solve(H, k, u);
-        matvec(F, m, k, u, Fu);
+        matvec_ft(hs, m, k, u, Fu);
         double ap = -1e300, ad = -1e300;
         for (int64_t i = 0; i < m; ++i) {
             s[i] = g[i] - Fu[i];
@@ -274,7 +307,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
     }
     for (int64_t it = 0;; ++it) {
         /* residuals at the current point */
-        matvec(F, m, k, u, Fu);
+        matvec_ft(hs, m, k, u, Fu);
         double res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp);
         double mu = 0.0;
         for (int64_t i = 0; i < m; ++i) mu += s[i] * lam[i];
@@ -298,7 +331,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         for (int64_t i = 0; i < m; ++i) t[i] = -ta[i];
         matvec_t_add(F, m, k, t, du);
         chol_solve(H, k, du);
-        matvec(F, m, k, du, Fdu);
+        matvec_ft(hs, m, k, du, Fdu);
         for (int64_t i = 0; i < m; ++i) {
             dsa[i] = -rp[i] - Fdu[i];
             dla[i] = d[i] * Fdu[i] + ta[i];
@@ -315,7 +348,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         for (int64_t i = 0; i < m; ++i) dl[i] = -t[i];
         matvec_t_add(F, m, k, dl, du);
         chol_solve(H, k, du);
-        matvec(F, m, k, du, Fdu);
+        matvec_ft(hs, m, k, du, Fdu);
         for (int64_t i = 0; i < m; ++i) dl[i] = d[i] * Fdu[i] + t[i];
         for (int64_t r = 0; r < o->refine; ++r) { /* e = rd + P du + F' dl (the unreduced operator) */
             sym_matvec(P, k, du, e);
@@ -324,7 +357,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
             matvec_t_add(F, m, k, dsa, e);
             chol_solve(H, k, e);
             for (int64_t a = 0; a < k; ++a) du[a] += e[a];
-            matvec(F, m, k, e, dsa);
+            matvec_ft(hs, m, k, e, dsa);
             for (int64_t i = 0; i < m; ++i) {
                 Fdu[i] += dsa[i];
                 dl[i] += d[i] * dsa[i];
@@ -372,7 +405,7 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
     hs.kp = (k + 3) / 4 * 4;
     hs.mp = (m + VW - 1) / VW * VW;
     size_t nwork = (size_t)(k * k + 4 * k + 14 * m + 8), nh = (size_t)(hs.kp * hs.mp);
-    size_t bytes = ((nwork + 2 * nh) * sizeof(double) + 63) / 64 * 64;
+    size_t bytes = ((nwork + 2 * nh + 4 * (size_t)k) * sizeof(double) + 63) / 64 * 64;
     double *buf = (double *)aligned_alloc(64, bytes);
     if (buf == NULL) {
         for (int64_t b = b0; b < b1; ++b) status[b] = ST_BUDGET, iters[b] = 0, polished[b] = 0, lok[b] = 0;
@@ -380,7 +413,8 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
     }
     hs.Ft = buf;
     hs.DFt = buf + nh;
-    double *work = buf + 2 * nh;
+    hs.col = buf + 2 * nh;
+    double *work = hs.col + 4 * k;
     Options ob = *o;
     for (int64_t b = b0; b < b1; ++b) {
         ob.ydiv_factor = ydiv[b];
