@@ -975,10 +975,11 @@ class _QPKKT(torch.autograd.Function):
     """Forward: the solution ``z`` (already computed). Backward: the OptNet adjoint system."""
 
     @staticmethod
-    def forward(ctx, z, lam, nu, s, d, L, W, LM, ns, Q, q, A, b, G, h):
+    def forward(ctx, z, lam, nu, s, d, L, W, LM, ns, Qs, Q, q, A, b, G, h):
         ctx.save_for_backward(z, lam, nu, s, d, L, W, LM)
         ctx.p, ctx.m = b.shape[-1], h.shape[-1]
-        ctx.Q, ctx.A, ctx.G, ctx.ns = _sym(Q.detach()), A.detach(), G.detach(), ns
+        ctx.Q = _sym(Q.detach()) if Qs is None else Qs  # Qs: the forward's symmetric part, when it is cached
+        ctx.A, ctx.G, ctx.ns = A.detach(), G.detach(), ns
         return z.clone()
 
     @staticmethod
@@ -990,20 +991,21 @@ class _QPKKT(torch.autograd.Function):
             wz, what, wnu = kkt_adjoint_solve(ctx.Q, ctx.A, ctx.G, lam, s, d, L, W, LM, gz)
         need = ctx.needs_input_grad
         gQ = gq = gA = gb = gG = gh = None
-        if need[9]:
-            outer = wz[:, :, None] * z[:, None, :]
-            gQ = 0.5 * (outer + outer.transpose(-1, -2))
-        if need[10]:
-            gq = wz
+        # each matrix gradient is a sum of two outer products: one rank-2 batched product, one pass over the output
+        right = torch.stack([wz, z], dim=1)  # (B, 2, n)
+        if need[10]:  # 1/2 (w_z z' + z w_z')
+            gQ = torch.bmm(torch.stack([0.5 * z, 0.5 * wz], dim=-1), right)
         if need[11]:
-            gA = nu[:, :, None] * wz[:, None, :] + wnu[:, :, None] * z[:, None, :]
-        if need[12]:
-            gb = -wnu
+            gq = wz
+        if need[12]:  # nu w_z' + w_nu z'
+            gA = torch.bmm(torch.stack([nu, wnu], dim=-1), right)
         if need[13]:
-            gG = lam[:, :, None] * wz[:, None, :] + what[:, :, None] * z[:, None, :]
-        if need[14]:
+            gb = -wnu
+        if need[14]:  # lam w_z' + w_hat z'
+            gG = torch.bmm(torch.stack([lam, what], dim=-1), right)
+        if need[15]:
             gh = -what
-        return (None,) * 9 + (gQ, gq, gA, gb, gG, gh)
+        return (None,) * 10 + (gQ, gq, gA, gb, gG, gh)
 
 
 def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
@@ -1100,12 +1102,14 @@ def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
     if not any(t.requires_grad for t in tensors):
         return z
     st = state
-    hit = x._cache.get("consts")  # the forward's null-space basis (computed under no_grad: same tensors)
-    ns = None
-    if hit is not None and hit[0][-1] == _data_key(x) and hit[1].ns is not None:
-        ns = _NullSpace(*(getattr(hit[1].ns, f.name).detach() for f in fields(_NullSpace)))
+    hit = x._cache.get("consts")  # the forward's constants (computed under no_grad: same tensors)
+    ns = Qs = None
+    if hit is not None and hit[0][-1] == _data_key(x):
+        Qs = hit[1].Qs.detach()
+        if hit[1].ns is not None:
+            ns = _NullSpace(*(getattr(hit[1].ns, f.name).detach() for f in fields(_NullSpace)))
     return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.s.detach(), st.d.detach(),
-                        st.L.detach(), st.W.detach(), st.LM.detach(), ns, *tensors)
+                        st.L.detach(), st.W.detach(), st.LM.detach(), ns, Qs, *tensors)
 
 
 QP_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
