@@ -241,7 +241,7 @@ def main(argv=None):
     axes[1].set(xlabel="batch B", ylabel="fwd+bwd time (s)", title=f"n = {n}")
     names = list(rows)
     axes[2].bar(names, [rows[k] for k in names])
-    axes[2].tick_params(axis="x", labelrotation=15)
+    plt.setp(axes[2].get_xticklabels(), rotation=25, ha="right")
     axes[2].set_yscale("log")
     axes[2].set(ylabel="fwd+bwd time (s)", title=f"B={B}, n={n}, m={m}, p={p}, float64")
     report.save(
