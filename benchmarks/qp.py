@@ -132,20 +132,19 @@ def main(argv=None):
         steps=float(sol.num_steps.double().mean()),
     )
     agree = {}
+
+    def add_row(method, wall, cpu, z, grads, steps=float("nan")):
+        """A row against ours: time ratios, and the largest differences of z and of dL/dq."""
+        report.add_row(method=method, fwd_bwd_s=wall, speedup=wall / t_ours.median, cpu_s=cpu,
+                       cpu_speedup=cpu / c_ours, max_dz=float((z - z_ours).abs().max()),
+                       max_dgrad_q=float((grads[1] - g_ours[1]).abs().max()), steps=steps)
+
     if native:  # the same layer without the C kernel: the PyTorch iterations only
         t_py = time_call(lambda: ours(data, w, args.tol, native=False), warmup=1, repeats=args.repeats)
         c_py = cpu_time(lambda: ours(data, w, args.tol, native=False), args.repeats)
         rows["doubleopt (PyTorch)"] = t_py.median
-        report.add_row(
-            method="doubleopt, PyTorch iterations (QP(native=False))",
-            fwd_bwd_s=t_py.median,
-            speedup=t_py.median / t_ours.median,
-            cpu_s=c_py,
-            cpu_speedup=c_py / c_ours,
-            max_dz=float((t_py.result[0] - z_ours).abs().max()),
-            max_dgrad_q=float((t_py.result[1][1] - g_ours[1]).abs().max()),
-            steps=float(t_py.result[2].num_steps.double().mean()),
-        )
+        add_row("doubleopt, PyTorch iterations (QP(native=False))", t_py.median, c_py, t_py.result[0],
+                t_py.result[1], float(t_py.result[2].num_steps.double().mean()))
     try:
         z_q, g_q = qpth_run(data, w)
         dz = float((z_q - z_ours).abs().max())
@@ -155,16 +154,7 @@ def main(argv=None):
         t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
         c_q = cpu_time(lambda: qpth_run(data, w), args.repeats)
         rows["qpth"] = t_q.median
-        report.add_row(
-            method="qpth 0.0.18 (PDIPM batched)",
-            fwd_bwd_s=t_q.median,
-            speedup=t_q.median / t_ours.median,
-            cpu_s=c_q,
-            cpu_speedup=c_q / c_ours,
-            max_dz=dz,
-            max_dgrad_q=float((g_q[1] - g_ours[1]).abs().max()),
-            steps=float("nan"),
-        )
+        add_row("qpth 0.0.18 (PDIPM batched)", t_q.median, c_q, z_q, g_q)
     except ImportError:
         print("qpth not installed (pip install --no-deps qpth==0.0.18); skipped")
     if not args.skip_cvxpylayers:
@@ -180,16 +170,7 @@ def main(argv=None):
             )
             c_c = cpu_time(lambda: cvxpylayers_run(layer, data, w), 1)
             rows["cvxpylayers"] = t_c.median
-            report.add_row(
-                method="cvxpylayers (SCS)",
-                fwd_bwd_s=t_c.median,
-                speedup=t_c.median / t_ours.median,
-                cpu_s=c_c,
-                cpu_speedup=c_c / c_ours,
-                max_dz=dz,
-                max_dgrad_q=float((g_c[1] - g_ours[1]).abs().max()),
-                steps=float("nan"),
-            )
+            add_row("cvxpylayers (SCS)", t_c.median, c_c, z_c, g_c)
         except ImportError:
             print("cvxpylayers not installed; skipped")
 
