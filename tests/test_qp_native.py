@@ -194,3 +194,27 @@ def test_kernel_is_memory_clean_under_address_sanitizer(tmp_path):
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
+
+
+@needs_native
+def test_native_kernel_in_a_forked_child_and_from_concurrent_threads():
+    """The kernel's thread pool is per process (a forked child builds its own) and per size (concurrent callers
+    with different thread counts do not shut each other's pool down)."""
+    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = RandomQP(n=8, m=16, p=2).sample(6, seed=0)
+    ref = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, solver=QP(native=True))  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        y = pool.apply(_solve_in_child, ((x.Q, x.q, x.A, x.b, x.G, x.h),))
+    torch.testing.assert_close(y, ref.y, atol=1e-12, rtol=0)
+    with ThreadPoolExecutor(3) as ex:
+        ys = list(ex.map(lambda _: do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, solver=QP(native=True)).y, range(6)))
+    for y in ys:
+        torch.testing.assert_close(y, ref.y, atol=1e-12, rtol=0)
+
+
+def _solve_in_child(tensors):
+    torch.set_num_threads(2)
+    return do.qp_solve(*tensors, solver=QP(native=True)).y

@@ -31,8 +31,7 @@ _SOURCE = Path(__file__).with_name("qp_ipm.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads) -> pool (a forked child makes its own)
 
 
 class _Options(ctypes.Structure):
@@ -114,13 +113,13 @@ def available() -> bool:
 
 
 def _threads(n: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    """A pool of ``n`` threads for this process (kept: pools of other sizes stay usable by concurrent callers)."""
+    key = (os.getpid(), n)
     with _lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="doubleopt-native"), n
-        return _pool
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(n, thread_name_prefix="doubleopt-native")
+        return pool
 
 
 def _ptr(t: Tensor) -> int:
