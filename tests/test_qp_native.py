@@ -198,16 +198,18 @@ def test_kernel_is_memory_clean_under_address_sanitizer(tmp_path):
 
 @needs_native
 def test_native_kernel_in_a_forked_child_and_from_concurrent_threads():
-    """The kernel's thread pool is per process (a forked child builds its own) and per size (concurrent callers
-    with different thread counts do not shut each other's pool down)."""
+    """The kernel's thread pool is per process (a forked child, e.g. a DataLoader worker, builds its own instead of
+    waiting on the parent's dead threads) and per size (concurrent callers with other thread counts keep theirs)."""
     import multiprocessing as mp
     from concurrent.futures import ThreadPoolExecutor
 
     x = RandomQP(n=8, m=16, p=2).sample(6, seed=0)
-    ref = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, solver=QP(native=True))  # the parent's pool exists now
-    ctx = mp.get_context("fork")
-    with ctx.Pool(1) as pool:
-        y = pool.apply(_solve_in_child, ((x.Q, x.q, x.A, x.b, x.G, x.h),))
+    ref = do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, solver=QP(native=True))
+    assert _native._threads(2).submit(int, 7).result() == 7  # the parent's pool of 2 exists, with live threads
+    with mp.get_context("fork").Pool(1) as pool:
+        # torch itself stays on one thread in the child (GNU OpenMP cannot be used again after a fork)
+        got, y = pool.apply_async(_in_forked_child, ((x.Q, x.q, x.A, x.b, x.G, x.h),)).get(timeout=60)
+    assert got == 7
     torch.testing.assert_close(y, ref.y, atol=1e-12, rtol=0)
     with ThreadPoolExecutor(3) as ex:
         ys = list(ex.map(lambda _: do.qp_solve(x.Q, x.q, x.A, x.b, x.G, x.h, solver=QP(native=True)).y, range(6)))
@@ -215,6 +217,6 @@ def test_native_kernel_in_a_forked_child_and_from_concurrent_threads():
         torch.testing.assert_close(y, ref.y, atol=1e-12, rtol=0)
 
 
-def _solve_in_child(tensors):
-    torch.set_num_threads(2)
-    return do.qp_solve(*tensors, solver=QP(native=True)).y
+def _in_forked_child(tensors):
+    torch.set_num_threads(1)
+    return _native._threads(2).submit(int, 7).result(timeout=30), do.qp_solve(*tensors, solver=QP(native=True)).y
