@@ -758,7 +758,7 @@ class QP(Solver):
         # one the KKT backward needs at an exact active set, as in _polish_finish), else at lam / s
         act = (lam > s).to(s.dtype) / float(torch.finfo(s.dtype).eps) ** 0.5
         d = torch.where(polished[:, None], act, (lam / s).clamp(max=1.0 / self._delta(x)))
-        B, k = L.shape[:2]
+        B = L.shape[0]
         factored = (d, L, x.q.new_zeros(B, x.n, 0), x.q.new_zeros(B, 0, 0), lok)
         if not bool(lok.all()):  # rare (a failed kernel factorization, a restarted instance): factor here
             Lp, Wp, LMp, okp = self._factor(c, x, d)
