@@ -45,8 +45,8 @@ class _Options(ctypes.Structure):
         ("tol", ctypes.c_double),
         ("delta", ctypes.c_double),
         ("step_fraction", ctypes.c_double),
-        ("ydiv_factor", ctypes.c_double),
-        ("zdiv_factor", ctypes.c_double),
+        ("ydiv_limit", ctypes.c_double),
+        ("zdiv_limit", ctypes.c_double),
         ("polish_below", ctypes.c_double),
     ]
 

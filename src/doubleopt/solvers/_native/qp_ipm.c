@@ -12,7 +12,8 @@
    residual, which bounds the inf-norm of the full one), 1 iteration budget spent, 2 Cholesky failed,
    3 iterates diverging (left to the caller's infeasibility / unboundedness certificates), 4 non-finite.
    Once the residual is <= polish_below, each iteration first tries the active-set polish (as QP.polish);
-   `polished` says which instances ended with it. */
+   `polished` says which instances ended with it. Each instance also gets the Cholesky factor of its reduced
+   matrix at the returned point (for the caller's state and KKT backward). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,7 +31,7 @@ typedef struct {
     int64_t refine;
     int64_t polish_rounds;
     int64_t warm; /* 1: start from the given (u, s, lam) instead of the CVXOPT initial point */
-    double tol, delta, step_fraction, ydiv_factor, zdiv_factor, polish_below;
+    double tol, delta, step_fraction, ydiv_limit, zdiv_limit, polish_below;
 } Options;
 
 static int cholesky(double *L, int64_t k, double *col) { /* lower triangle of L (row-major) in place */
@@ -321,7 +322,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         }
         if (res <= o->polish_below) /* the polish overwrote rd, rp: recompute them */
             res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp);
-        if (inf_norm(lam, m) > o->ydiv_factor || inf_norm(u, k) > o->zdiv_factor) return ST_DIVERGED;
+        if (inf_norm(lam, m) > o->ydiv_limit || inf_norm(u, k) > o->zdiv_limit) return ST_DIVERGED;
         if (it >= o->max_iter) return ST_BUDGET;
         for (int64_t i = 0; i < m; ++i) d[i] = fmin(lam[i] / s[i], dmax);
         if (factor(P, hs, d, m, k, shift, H)) return ST_CHOLESKY;
@@ -417,8 +418,8 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
     double *work = hs.col + 4 * k;
     Options ob = *o;
     for (int64_t b = b0; b < b1; ++b) {
-        ob.ydiv_factor = ydiv[b];
-        ob.zdiv_factor = zdiv[b];
+        ob.ydiv_limit = ydiv[b];
+        ob.zdiv_limit = zdiv[b];
         status[b] = solve_one(&ob, P + b * sP, c + b * k, F + b * sF, g + b * m, shift[b], qn[b], hn[b], u + b * k,
                               s + b * m, lam + b * m, iters + b, polished + b, work, &hs, L + b * k * k, lok + b);
     }
