@@ -675,7 +675,7 @@ class QP(Solver):
         status = torch.zeros(B, dtype=torch.int64, device=y.device)
         if self.uses_native(x):
             return self._native_init(x, c, status)
-        if x._cache.get("start_placeholder", False) and x.start is None:  # qp_solve expected the native path
+        if x._cache.get("start_placeholder", False) and x.start is None:  # qp_solve left the start to init
             with torch.no_grad():
                 y = self.cold_start(x)
             x._cache["start"] = y
@@ -758,12 +758,12 @@ class QP(Solver):
         # one the KKT backward needs at an exact active set, as in _polish_finish), else at lam / s
         act = (lam > s).to(s.dtype) / float(torch.finfo(s.dtype).eps) ** 0.5
         d = torch.where(polished[:, None], act, (lam / s).clamp(max=1.0 / self._delta(x)))
-        B = L.shape[0]
+        B = x.q.shape[0]
         factored = (d, L, x.q.new_zeros(B, x.n, 0), x.q.new_zeros(B, 0, 0), lok)
         if not bool(lok.all()):  # rare (a failed kernel factorization, a restarted instance): factor here
             Lp, Wp, LMp, okp = self._factor(c, x, d)
             factored = (d, torch.where(lok[:, None, None], L, Lp), Wp, LMp, torch.where(lok, lok, okp))
-        st = self._state(z, x, c, s, lam, x.q.new_zeros(x.q.shape[0], x.p), status, factored=factored)
+        st = self._state(z, x, c, s, lam, x.q.new_zeros(B, x.p), status, factored=factored)
         spent = (code == _NATIVE_BUDGET) & (st.status == 0) & (st.residual > self.skip_tol)
         st = replace(st, status=torch.where(spent, int(RESULTS.max_steps_reached), st.status))
         x._cache["start"] = z
@@ -1204,10 +1204,9 @@ def qp_solve(
         solver = replace(solver, native=available() and not trace)  # a trace records the PyTorch steps
     if solver.native_budget is None:  # the kernel's iterations and the loop's steps share max_steps
         solver = replace(solver, native_budget=max_steps - 1)
-    y0 = data.start.z if start is not None else None
-    if y0 is None and not trace and solver.native and cdt == torch.float64 and data.m > 0:
-        # the native kernel computes its own start in QP.init: skip QPProblem.init's cold start (a factorization);
-        # QP.init computes it after all if the kernel does not apply (autograd, no compiler)
+    if start is not None:
+        y0 = data.start.z
+    else:  # QP.init picks the start: the native kernel's own, or the PyTorch cold start where it does not apply
         y0 = data.q.new_zeros(data.q.shape)
         data._cache["start_placeholder"] = True
     try:

@@ -122,15 +122,6 @@ def _threads(n: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _ptr(t: Tensor) -> int:
-    return t.data_ptr()
-
-
-def _batch_stride(t: Tensor) -> int:
-    """Doubles between instances of a ``(B, r, c)`` float64 tensor whose rows are contiguous (0 if shared)."""
-    return t.stride(0)
-
-
 def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor, hn: Tensor, ydiv: Tensor,
            zdiv: Tensor, *, tol: float, delta: float, step_fraction: float, refine: int, max_iter: int,
            polish_below: float = 0.0, polish_rounds: int = 2, start: tuple[Tensor, Tensor, Tensor] | None = None):
@@ -138,7 +129,7 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
 
     ``P (B, k, k)``, ``F (B, m, k)``: per instance, or shared (stride 0 over the batch); every row contiguous.
     ``c (B, k)``, ``g (B, m)``, ``shift, qn, hn, ydiv, zdiv (B,)``. Returns ``u, s, lam, iters, polished,
-    status`` (``status``: 0 converged, 1 iteration budget, 2 Cholesky failed, 3 diverging, 4 non-finite;
+    status, L, lok`` (``status``: 0 converged, 1 iteration budget, 2 Cholesky failed, 3 diverging, 4 non-finite;
     ``polished``: converged by the active-set polish, tried once the residual is ``<= polish_below``; ``L``:
     the Cholesky factor of the reduced matrix at the returned point -- at the scaling ``1_A / sqrt(eps)``,
     ``A = {lam > s}``, where it polished, else ``lam / s`` clipped at ``1 / delta`` -- valid where ``lok``).
@@ -169,8 +160,8 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
                     0.0, polish_below)
     sP = 0 if (B > 1 and P.stride(0) == 0) else k * k
     sF = 0 if (B > 1 and F.stride(0) == 0) else m * k
-    args = [_ptr(P), sP, _ptr(vecs[0]), _ptr(F), sF] + [_ptr(v) for v in vecs[1:]] + [
-        _ptr(u), _ptr(s), _ptr(lam), _ptr(iters), _ptr(polished), _ptr(status), _ptr(L), _ptr(lok)]
+    outputs = (u, s, lam, iters, polished, status, L, lok)
+    args = [P.data_ptr(), sP, vecs[0].data_ptr(), F.data_ptr(), sF] + [t.data_ptr() for t in (*vecs[1:], *outputs)]
     n_threads = max(1, min(torch.get_num_threads(), B))
     if n_threads == 1:
         lib.doubleopt_qp_ipm(ctypes.byref(opts), 0, B, *args)

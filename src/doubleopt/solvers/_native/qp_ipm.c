@@ -109,10 +109,6 @@ static void matvec_t_add(const double *F, int64_t m, int64_t k, const double *v,
     }
 }
 
-static void sym_matvec(const double *P, int64_t k, const double *u, double *out) { /* out = P u (full P) */
-    matvec(P, k, k, u, out);
-}
-
 /* The reduced matrix H = P + F' diag(d) F + shift I (lower triangle) as blocks of dot products over the
    constraints: Ft is F transposed (kp x mp, zero-padded to multiples of 4 rows and VW columns, built once per
    instance), DFt = Ft scaled by d per column; each 4 x 4 block of H keeps 16 vector accumulators in registers. */
@@ -217,8 +213,8 @@ static double inf_norm(const double *v, int64_t n) {
 /* scaled KKT residual at (u, s, lam); Fu = F u; rd, rp are outputs */
 static double residual(const double *P, const double *c, const double *F, const double *g, int64_t m, int64_t k,
                        double qn, double hn, const double *u, const double *Fu, const double *s, const double *lam,
-                       double *rd, double *rp) {
-    sym_matvec(P, k, u, rd);
+                       double *rd, double *rp, double *mu_out) {
+    matvec(P, k, k, u, rd);
     for (int64_t a = 0; a < k; ++a) rd[a] += c[a];
     matvec_t_add(F, m, k, lam, rd);
     double mu = 0.0, rd2 = 0.0;
@@ -227,6 +223,7 @@ static double residual(const double *P, const double *c, const double *F, const 
         mu += s[i] * lam[i];
     }
     for (int64_t a = 0; a < k; ++a) rd2 += rd[a] * rd[a];
+    if (mu_out) *mu_out = mu / (double)m;
     return fmax(fmax(sqrt(rd2) / qn, inf_norm(rp, m) / hn), mu / (double)m);
 }
 
@@ -248,7 +245,7 @@ static int polish(const Options *o, const double *P, const double *c, const doub
     if (factor(P, hs, dp, m, k, shift, H)) return 0;
     memcpy(up, u, (size_t)k * sizeof(double));
     for (int64_t r = 0; r < (o->polish_rounds > 0 ? o->polish_rounds : 1); ++r) {
-        sym_matvec(P, k, up, rd);
+        matvec(P, k, k, up, rd);
         for (int64_t a = 0; a < k; ++a) rd[a] = -(rd[a] + c[a]);
         for (int64_t i = 0; i < m; ++i) {
             rp[i] = dp[i] > 0 ? Fup[i] - g[i] : 0.0;
@@ -267,7 +264,7 @@ static int polish(const Options *o, const double *P, const double *c, const doub
         sp[i] = fmax(g[i] - Fup[i], 0.0);
         lp[i] = fmax(lp[i], 0.0);
     }
-    double res = residual(P, c, F, g, m, k, qn, hn, up, Fup, sp, lp, rd, rp);
+    double res = residual(P, c, F, g, m, k, qn, hn, up, Fup, sp, lp, rd, rp, NULL);
     if (!(res <= o->tol)) return 0;
     memcpy(u, up, (size_t)k * sizeof(double));
     memcpy(s, sp, (size_t)m * sizeof(double));
@@ -309,10 +306,8 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
     for (int64_t it = 0;; ++it) {
         /* residuals at the current point */
         matvec_ft(hs, m, k, u, Fu);
-        double res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp);
-        double mu = 0.0;
-        for (int64_t i = 0; i < m; ++i) mu += s[i] * lam[i];
-        mu /= (double)m;
+        double mu;
+        double res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp, &mu);
         *iters = it;
         if (!isfinite(res)) return ST_NONFINITE;
         if (res <= o->tol) return ST_CONVERGED;
@@ -321,7 +316,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
             return ST_CONVERGED;
         }
         if (res <= o->polish_below) /* the polish overwrote rd, rp: recompute them */
-            res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp);
+            res = residual(P, c, F, g, m, k, qn, hn, u, Fu, s, lam, rd, rp, &mu);
         if (inf_norm(lam, m) > o->ydiv_limit || inf_norm(u, k) > o->zdiv_limit) return ST_DIVERGED;
         if (it >= o->max_iter) return ST_BUDGET;
         for (int64_t i = 0; i < m; ++i) d[i] = fmin(lam[i] / s[i], dmax);
@@ -352,7 +347,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         matvec_ft(hs, m, k, du, Fdu);
         for (int64_t i = 0; i < m; ++i) dl[i] = d[i] * Fdu[i] + t[i];
         for (int64_t r = 0; r < o->refine; ++r) { /* e = rd + P du + F' dl (the unreduced operator) */
-            sym_matvec(P, k, du, e);
+            matvec(P, k, k, du, e);
             for (int64_t a = 0; a < k; ++a) e[a] = -(e[a] + rd[a]);
             for (int64_t i = 0; i < m; ++i) dsa[i] = -dl[i];
             matvec_t_add(F, m, k, dsa, e);
