@@ -45,3 +45,8 @@ def test_solver_demo_quick(tmp_path, capsys):
     data = json.loads((tmp_path / "results.json").read_text())
     assert {r["solver"] for r in data["rows"]} >= {"Adam", "L-BFGS", "Newton", "FISTA"}
     assert (tmp_path / "demo.png").exists()
+
+
+def test_python_dash_m_doubleopt_help():
+    r = subprocess.run([sys.executable, "-m", "doubleopt", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "doubleopt" in r.stdout
