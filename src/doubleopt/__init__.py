@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 # Feature packages (each issue adds its line here):
-from . import amortized, layers, learned, physical  # noqa: E402  (issues 6, 5, 4, 7)
+from . import amortized, layers, learned, physical, rl  # noqa: E402  (issues 6, 5, 4, 7, 20)
 from .solvers.qp import QP, qp_solve  # noqa: E402  (issue 5: OptNet)
 
-__all__ += ["amortized", "layers", "learned", "physical", "QP", "qp_solve"]
+__all__ += ["amortized", "layers", "learned", "physical", "rl", "QP", "qp_solve"]

@@ -17,6 +17,7 @@ _PLUGINS = [
     "doubleopt.amortized._cli",
     "doubleopt.physical._cli",
     "doubleopt.layers._cli",
+    "doubleopt.rl._cli",
 ]
 
 
