@@ -159,3 +159,47 @@ def test_stagger_resume_gives_the_same_weights_and_bad_values_are_refused(tmp_pa
         MetaConfig(unroll=20, horizon=40, batch=4, stagger=4)
     with pytest.raises(ValueError, match="applies to method .tbptt. only"):
         MetaConfig(method="es", batch=4, stagger=2)
+
+
+def test_a_new_estimator_is_one_registered_class(tmp_path):
+    """A meta-gradient estimator registered by name is used by MetaTrainer (here: zero gradients leave the
+    weights unchanged) and its state's tensors go into checkpoints, with no change to the trainer."""
+    from dataclasses import dataclass
+
+    from doubleopt.learned import QuadraticTask
+    from doubleopt.learned.estimators import ESTIMATORS, EstimatorState, MetaGradientEstimator, register_estimator
+    from doubleopt.learned.meta import load_checkpoint, save_checkpoint
+
+    @dataclass
+    class ZeroState(EstimatorState):
+        calls: torch.Tensor
+
+    @register_estimator("zero")
+    @dataclass(frozen=True)
+    class Zero(MetaGradientEstimator):
+        def init(self, trainer):
+            return ZeroState(carries=[trainer.new_trajectory()], calls=torch.zeros((), dtype=torch.int64))
+
+        def estimate(self, trainer, state):
+            grads = [torch.zeros_like(p) for p in trainer.lopt.parameters()]
+            return 0.5, grads, ZeroState(carries=state.carries, calls=state.calls + 1)
+
+    try:
+        torch.manual_seed(0)
+        cfg = MetaConfig(method="zero", unroll=2, horizon=4, batch=3)
+        tr = MetaTrainer(LSTMOptimizer(), QuadraticTask(), cfg)
+        before = {k: v.clone() for k, v in tr.lopt.state_dict().items()}
+        infos = [tr.step(), tr.step()]
+        assert isinstance(tr.estimator, Zero) and int(tr.state.calls) == 2
+        assert [i.loss for i in infos] == [0.5, 0.5] and not any(i.skipped for i in infos)
+        assert all(torch.equal(before[k], v) for k, v in tr.lopt.state_dict().items())
+        save_checkpoint(tr, tmp_path / "zero.safetensors")
+        again = MetaTrainer(LSTMOptimizer(), QuadraticTask(), cfg)
+        load_checkpoint(again, tmp_path / "zero.safetensors")
+        assert int(again.state.calls) == 2 and again.meta_step == 2
+        with pytest.raises(ValueError, match="registered already"):
+            register_estimator("zero")(Zero)
+    finally:
+        ESTIMATORS.pop("zero", None)
+    with pytest.raises(ValueError, match="method must be one of"):
+        MetaConfig(method="zero")

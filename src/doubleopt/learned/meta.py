@@ -1,129 +1,48 @@
-r"""Meta-training learned optimizers: truncated BPTT, antithetic ES and PES, with resumable checkpoints.
+r"""Meta-training learned optimizers: the trainer, its configuration, the training loop and resumable checkpoints.
 
-**Driving the solver with fresh minibatches.** An optimizee trajectory is the core solver loop with a new
-context at every step. The solver state holds ``value`` and ``grad`` at the current iterate
-:math:`\theta_t` *on the minibatch* :math:`x_t` *it was evaluated on*. One optimizee step is
-``solver.step(problem, theta_t, x_{t+1}, state_t)``: it applies the learned update to ``state_t.grad``
-(:math:`\nabla f(\theta_t; x_t)`), moves to :math:`\theta_{t+1}`, and evaluates
-:math:`\nabla f(\theta_{t+1}; x_{t+1})` on the next minibatch, so every gradient is computed once, at the
-iterate where it is used, on a minibatch drawn for that iterate (plain SGD semantics; no recomputation of the
-old gradient on the new batch is needed). The state is carried across truncations, so the first step of a
-truncation uses the gradient computed at the end of the previous one.
+:class:`MetaTrainer` drives optimizee trajectories (:mod:`doubleopt.learned.trajectory`: the core solver loop
+with a fresh minibatch at every step) and, at every meta-step, asks its meta-gradient estimator
+(:mod:`doubleopt.learned.estimators`: ``"tbptt"``, ``"es"``, ``"pes"``, chosen by ``MetaConfig.method``) for
+the meta-gradient of one truncation of ``K`` steps of a horizon of ``T`` steps, which it clips and applies
+with Adam.
 
 **Meta-objective.** :math:`L(\phi) = \frac{1}{KB}\sum_{t} \sum_b w_t f(\theta^{(b)}_t; x'_t)` over the
 :math:`K` steps of a truncation, with :math:`x'_t` an independent held-out minibatch (``Task.eval_batch``)
-and :math:`w_t = 1` (Andrychowicz et al. 2016, Eq. 3).
-
-**Methods** (each turns a truncation of ``K`` steps of a horizon of ``T`` steps into a meta-gradient that
-Adam applies):
-
-* ``"tbptt"``: backpropagate through the ``K`` steps; optimizee and optimizer states are carried (detached)
-  to the next truncation; memory is that of ``K`` steps, independent of ``T``. With ``second_order=False``
-  the optimizee gradient is a constant input (the paper's simplification).
-  With ``stagger = G > 1`` the ``B`` optimizees form ``G`` groups whose trajectories start
-  ``T / G`` steps apart (each group is advanced without gradient to its offset when it is first drawn,
-  and restarts on its own when it reaches ``T``), so every meta-gradient averages truncations from
-  ``G`` phases of training instead of all ``B`` optimizees being at the same step. Without it
-  consecutive meta-steps cycle through the phases (steps 1-K, then K+1-2K, ...), each meta-gradient
-  seeing one phase only (learned_optimization desynchronizes its truncated trajectories with a random
-  initial iteration offset for the same reason).
-* ``"es"``: antithetic evolution strategies on the truncation, :math:`\hat g = \frac{1}{2N\sigma^2}
-  \sum_{j=1}^{N} \epsilon_j (L(\phi+\epsilon_j) - L(\phi-\epsilon_j))`,
-  :math:`\epsilon_j \sim N(0, \sigma^2 I)`,
-  all particles start from the same carry and see the same minibatches; the carry advances with :math:`\phi`.
-  No backpropagation; biased by truncation like TBPTT.
-* ``"pes"``: persistent evolution strategies (Vicol, Metz & Sohl-Dickstein 2021): each antithetic particle
-  keeps its own optimizee state across truncations and accumulates its perturbations
-  :math:`\xi_j \mathrel{+}= \epsilon_j`; :math:`\hat g = \frac{1}{2N\sigma^2} \sum_j \xi_j (L^+_j - L^-_j)`,
-  unbiased for the whole horizon.
+and :math:`w_t = 1` (Andrychowicz et al. 2016, Eq. 3), or the weights of :meth:`MetaConfig.step_weights`.
 
 A meta-step whose meta-gradient (or ES loss) is non-finite is skipped, counted in ``skipped`` and never
 applied; the trajectory that produced it is reset.
 
 References:
     M. Andrychowicz et al., "Learning to learn by gradient descent by gradient descent", NeurIPS 2016.
-    P. Vicol, L. Metz, J. Sohl-Dickstein, "Unbiased gradient estimation in unrolled computation graphs with
-    persistent evolution strategies", ICML 2021.
-    T. Salimans et al., "Evolution strategies as a scalable alternative to reinforcement learning", 2017.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._tree import tree_detach, tree_map, tree_tensors, tree_unflatten
-from ..solvers import Solver
+from .._tree import tree_map, tree_tensors, tree_unflatten
 from ._base import LearnedOptimizer, atomic_save
 from ._tasks import Task
-
-_METHODS = ("tbptt", "es", "pes")
-
-
-@dataclass
-class Carry:
-    """An optimizee trajectory between truncations: iterate, solver state, task instance data, step."""
-
-    y: Tensor
-    state: Any
-    inst: Any
-    t: Tensor  # 0-d int64
-
-
-def start_trajectory(solver: Solver, task: Task, batch: int, generator: torch.Generator) -> Carry:
-    """Draw ``batch`` new optimizees and evaluate the gradient at :math:`\\theta_0` on a first minibatch."""
-    inst, y0 = task.reset(batch, generator)
-    x0 = task.train_batch(inst, generator)
-    with torch.no_grad():
-        state = solver.init(task.problem, y0, x0)
-    return Carry(y0, state, inst, torch.zeros((), dtype=torch.int64))
-
-
-def unroll(
-    solver: Solver,
-    task: Task,
-    carry: Carry,
-    steps: int,
-    generator: torch.Generator,
-    eval_fn: Callable[[Tensor, Any], Tensor] | None = None,
-) -> tuple[Tensor, Carry]:
-    """Run ``steps`` optimizee steps from ``carry`` with a fresh minibatch each step.
-
-    Returns ``(losses (steps, B), new_carry)``: ``losses[k]`` is the objective at :math:`\\theta_{t+k+1}` on a
-    held-out batch (``task.eval_batch``), or ``eval_fn(theta, inst)`` if given. Differentiable with respect
-    to the optimizer's weights when grad mode is on.
-    """
-    y, state = carry.y, carry.state
-    losses = []
-    for _ in range(steps):
-        x = task.train_batch(carry.inst, generator)
-        y, state = solver.step(task.problem, y, x, state)
-        if eval_fn is None:
-            losses.append(task.problem.objective(y, task.eval_batch(carry.inst, generator)))
-        else:
-            losses.append(eval_fn(y, carry.inst))
-    return torch.stack(losses), Carry(y, state, carry.inst, carry.t + steps)
-
-
-def _finite_carry(c: Carry) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tree_tensors((c.y, c.state)) if t.is_floating_point())
+from .estimators import ESTIMATORS, EstimatorState, MetaGradientEstimator, PESState, stagger_offsets
+from .trajectory import Carry, rollout, start_trajectory, unroll
 
 
 @dataclass
 class MetaConfig:
     """Meta-training configuration (saved in checkpoints; resuming requires the same one)."""
 
-    method: str = "tbptt"  # "tbptt" | "es" | "pes"
+    method: str = "tbptt"  # meta-gradient estimator, a name in estimators.ESTIMATORS: "tbptt" | "es" | "pes"
     unroll: int = 20  # truncation length K (optimizee steps per meta-step)
     horizon: int = 100  # optimizee steps per trajectory T (a new trajectory starts after T steps)
     batch: int = 16  # optimizees per trajectory B
@@ -139,8 +58,8 @@ class MetaConfig:
     stagger: int = 1  # TBPTT: split the batch into this many groups whose trajectories are at different phases
 
     def __post_init__(self):
-        if self.method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
+        if self.method not in ESTIMATORS:
+            raise ValueError(f"method must be one of {tuple(ESTIMATORS)}, got {self.method!r}")
         if self.unroll < 1 or self.horizon < 1 or self.batch < 1:
             raise ValueError(f"unroll, horizon and batch must be >= 1, got {self.unroll}, {self.horizon}, {self.batch}")
         if self.horizon % self.unroll:
@@ -156,8 +75,7 @@ class MetaConfig:
                 f"stagger must be >= 1, divide batch ({self.batch}) and be at most horizon / unroll "
                 f"({self.horizon // self.unroll}), got {self.stagger}"
             )
-        if self.stagger > 1 and self.method != "tbptt":
-            raise ValueError(f"stagger applies to method 'tbptt' only, got method {self.method!r}")
+        ESTIMATORS[self.method].from_config(self)  # the estimator checks the settings it uses
 
     def stagger_offsets(self) -> list[int]:
         """Starting step of each of the ``stagger`` trajectory groups: truncation boundaries spread evenly
@@ -167,8 +85,7 @@ class MetaConfig:
             >>> MetaConfig(unroll=20, horizon=100, batch=10, stagger=5).stagger_offsets()
             [0, 20, 40, 60, 80]
         """
-        n = self.horizon // self.unroll
-        return [(g * n // self.stagger) * self.unroll for g in range(self.stagger)]
+        return stagger_offsets(self.stagger, self.unroll, self.horizon)
 
     def meta_lr_at(self, meta_step: int) -> float:
         r"""Meta learning rate of meta-step ``meta_step`` (0-based): constant, or with ``meta_lr_decay = D``
@@ -239,6 +156,9 @@ class MetaStepInfo:
 class MetaTrainer:
     """Meta-trains ``lopt`` on ``task``; :meth:`step` does one meta-step (one truncation).
 
+    The meta-gradient comes from ``estimator`` (built from ``config.method`` by the registry
+    :data:`~doubleopt.learned.estimators.ESTIMATORS`); ``state`` is the estimator's state (its trajectories).
+
     Example:
         >>> import doubleopt as do
         >>> from doubleopt.learned.meta import MetaConfig, MetaTrainer
@@ -257,117 +177,54 @@ class MetaTrainer:
         c = self.config
         self.solver = self.lopt.as_solver(detach_grad=not c.second_order)
         self.meta_opt = torch.optim.Adam(self.lopt.parameters(), lr=c.meta_lr)
-        self.gen = torch.Generator().manual_seed(c.seed)
-        self.es_gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+        self.gen = torch.Generator().manual_seed(c.seed)  # tasks, instances and minibatches
+        self.es_gen = torch.Generator().manual_seed(c.seed + 1_000_003)  # the estimator's own noise
         self.meta_step = 0
         self.skipped = 0
         self.trajectories = 0
         self.losses: list[float] = []
         self.peak_saved_bytes = 0
-        self._scratch = copy.deepcopy(self.lopt) if c.method != "tbptt" else None
-        self.carry: Carry | None = None
-        self.groups: list[Carry] = []  # stagger > 1: one carry per group (self.carry is groups[0])
-        self.particles: list[Carry] = []
-        self.xi: Tensor | None = None
-        self._reset()
+        self.estimator: MetaGradientEstimator = ESTIMATORS[c.method].from_config(c)
+        self.state: EstimatorState = self.estimator.init(self)
 
     # ---- trajectories --------------------------------------------------------------------------
-    def _reset(self) -> None:
-        if self.config.stagger > 1:
-            self.groups = [self._start_group(offset) for offset in self.config.stagger_offsets()]
-            self.carry = self.groups[0]
-            return
+    def new_trajectory(self, batch: int | None = None, offset: int = 0) -> Carry:
+        """A new trajectory of ``batch`` optimizees (default ``config.batch``), advanced without gradient to
+        step ``offset``; counted in ``trajectories``. Estimators start their trajectories with it."""
         self.trajectories += 1
-        self.carry = start_trajectory(self.solver, self.task, self.config.batch, self.gen)
-        if self.config.method == "pes":
-            self.particles = [self.carry for _ in range(2 * self.config.es_pairs)]
-            self.xi = torch.zeros(self.config.es_pairs, self._n_params(), dtype=self._flat().dtype)
-
-    def _start_group(self, offset: int) -> Carry:
-        """A new trajectory for one stagger group, advanced without gradient to step ``offset``."""
-        self.trajectories += 1
-        carry = start_trajectory(self.solver, self.task, self.config.batch // self.config.stagger, self.gen)
+        carry = start_trajectory(self.solver, self.task, self.config.batch if batch is None else batch, self.gen)
         if offset:
             with torch.no_grad():
                 _, carry = unroll(self.solver, self.task, carry, offset, self.gen)
         return carry
 
-    def _n_params(self) -> int:
-        return sum(p.numel() for p in self.lopt.parameters())
+    @property
+    def carry(self) -> Carry:
+        """The estimator's first trajectory (TBPTT: the first group; PES: the first particle)."""
+        return self.state.carries[0]
 
-    def _flat(self) -> Tensor:
-        return torch.nn.utils.parameters_to_vector(self.lopt.parameters()).detach()
+    @property
+    def groups(self) -> list[Carry]:
+        """TBPTT with ``stagger > 1``: one trajectory per group (else ``[]``)."""
+        return self.state.carries if self.config.stagger > 1 else []
 
-    def _run_perturbed(self, flat: Tensor, carry: Carry, gen_state: Tensor) -> tuple[float, Carry]:
-        torch.nn.utils.vector_to_parameters(flat, self._scratch.parameters())
-        self.gen.set_state(gen_state)
-        solver = self._scratch.as_solver(detach_grad=True)
-        with torch.no_grad():
-            losses, new = unroll(solver, self.task, carry, self.config.unroll, self.gen)
-        return float(self.config.weighted_loss(losses, int(carry.t))), new
+    @property
+    def particles(self) -> list[Carry]:
+        """PES: one trajectory per particle (else ``[]``)."""
+        return self.state.carries if isinstance(self.state, PESState) else []
 
-    # ---- meta-gradients ----------------------------------------------------------------------
-    def _tbptt(self) -> tuple[float, list[Tensor], int]:
+    # ---- meta-steps ----------------------------------------------------------------------------
+    def meta_gradient(self) -> tuple[float, list[Tensor], int]:
+        """``(loss, grads per parameter, saved_bytes)`` for the next truncation; advances the trajectories."""
         saved = [0]
 
         def pack(t):
             saved[0] += t.numel() * t.element_size()
             return t
 
-        params = list(self.lopt.parameters())
-        carries = self.groups if self.config.stagger > 1 else [self.carry]
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss, new = 0.0, []
-            for carry in carries:  # equal group sizes: the mean of the group means is the mean over all B
-                t0 = int(carry.t)
-                losses, nxt = unroll(self.solver, self.task, carry, self.config.unroll, self.gen)
-                loss = loss + self.config.weighted_loss(losses, t0) / len(carries)
-                new.append(tree_detach(nxt))
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        if self.config.stagger > 1:
-            self.groups = new
-        self.carry = new[0]
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        return float(loss.detach()), grads, saved[0]
-
-    def _es(self) -> tuple[float, Tensor]:
-        c = self.config
-        base, s0 = self._flat(), self.gen.get_state()
-        eps = c.es_sigma * torch.randn(c.es_pairs, base.numel(), generator=self.es_gen, dtype=base.dtype)
-        diffs = []
-        for j in range(c.es_pairs):
-            lp, _ = self._run_perturbed(base + eps[j], self.carry, s0)
-            lm, _ = self._run_perturbed(base - eps[j], self.carry, s0)
-            diffs.append(lp - lm)
-        loss, self.carry = self._run_perturbed(base, self.carry, s0)
-        d = torch.tensor(diffs, dtype=eps.dtype)
-        return loss, (d[:, None] * eps).sum(0) / (2 * c.es_pairs * c.es_sigma**2)
-
-    def _pes(self) -> tuple[float, Tensor]:
-        c = self.config
-        base, s0 = self._flat(), self.gen.get_state()
-        eps = c.es_sigma * torch.randn(c.es_pairs, base.numel(), generator=self.es_gen, dtype=base.dtype)
-        self.xi = self.xi + eps
-        diffs, total = [], 0.0
-        for j in range(c.es_pairs):
-            lp, self.particles[2 * j] = self._run_perturbed(base + eps[j], self.particles[2 * j], s0)
-            lm, self.particles[2 * j + 1] = self._run_perturbed(base - eps[j], self.particles[2 * j + 1], s0)
-            diffs.append(lp - lm)
-            total += lp + lm
-        self.carry = self.particles[0]
-        d = torch.tensor(diffs, dtype=eps.dtype)
-        return total / (2 * c.es_pairs), (d[:, None] * self.xi).sum(0) / (2 * c.es_pairs * c.es_sigma**2)
-
-    def meta_gradient(self) -> tuple[float, list[Tensor], int]:
-        """``(loss, grads per parameter, saved_bytes)`` for the next truncation; advances the carry."""
-        if self.config.method == "tbptt":
-            return self._tbptt()
-        loss, flat = self._es() if self.config.method == "es" else self._pes()
-        grads, k = [], 0
-        for p in self.lopt.parameters():
-            grads.append(flat[k : k + p.numel()].reshape(p.shape).to(p.dtype))
-            k += p.numel()
-        return loss, grads, 0
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, grads, self.state = self.estimator.estimate(self, self.state)
+        return loss, grads, saved[0]
 
     def step(self) -> MetaStepInfo:
         """One meta-step: meta-gradient of one truncation, skip if non-finite, else clip and apply Adam."""
@@ -388,21 +245,13 @@ class MetaTrainer:
             self.skipped += 1
         self.meta_step += 1
         self.losses.append(loss)
-        if self.config.stagger > 1:
-            if not finite or not all(_finite_carry(c) for c in self.groups):
-                self._reset()
-            else:  # each group restarts on its own at the end of its horizon
-                self.groups = [self._start_group(0) if int(c.t) >= self.config.horizon else c for c in self.groups]
-                self.carry = self.groups[0]
-            return MetaStepInfo(loss, not finite, gnorm, saved)
-        carries = self.particles if self.config.method == "pes" else [self.carry]
-        if not finite or int(self.carry.t) >= self.config.horizon or not all(_finite_carry(c) for c in carries):
-            self._reset()
+        self.state = self.estimator.restart(self, self.state, finite)
         return MetaStepInfo(loss, not finite, gnorm, saved)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
-        """Everything needed to continue bit-for-bit: weights, Adam state, generators, trajectories."""
+        """Everything needed to continue bit-for-bit: weights, Adam state, generators, trajectories
+        (``carry.<j>.<leaf>``) and the estimator state's tensors (``<method>.<field>``)."""
         out = {f"lopt.{k}": v.detach().clone() for k, v in self.lopt.state_dict().items()}
         for i, st in self.meta_opt.state_dict()["state"].items():
             for k, v in st.items():
@@ -412,12 +261,12 @@ class MetaTrainer:
         out["counters"] = torch.tensor([self.meta_step, self.skipped, self.trajectories], dtype=torch.int64)
         out["losses"] = torch.tensor(self.losses, dtype=torch.float64)
         out["peak_saved_bytes"] = torch.tensor(self.peak_saved_bytes, dtype=torch.int64)
-        carries = self.particles if self.config.method == "pes" else (self.groups or [self.carry])
-        for j, c in enumerate(carries):
+        for j, c in enumerate(self.state.carries):
             for i, t in enumerate(tree_tensors(c)):
                 out[f"carry.{j}.{i}"] = t.detach().clone().contiguous()
-        if self.xi is not None:
-            out["pes.xi"] = self.xi.clone()
+        for f in fields(self.state):
+            if f.name != "carries":
+                out[f"{self.config.method}.{f.name}"] = getattr(self.state, f.name).clone()
         return out
 
     def load_state_tensors(self, d: dict[str, Tensor]) -> None:
@@ -442,12 +291,8 @@ class MetaTrainer:
         while f"carry.{j}.0" in d:
             carries.append(tree_unflatten(template, [d[f"carry.{j}.{i}"] for i in range(n_leaves)]))
             j += 1
-        if self.config.method == "pes":
-            self.particles, self.carry, self.xi = carries, carries[0], d["pes.xi"].clone()
-        elif self.config.stagger > 1:
-            self.groups, self.carry = carries, carries[0]
-        else:
-            self.carry = carries[0]
+        extra = {f.name: d[f"{self.config.method}.{f.name}"].clone() for f in fields(self.state) if f.name != "carries"}
+        self.state = replace(self.state, carries=carries, **extra)
 
 
 def save_checkpoint(trainer: MetaTrainer, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
@@ -551,29 +396,6 @@ def meta_train(
             bar.close()
     trainer.wall_time = time.perf_counter() - start
     return trainer
-
-
-def rollout(
-    solver: Solver,
-    task: Task,
-    batch: int,
-    steps: int,
-    generator: torch.Generator,
-    eval_fn: Callable[[Tensor, Any], Tensor] | None = None,
-) -> Tensor:
-    """Losses ``(steps + 1, batch)`` of ``solver`` (learned or classical) over a fresh trajectory, no grad.
-
-    Row 0 is the loss at :math:`\\theta_0`. ``eval_fn(theta, inst)`` defaults to a held-out minibatch loss.
-    """
-    with torch.no_grad():
-        carry = start_trajectory(solver, task, batch, generator)
-        first = (
-            eval_fn(carry.y, carry.inst)
-            if eval_fn is not None
-            else task.problem.objective(carry.y, task.eval_batch(carry.inst, generator))
-        )
-        losses, _ = unroll(solver, task, carry, steps, generator, eval_fn)
-    return torch.cat([first[None], losses])
 
 
 __all__ = [
