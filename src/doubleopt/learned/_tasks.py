@@ -23,8 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._problem import ProblemFamily
-from ..problems import ClassificationContext, MLPClassifier
+from .._problem import ProblemFamily, batch_size
+from .._tree import tree_index
+from ..problems import (
+    ClassificationContext,
+    MixtureLogisticRegression,
+    MixtureMLPClassifier,
+    MixtureRobustRegression,
+    MLPClassifier,
+)
 from ..problems._data import sample_rows
 
 
@@ -184,6 +191,82 @@ class QuadraticTask(Task):
 
     def eval_batch(self, inst, generator):
         return inst
+
+
+class ObjectiveSetTask(Task):
+    r"""A fixed, finite set of objectives of one family (contexts ``x_1..x_M``), as in Li & Malik (2017).
+
+    :meth:`reset` draws ``B`` of the objectives uniformly with replacement and random starting points
+    ``problem.init(x, generator)``; the objectives are deterministic, so :meth:`train_batch` and
+    :meth:`eval_batch` return the instances' own contexts.
+
+    Args:
+        problem: the family; its ``init(x, generator)`` draws starting points.
+        contexts: the ``M`` objectives' contexts (batch dimension first).
+        name: the task's name (checkpoints record it).
+
+    Example:
+        >>> import torch
+        >>> task = li_malik_task("logistic", "train")
+        >>> x, y0 = task.reset(5, torch.Generator().manual_seed(0))
+        >>> task.size, tuple(x.features.shape), tuple(y0.shape)
+        (90, (5, 100, 3), (5, 4))
+    """
+
+    def __init__(self, problem: ProblemFamily, contexts: Any, name: str = "objectives"):
+        problem.check_context(contexts)
+        self.problem, self.contexts, self.name = problem, contexts, name
+        self.size = batch_size(contexts)
+
+    def reset(self, batch_size, generator):
+        idx = torch.randint(self.size, (batch_size,), generator=generator)
+        x = tree_index(self.contexts, idx)
+        return x, self.problem.init(x, generator=generator)
+
+    def train_batch(self, inst, generator):
+        return inst
+
+    def eval_batch(self, inst, generator):
+        return inst
+
+
+LI_MALIK_FAMILIES = {
+    "logistic": MixtureLogisticRegression,
+    "robust": MixtureRobustRegression,
+    "mlp": MixtureMLPClassifier,
+}
+
+
+def li_malik_task(
+    family: str,
+    split: str = "train",
+    *,
+    seed: int = 0,
+    n_train: int = 90,
+    n_test: int = 100,
+    dtype: torch.dtype = torch.float32,
+) -> ObjectiveSetTask:
+    """The objectives of one of the paper's three families: ``"logistic"``, ``"robust"`` or ``"mlp"``.
+
+    ``n_train + n_test`` objectives are drawn with one generator seeded by ``seed``; the first ``n_train`` are
+    the ``"train"`` split (paper: 90), the next ``n_test`` the held-out ``"test"`` split (paper: 100): the splits
+    never share an objective (changing ``n_train`` changes which objectives are held out).
+
+    Example:
+        >>> task = li_malik_task("mlp", "test")
+        >>> task.size, task.problem.dim, task.name
+        (100, 22, 'li-malik-mlp-test')
+    """
+    if family not in LI_MALIK_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(LI_MALIK_FAMILIES)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
+    problem = LI_MALIK_FAMILIES[family](dtype=dtype)
+    contexts = problem.sample(n_train + n_test, seed=seed)
+    idx = torch.arange(n_train) if split == "train" else torch.arange(n_train, n_train + n_test)
+    return ObjectiveSetTask(problem, tree_index(contexts, idx), name=f"li-malik-{family}-{split}")
 
 
 def make_task(

@@ -20,3 +20,12 @@ __all__ += ["QPProblem", "QPData", "QPStart", "RandomQP", "PortfolioQP", "MPCQP"
 from .ot import DigitsOT, EntropicOT, OTContext, SphereOT  # noqa: E402
 
 __all__ += ["EntropicOT", "OTContext", "DigitsOT", "SphereOT"]
+
+from .mixtures import (  # noqa: E402  (issue 15: the families of Li & Malik)
+    MixtureLogisticRegression,
+    MixtureMLPClassifier,
+    MixtureRobustRegression,
+    gaussian_mixture,
+)
+
+__all__ += ["MixtureLogisticRegression", "MixtureRobustRegression", "MixtureMLPClassifier", "gaussian_mixture"]
