@@ -34,6 +34,8 @@ class LearnedOptimizer(nn.Module):
     """Base class: subclasses set ``arch``, implement :meth:`init_state`, :meth:`update`, :meth:`config`."""
 
     arch: str = "base"
+    # the update needs only gradients (init_state / update), so torch.optim's interface can drive it
+    gradient_only: bool = True
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serializable) that rebuild this architecture."""

@@ -12,9 +12,10 @@ from pathlib import Path
 from ._base import LearnedOptimizer
 from ._lstm import LSTMOptimizer
 from ._mlp import MLPOptimizer
+from .policy import PolicyOptimizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-_ARCHS: dict[str, type[LearnedOptimizer]] = {"lstm": LSTMOptimizer, "mlp": MLPOptimizer}
+_ARCHS: dict[str, type[LearnedOptimizer]] = {"lstm": LSTMOptimizer, "mlp": MLPOptimizer, "policy": PolicyOptimizer}
 PRETRAINED = {"lstm-digits": "lstm-digits.safetensors", "mlp-digits": "mlp-digits.safetensors"}
 
 

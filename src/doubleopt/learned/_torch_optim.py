@@ -45,6 +45,11 @@ class TorchOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lopt: LearnedOptimizer, lr: float = 1.0):
         if not isinstance(lopt, LearnedOptimizer):
             raise TypeError(f"lopt must be a doubleopt.learned.LearnedOptimizer, got {type(lopt).__name__}")
+        if not lopt.gradient_only:
+            raise TypeError(
+                f"{type(lopt).__name__} needs objective values as well as gradients, which torch.optim's "
+                "interface does not give per parameter; run it with do.solve(problem, lopt.as_solver(), ...)"
+            )
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         super().__init__(params, {"lr": lr})
