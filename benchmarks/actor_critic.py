@@ -40,6 +40,7 @@ class Args:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # agents trained together
     sb3_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # SB3 runs, one after another
     steps: int = 20_000  # environment steps per agent
+    critic_lr: float = 1e-3  # timescales: the critic step size the actor's is a multiple of
     threads: int = 1  # torch / BLAS threads for every method
     quick: bool = False  # seconds-long smoke run (tiny networks, few steps)
     out: str = "bench_results/actor_critic"  # output folder (one sub-folder per study)
@@ -184,11 +185,11 @@ def study_config(args: Args, report: Report) -> dict:
 # study 3: timescales, one batched run over the grid
 # ======================================================================================================
 def study_timescales(args: Args, report: Report) -> dict:
-    ratios = [0.1, 1.0, 10.0, 100.0]  # actor step size / critic step size (critic 1e-3)
+    ratios = [0.1, 1.0, 10.0, 100.0]  # actor step size / critic step size (critic args.critic_lr)
     delays = [1, 2, 8]  # critic updates per actor update
     seeds = args.seeds[:2]
     grid = [(r, d, s) for r in ratios for d in delays for s in seeds]
-    sweep = [{"critic_lr": 1e-3, "actor_lr": 1e-3 * r, "delay": d} for r, d, _ in grid]
+    sweep = [{"critic_lr": args.critic_lr, "actor_lr": args.critic_lr * r, "delay": d} for r, d, _ in grid]
     algo, cfg = rl.preset("fast", "td3")
     cfg = replace(cfg, total_steps=args.steps, eval_every=2000 if not args.quick else 200)
     if args.quick:
@@ -200,7 +201,7 @@ def study_timescales(args: Args, report: Report) -> dict:
     bell = np.array(c.bellman_error)  # (n, K)
     for i, (r, d, s) in enumerate(grid):
         final_bell = float(bell[-10:, i].mean()) if len(bell) else math.nan
-        report.add_row(actor_over_critic_lr=r, critic_updates_per_actor_update=d, seed=s,
+        report.add_row(critic_lr=args.critic_lr, actor_over_critic_lr=r, critic_updates_per_actor_update=d, seed=s,
                        final_return=result.final_eval[i], best_return=float(np.max([e[i] for e in c.eval_returns])),
                        final_bellman_error=final_bell, max_bellman_error=float(np.nanmax(bell[:, i])) if len(bell) else
                        math.nan, status=result.status[i])
