@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
@@ -59,11 +59,23 @@ class MetaGradientEstimator(ABC):
 
     @classmethod
     def from_config(cls, config: MetaConfig) -> MetaGradientEstimator:
-        """The estimator's settings from a :class:`~doubleopt.learned.meta.MetaConfig` (default: none;
-        ``stagger`` is refused, since only TBPTT supports it)."""
+        """The estimator's settings from a :class:`~doubleopt.learned.meta.MetaConfig`: by default its dataclass
+        fields from ``config.options`` (an unknown name is a ``ValueError`` listing the known ones); ``stagger``
+        is refused, since only TBPTT supports it."""
         if config.stagger > 1:
             raise ValueError(f"stagger applies to method 'tbptt' only, got method {config.method!r}")
-        return cls()
+        return cls(**cls.check_options(config))
+
+    @classmethod
+    def check_options(cls, config: MetaConfig) -> dict:
+        """``config.options``, checked against the estimator's dataclass fields."""
+        known = [f.name for f in fields(cls)] if is_dataclass(cls) else []
+        unknown = sorted(set(config.options) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for method {config.method!r}; it takes {known or 'no options'}"
+            )
+        return dict(config.options)
 
     @abstractmethod
     def init(self, trainer: MetaTrainer) -> EstimatorState:
@@ -141,7 +153,7 @@ class TBPTT(MetaGradientEstimator):
 
     @classmethod
     def from_config(cls, config: MetaConfig) -> TBPTT:
-        return cls(stagger=config.stagger)
+        return cls(**{"stagger": config.stagger, **cls.check_options(config)})
 
     def init(self, trainer: MetaTrainer) -> TBPTTState:
         c = trainer.config
@@ -229,8 +241,8 @@ class AntitheticES(MetaGradientEstimator):
 
     @classmethod
     def from_config(cls, config: MetaConfig) -> AntitheticES:
-        super().from_config(config)  # refuses stagger
-        return cls(pairs=config.es_pairs, sigma=config.es_sigma)
+        super().from_config(config)  # refuses stagger and unknown options
+        return cls(**{"pairs": config.es_pairs, "sigma": config.es_sigma, **cls.check_options(config)})
 
     def antithetic_unrolls(
         self, trainer: MetaTrainer, starts: list[Carry]

@@ -56,6 +56,8 @@ class MetaConfig:
     log_loss: bool = False  # meta-objective on log f(theta_t) (every phase of the run counts, not just the start)
     meta_lr_decay: int = 0  # cosine decay of meta_lr to 0 over this many meta-steps (0: constant meta_lr)
     stagger: int = 1  # TBPTT: split the batch into this many groups whose trajectories are at different phases
+    # settings of the estimator's own dataclass fields by name (e.g. GPS {"kl_step": 0.5}); see its class
+    options: dict[str, float | int | bool] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.method not in ESTIMATORS:
@@ -328,6 +330,7 @@ def load_checkpoint(trainer: MetaTrainer, path: str | os.PathLike) -> None:
             "log_loss": False,
             "meta_lr_decay": 0,
             "stagger": 1,
+            "options": {},
             **json.loads(meta.get("config", "{}")),
         },
         "arch": meta.get("arch"),
