@@ -25,6 +25,8 @@ Overlines are means over the ``B`` samples. All three share one sparse factoriza
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,30 +126,99 @@ def gradient_estimate(
 
 @dataclass
 class StepResult:
-    """One learning step: the new conductances, the cost *before* the step and the direction used."""
+    """One learning step: the new conductances, the cost *before* the step and the direction used.
+
+    ``k`` and ``direction`` are always float64 NumPy arrays ``(E,)`` (new arrays, whatever kind of array-like
+    the step was given), like :attr:`TrainResult.k` and :attr:`ResistorNetwork.k`.
+    """
 
     k: np.ndarray
     cost: float
     direction: np.ndarray
 
 
+def _check_rule(rule) -> None:
+    if not callable(getattr(rule, "estimate", None)):
+        raise ValueError(
+            "rule must be a learning rule (CoupledLearning, EquilibriumPropagation, ExactGradient or an object "
+            f"with estimate(factor, free_state)), got {rule!r}"
+        )
+
+
+def _check_lr(lr: float) -> float:
+    try:
+        v = float(lr) if not isinstance(lr, str | bytes) else None
+    except (TypeError, ValueError):
+        v = None
+    if v is None:
+        raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"lr must be finite and >= 0 (a step is k - lr * g, a descent step), got {lr!r}")
+    return v
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def learning_step(
     net: ResistorNetwork,
-    k: np.ndarray,
-    inputs: np.ndarray,
-    targets: np.ndarray,
+    inputs: ArrayLike,
+    targets: ArrayLike,
     rule: Rule,
     lr: float,
+    *legacy,
+    k: ArrayLike | None = None,
     superpose: bool | None = None,
 ) -> StepResult:
-    """One step of ``rule``: factorize once, free state, clamped/nudged/adjoint state, clipped update.
+    r"""One step of ``rule``: factorize once, free state, clamped/nudged/adjoint state, clipped update
+    :math:`k \leftarrow \operatorname{clip}(k - \text{lr}\, g, k_{min}, k_{max})`.
 
-    ``superpose`` is passed to :meth:`LaplacianFactor.free` (default: superpose when it saves solves).
+    Args:
+        net: the network (not modified).
+        inputs, targets: ``(B, n_inputs)``, ``(B, n_outputs)`` with ``B >= 1``; any array-like.
+        rule: :class:`CoupledLearning`, :class:`EquilibriumPropagation` or :class:`ExactGradient`.
+        lr: step size, finite and ``>= 0``.
+        k: conductances to step from, any array-like ``(E,)`` inside ``[k_min, k_max]`` (default ``net.k``;
+            not modified).
+        superpose: passed to :meth:`LaplacianFactor.free` (default: superpose when it saves solves).
+
+    Returns:
+        :class:`StepResult` whose ``k`` and ``direction`` are float64 NumPy arrays, whatever ``k`` was.
+
+    The earlier positional order ``learning_step(net, k, inputs, targets, rule, lr[, superpose])`` is still
+    accepted (with a ``DeprecationWarning``).
+
+    Example:
+        >>> import torch, doubleopt as do
+        >>> net = do.physical.random_network(40, n_inputs=2, n_outputs=1, seed=0)
+        >>> x = torch.rand(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> out = do.physical.learning_step(net, x, 0.5 * x[:, :1], do.physical.ExactGradient(), lr=5.0)
+        >>> type(out.k).__name__, out.k.shape == (net.n_edges,), net.cost(x, 0.5 * x[:, :1], out.k) < out.cost
+        ('ndarray', True, True)
     """
-    f = LaplacianFactor(net, k)
+    if callable(getattr(lr, "estimate", None)) and not callable(getattr(rule, "estimate", None)):
+        # the earlier order (net, k, inputs, targets, rule, lr[, superpose]), positional
+        if k is not None or not 1 <= len(legacy) <= 2 or (len(legacy) == 2 and superpose is not None):
+            raise TypeError("learning_step(net, k, inputs, targets, rule, lr[, superpose]) (the earlier order) "
+                            "takes k, lr and superpose positionally; use learning_step(net, inputs, targets, "
+                            "rule, lr, k=..., superpose=...)")
+        warnings.warn("learning_step(net, k, inputs, targets, rule, lr) is deprecated: use "
+                      "learning_step(net, inputs, targets, rule, lr, k=k)", DeprecationWarning, stacklevel=2)
+        k, inputs, targets, rule, lr = inputs, targets, rule, lr, legacy[0]
+        superpose = legacy[1] if len(legacy) == 2 else superpose
+    elif legacy:
+        raise TypeError(f"learning_step takes 5 positional arguments after net at most, got {5 + len(legacy)}; "
+                        "pass k= and superpose= by keyword")
+    _check_rule(rule)
+    lr = _check_lr(lr)
+    kk = net.check_k_in_range(net.k if k is None else k)
+    f = LaplacianFactor(net, kk)
     st = f.free(inputs, targets, superpose)
     g = rule.estimate(f, st)
-    return StepResult(np.clip(k - lr * g, net.k_min, net.k_max), st.cost, g)
+    return StepResult(np.clip(kk - lr * g, net.k_min, net.k_max), st.cost, g)
 
 
 @dataclass
@@ -181,10 +252,18 @@ def train(
     """Train the conductances of ``net`` with ``rule`` for ``steps`` steps of size ``lr``.
 
     Args:
-        batch_size: samples per step (default: all, full batch); minibatches drawn with ``seed``.
-        eval_inputs, eval_targets: a held-out set (default: the training set) evaluated every ``eval_every``.
+        inputs, targets: the training set, ``B >= 1`` samples.
+        steps: number of steps (an integer ``>= 0``).
+        lr: step size, finite and ``>= 0``.
+        batch_size: samples per step, an integer ``>= 1`` (default: all, full batch; a size ``>= B`` is the
+            full batch too); minibatches drawn with ``seed``.
+        eval_inputs, eval_targets: a held-out set (default: the training set) evaluated every ``eval_every``
+            (an integer ``>= 1``) steps and after the last.
         metric: optional ``metric(outputs (B, m) ndarray, targets) -> float`` (e.g. accuracy).
-        k0: initial conductances (default ``net.k``).
+        k0: initial conductances, inside ``[k_min, k_max]`` (default ``net.k``).
+
+    Raises:
+        ValueError: for each of the above out of range (naming the argument), and bad samples.
 
     Returns:
         :class:`TrainResult` (``k`` is the final conductance vector; ``net`` itself is not modified).
@@ -198,13 +277,20 @@ def train(
         >>> res.eval_cost[-1] < 0.5 * res.eval_cost[0]
         True
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    lr = _check_lr(lr)
+    eval_every = _check_count("eval_every", eval_every, 1)
+    if batch_size is not None:
+        batch_size = _check_count("batch_size", batch_size, 1)
+    _check_rule(rule)
+    if (eval_inputs is None) != (eval_targets is None):
+        raise ValueError("pass both eval_inputs and eval_targets, or neither")
     x = net._check_inputs(inputs)
     t = net._check_targets(targets, x.shape[0])
-    xe = x if eval_inputs is None else net._check_inputs(eval_inputs)
-    te = t if eval_targets is None else net._check_targets(eval_targets, xe.shape[0])
-    k = net._k(k0).copy()
+    xe = x if eval_inputs is None else net._check_inputs(eval_inputs, "eval_inputs")
+    te = t if eval_targets is None else net._check_targets(eval_targets, xe.shape[0], "eval_targets")
+    k = net.check_k_in_range(net.k if k0 is None else k0, "k0")
     rng = np.random.default_rng(seed)
     res = TrainResult(k)
 
@@ -230,7 +316,7 @@ def train(
             else:
                 idx = rng.choice(len(x), batch_size, replace=False)
                 xb, tb = x[idx], t[idx]
-            out = learning_step(net, k, xb, tb, rule, lr)
+            out = learning_step(net, xb, tb, rule, lr, k=k)
             k = out.k
             res.train_cost.append(out.cost)
             if bar is not None:

@@ -112,11 +112,14 @@ class ResistorNetwork:
             The outputs are ``output_nodes`` first, then ``output_edges``.
         input_kind: ``"voltage"`` (sources held at the input voltages, Dirichlet) or ``"current"``
             (the inputs are currents injected at the source nodes; needs a ground).
-        k_min, k_max: the range learning keeps conductances in.
+        k_min, k_max: the range learning keeps conductances in. ``k`` must lie in it: a conductance outside
+            is refused (not clipped), since every learning step would clip it silently (widen the range
+            instead, or clip ``k`` yourself). :meth:`with_k` applies the same rule.
 
     Raises:
         FloatingNodesError: a connected component holds no source / ground node (names the nodes).
-        ValueError: bad ids, ``k <= 0`` or non-finite, outputs on fixed nodes.
+        ValueError: bad ids, ``k <= 0``, non-finite or outside ``[k_min, k_max]`` (names the edges), outputs
+            on fixed nodes.
 
     Example:
         >>> import torch, doubleopt as do
@@ -195,7 +198,7 @@ class ResistorNetwork:
                 f"the {self.n_outputs} outputs {self.output_pairs.tolist()[:8]} (node, node-or--1 pairs) are "
                 "linearly dependent on the free nodes, so they cannot be clamped independently; remove one"
             )
-        self.k = self.check_k(np.ones(len(e)) if k is None else k)
+        self.k = self.check_k_in_range(np.ones(len(e)) if k is None else k)
 
     # ---- construction helpers ------------------------------------------------------------------
     def _set_outputs(self, output_nodes, output_edges, is_fixed) -> None:
@@ -316,11 +319,27 @@ class ResistorNetwork:
             )
         return kk
 
+    def check_k_in_range(self, k: ArrayLike, name: str = "k") -> np.ndarray:
+        """:meth:`check_k`, and every conductance in ``[k_min, k_max]`` (what a network holds and what learning
+        starts from: a step clips to this range, so a conductance outside it would change without a word).
+        Returns a float64 copy; the error names ``name`` and the edges."""
+        kk = self.check_k(k)
+        bad = np.nonzero((kk < self.k_min) | (kk > self.k_max))[0]
+        if bad.size:
+            raise ValueError(
+                f"{name}: conductances of edges {bad.tolist()[:8]} are {kk[bad[:8]].tolist()}, outside "
+                f"[k_min, k_max] = [{self.k_min:g}, {self.k_max:g}] (learning would clip them silently); "
+                "pass k_min / k_max to ResistorNetwork to widen the range, or clip k yourself"
+            )
+        return kk
+
     def with_k(self, k: ArrayLike) -> ResistorNetwork:
-        """A shallow copy of the network with conductances ``k`` (topology and precomputations shared)."""
+        """A shallow copy of the network with conductances ``k`` (topology and precomputations shared).
+
+        ``k`` is checked as at construction (:meth:`check_k_in_range`)."""
         new = object.__new__(ResistorNetwork)
         new.__dict__.update(self.__dict__)
-        new.k = self.check_k(k)
+        new.k = self.check_k_in_range(k)
         return new
 
     def _k(self, k: ArrayLike | None) -> np.ndarray:
@@ -337,11 +356,12 @@ class ResistorNetwork:
         """Factorize :math:`L_{ff}(k)` once; the factor serves every state and sample for this ``k``."""
         return LaplacianFactor(self, self._k(k))
 
-    def _check_inputs(self, inputs: ArrayLike) -> np.ndarray:
-        return _check_samples("inputs", inputs, self.n_inputs, "n_inputs")
+    def _check_inputs(self, inputs: ArrayLike, name: str = "inputs") -> np.ndarray:
+        return _check_samples(name, inputs, self.n_inputs, "n_inputs")
 
-    def _check_targets(self, targets: ArrayLike, B: int) -> np.ndarray:
-        return _check_samples("targets", targets, self.n_outputs, "n_outputs", batch=B)
+    def _check_targets(self, targets: ArrayLike, B: int, name: str = "targets") -> np.ndarray:
+        """Targets ``(B, n_outputs)``; ``B = 0`` is refused (a cost is a mean over the samples)."""
+        return _check_samples(name, targets, self.n_outputs, "n_outputs", batch=B)
 
     # ---- convenience (torch in / torch out) ----------------------------------------------------------
     def free_state(self, inputs: ArrayLike, k: ArrayLike | None = None) -> Tensor:
@@ -351,7 +371,10 @@ class ResistorNetwork:
     def clamped_state(
         self, inputs: ArrayLike, targets: ArrayLike, eta: float, k: ArrayLike | None = None
     ) -> Tensor:
-        r"""Clamped voltages ``(B, n)``: outputs held at :math:`O^F + \eta (T - O^F)` (coupled learning)."""
+        r"""Clamped voltages ``(B, n)``: outputs held at :math:`O^F + \eta (T - O^F)` (coupled learning).
+
+        ``eta`` must be in ``(0, 1]``, as for :class:`~doubleopt.physical.CoupledLearning`."""
+        eta = check_strength("eta", eta, upper=1.0)
         f = self.factorize(k)
         st = f.free(inputs, targets)
         return torch.from_numpy(st.V + f.node_response(f.clamp_weights(st, eta)))
@@ -359,7 +382,10 @@ class ResistorNetwork:
     def nudged_state(
         self, inputs: ArrayLike, targets: ArrayLike, beta: float, k: ArrayLike | None = None
     ) -> Tensor:
-        r"""Nudged voltages ``(B, n)``: the minimizer of :math:`P + \beta C` (equilibrium propagation)."""
+        r"""Nudged voltages ``(B, n)``: the minimizer of :math:`P + \beta C` (equilibrium propagation).
+
+        ``beta`` must be finite and ``> 0``."""
+        beta = check_strength("beta", beta)
         f = self.factorize(k)
         st = f.free(inputs, targets)
         return torch.from_numpy(st.V + f.node_response(f.nudge_weights(st, beta)))
@@ -585,15 +611,34 @@ class LaplacianFactor:
         return w @ self.dZ.T
 
 
+def check_strength(name: str, value: float, upper: float | None = None) -> float:
+    """``value`` as a float in ``(0, upper]`` (``(0, inf)`` without ``upper``); NaN, inf, ``<= 0`` and
+    non-numbers are refused with a ``ValueError`` naming ``name``."""
+    try:
+        v = float(value) if not isinstance(value, str | bytes) else None
+    except (TypeError, ValueError):
+        v = None
+    if v is None:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    hi = np.inf if upper is None else upper
+    if not (0 < v <= hi) or not np.isfinite(v):
+        rng = f"0 < {name} <= {upper:g}" if upper is not None else f"a finite {name} > 0"
+        raise ValueError(f"{name} must satisfy {rng}, got {value!r}")
+    return v
+
+
 def _check_samples(name: str, values: ArrayLike, width: int, width_name: str, batch: int | None = None) -> np.ndarray:
     """``values`` as a finite ``(B, width)`` array (a 1-D array is accepted when ``width == 1``); the error names
-    the expected shape or the samples holding NaN or inf."""
+    the expected shape or the samples holding NaN or inf. With ``batch`` (targets, used where a cost is a mean
+    over the samples) an empty batch is refused too."""
     v = _np(values)
     if v.ndim == 1 and width == 1:
         v = v[:, None]
     B = "B" if batch is None else batch
     if v.ndim != 2 or v.shape[1] != width or (batch is not None and v.shape[0] != batch):
         raise ValueError(f"{name} must have shape (B, {width_name}) = ({B}, {width}), got {tuple(v.shape)}")
+    if batch is not None and batch == 0:
+        raise ValueError(f"{name}: the batch is empty (B = 0); a cost is a mean over samples, pass at least one")
     bad = np.nonzero(~np.isfinite(v).all(1))[0]
     if bad.size:
         raise ValueError(f"{name} of samples {bad.tolist()[:10]} hold NaN or inf")
