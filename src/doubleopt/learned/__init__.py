@@ -25,6 +25,7 @@ from ._torch_optim import TorchOptimizer
 from .mdp import EnvState, OptimizationEnv, OptimizationVectorEnv
 from .meta import MetaConfig, MetaTrainer, meta_train, rollout
 from .policy import PolicyFeatures, PolicyOptimizer, PolicySolver, PolicyState
+from .ppo import PPO, PPOState  # registers "ppo"
 
 __all__ = [
     "LearnedOptimizer",
@@ -46,6 +47,8 @@ __all__ = [
     "PolicySolver",
     "PolicyState",
     "PolicyFeatures",
+    "PPO",
+    "PPOState",
     "OptimizationEnv",
     "OptimizationVectorEnv",
     "EnvState",

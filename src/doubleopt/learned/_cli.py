@@ -4,6 +4,7 @@ Example::
 
     doubleopt train-lopt --arch lstm --task digits --meta-steps 400 --out runs/lstm-digits --seed 0
     doubleopt train-lopt --arch lstm --task digits --meta-steps 400 --out runs/lstm-digits --seed 0 --resume
+    doubleopt train-lopt --arch policy --task li-malik-logistic --method ppo --option epochs=4 --meta-steps 400
 """
 
 from __future__ import annotations
@@ -21,13 +22,37 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train-lopt",
-        help="meta-train a learned optimizer (LSTM or MLP)",
+        help="meta-train a learned optimizer (LSTM, MLP or the Li & Malik policy)",
         description="Meta-train a learned optimizer; writes OUT/checkpoint.safetensors "
         "periodically and OUT/<arch>-<task>.safetensors + OUT/record.json at the end.",
     )
-    p.add_argument("--arch", choices=["lstm", "mlp"], default="lstm", help="optimizer architecture")
-    p.add_argument("--task", choices=["digits", "quadratic"], default="digits", help="optimizee task")
-    p.add_argument("--method", choices=["tbptt", "es", "pes"], default="tbptt", help="meta-gradient estimator")
+    import doubleopt.learned  # noqa: F401  (imports the modules that register every estimator)
+
+    from ._tasks import TASK_NAMES
+    from .estimators import ESTIMATORS
+
+    p.add_argument(
+        "--arch",
+        choices=["lstm", "mlp", "policy"],
+        default="lstm",
+        help="optimizer architecture (policy: the Li & Malik Gaussian policy, for --method ppo or gps)",
+    )
+    p.add_argument(
+        "--task",
+        choices=list(TASK_NAMES),
+        default="digits",
+        help="optimizee task (li-malik-*: the training objectives of one of Li & Malik's families)",
+    )
+    p.add_argument("--method", choices=sorted(ESTIMATORS), default="tbptt", help="meta-gradient estimator")
+    p.add_argument(
+        "--option",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the estimator's own (MetaConfig.options; VALUE an int, float or true/false), "
+        "repeatable: --option epochs=4 --option gae_lambda=0.95",
+    )
     p.add_argument("--meta-steps", type=int, default=400, help="number of meta-steps (truncations)")
     p.add_argument("--unroll", type=int, default=20, help="truncation length K")
     p.add_argument("--horizon", type=int, default=100, help="optimizee steps per trajectory T")
@@ -37,7 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--es-pairs", type=int, default=8, help="ES/PES antithetic pairs")
     p.add_argument("--es-sigma", type=float, default=0.01, help="ES/PES perturbation scale")
     p.add_argument("--second-order", action="store_true", help="TBPTT through the optimizee's gradients too")
-    p.add_argument("--hidden", type=int, default=None, help="optimizer hidden size (default 20 LSTM, 32 MLP)")
+    p.add_argument(
+        "--hidden", type=int, default=None, help="optimizer hidden size (default 20 LSTM, 32 MLP, 50 policy)"
+    )
     p.add_argument(
         "--weight-halflife",
         type=float,
@@ -87,17 +114,41 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def parse_option(text: str) -> tuple[str, int | float | bool]:
+    """``"NAME=VALUE"`` -> ``(NAME, VALUE)`` with VALUE an int, a float or a bool (``true`` / ``false``).
+
+    Example:
+        >>> parse_option("epochs=4"), parse_option("gae_lambda=0.95"), parse_option("normalize_advantages=false")
+        (('epochs', 4), ('gae_lambda', 0.95), ('normalize_advantages', False))
+    """
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. epochs=4), got {text!r}")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"the value of {name} must be an int, a float or true/false, got {value!r}")
+
+
 def build(args: argparse.Namespace):
     from ._lstm import LSTMOptimizer
     from ._mlp import MLPOptimizer
     from ._tasks import make_task
     from .meta import MetaConfig, MetaTrainer
+    from .policy import PolicyOptimizer
 
     torch_seed(args.seed)
     if args.arch == "lstm":
         lopt = LSTMOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
-    else:
+    elif args.arch == "mlp":
         lopt = MLPOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
+    else:
+        lopt = PolicyOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
     if getattr(args, "init_weights", None):
         lopt.load_weights(args.init_weights)  # names any tensor of another architecture or size
     cfg = MetaConfig(
@@ -115,6 +166,7 @@ def build(args: argparse.Namespace):
         log_loss=args.log_loss,
         meta_lr_decay=args.meta_lr_decay,
         stagger=getattr(args, "stagger", 1),
+        options=dict(getattr(args, "option", None) or []),
     )
     return MetaTrainer(lopt, make_task(args.task, split="train", rows=getattr(args, "rows", 0)), cfg)
 
@@ -124,6 +176,21 @@ def torch_seed(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def estimator_counters(trainer) -> dict[str, float | int | None]:
+    """The estimator state's scalar tensors (e.g. PPO's ``nonfinite``, ``episodes``, ``mean_return``); a
+    non-finite value as ``None``."""
+    import math
+    from dataclasses import fields
+
+    out: dict[str, float | int | None] = {}
+    for f in fields(trainer.state):
+        v = getattr(trainer.state, f.name)
+        if f.name != "carries" and hasattr(v, "dim") and v.dim() == 0:
+            x = v.item()
+            out[f.name] = x if not isinstance(x, float) or math.isfinite(x) else None
+    return out
 
 
 def run(args: argparse.Namespace, callback=None) -> int:
@@ -166,6 +233,7 @@ def run(args: argparse.Namespace, callback=None) -> int:
         "peak_saved_for_backward_MB": trainer.peak_saved_bytes / 2**20,
         "peak_rss_MB": peak_rss_mb,
         "final_meta_loss_mean_last_25": sum(trainer.losses[-25:]) / max(1, len(trainer.losses[-25:])),
+        "estimator_counters": estimator_counters(trainer),
         "torch": torch.__version__,
     }
     weights = out / f"{args.arch}-{args.task}.safetensors"

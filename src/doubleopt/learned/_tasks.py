@@ -278,9 +278,15 @@ def make_task(
     n_points: int = 128,
     rows: int = 0,
 ) -> Task:
-    """``"digits"`` -> :class:`DigitsMLPTask`, ``"quadratic"`` -> :class:`QuadraticTask` (10-d).
+    """``"digits"`` -> :class:`DigitsMLPTask`, ``"quadratic"`` -> :class:`QuadraticTask` (10-d),
+    ``"li-malik-<family>"`` (``logistic``, ``robust``, ``mlp``) -> :func:`li_malik_task` of that family and
+    ``split``.
 
     ``rows`` (digits only) is :class:`DigitsMLPTask`'s data-size variation (0: the whole split).
+
+    Example:
+        >>> make_task("li-malik-robust").name
+        'li-malik-robust-train'
     """
     if name == "digits":
         return DigitsMLPTask(hidden=hidden, activation=activation, split=split, n_points=n_points, rows=rows)
@@ -288,4 +294,9 @@ def make_task(
         raise ValueError(f"rows applies to the digits task only, got rows={rows} for {name!r}")
     if name == "quadratic":
         return QuadraticTask()
-    raise ValueError(f"unknown task {name!r}; choose 'digits' or 'quadratic'")
+    if name.startswith("li-malik-") and name[len("li-malik-") :] in LI_MALIK_FAMILIES:
+        return li_malik_task(name[len("li-malik-") :], split)
+    raise ValueError(f"unknown task {name!r}; choose one of {TASK_NAMES}")
+
+
+TASK_NAMES = ("digits", "quadratic", *(f"li-malik-{f}" for f in LI_MALIK_FAMILIES))

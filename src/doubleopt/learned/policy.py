@@ -196,7 +196,10 @@ class PolicyOptimizer(LearnedOptimizer):
         with torch.no_grad():  # start with small steps
             self.net[-1].weight.mul_(0.1)
             self.net[-1].bias.zero_()
-        init_log_std = torch.tensor(float(log_std))
+        # config() reports the constructor's value (the trained one is in the weights), so that a checkpoint of a
+        # run whose log-std has moved still matches the arguments it was started with
+        self.init_log_std = float(log_std)
+        init_log_std = torch.tensor(self.init_log_std)
         if self.learn_std:
             self.log_std = nn.Parameter(init_log_std)
         else:
@@ -211,7 +214,7 @@ class PolicyOptimizer(LearnedOptimizer):
             "history": self.history,
             "hidden": self.hidden,
             "step_scale": self.step_scale,
-            "log_std": float(self.log_std.detach()),
+            "log_std": self.init_log_std,
             "learn_std": self.learn_std,
             "eps": self.features.eps,
         }
