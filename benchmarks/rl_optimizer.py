@@ -62,8 +62,10 @@ objectives batched, against batched tuned gradient descent, ``--iterations`` ite
 warm-up + median of ``--cost-repeats`` wall times, threads pinned (``--threads``), ratio policy / GD.
 
 Run: ``doubleopt bench rl_optimizer`` (shipped weights), ``doubleopt bench rl_optimizer -- --retrain`` (train every
-method here; ``--save-weights DIR`` keeps the weights with their record), ``-- --quick`` for a smoke run of a few
-seconds (writes only into ``--out``). ``-- --render-only`` re-renders ``table.md`` from ``results.json``.
+method here; ``--save-weights DIR`` keeps the weights with their record, which also holds the equivalent
+``doubleopt train-lopt`` command: same seed, settings and objectives, same weights), ``-- --quick`` for a smoke run
+of seconds (10 iterations, tiny grids and budgets; writes only into ``--out``). ``-- --render-only`` re-renders
+``table.md`` from ``results.json``.
 Results: ``docs/results/rl_optimizer/results.json`` and ``table.md``.
 
 Reference:
@@ -89,6 +91,7 @@ from torch import Tensor
 import doubleopt as do
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
 from doubleopt.learned import LSTMOptimizer, MLPOptimizer, PolicyOptimizer, li_malik_task
+from doubleopt.learned._cli import estimator_counters
 from doubleopt.learned._pretrained import PRETRAINED, WEIGHTS_DIR
 from doubleopt.learned.estimators import ESTIMATORS
 from doubleopt.learned.meta import MetaConfig, MetaTrainer, meta_train
@@ -97,6 +100,7 @@ DEFAULT_OUT = "docs/results/rl_optimizer"
 QUICK_OUT = "bench_results/rl_optimizer_quick"  # where --quick writes when --out is left at DEFAULT_OUT
 FAMILIES = ("logistic", "robust", "mlp")
 TIE_RTOL = 1e-9  # "best" ties: within this relative distance of the lowest value
+N_TRAIN, N_TEST = 90, 100  # objectives per family: li_malik_task's training / held-out test split (the paper's)
 
 
 @dataclass
@@ -110,7 +114,7 @@ class Args:
     save_weights: str = ""  # with --retrain: write METHOD-FAMILY.safetensors (with its record) into this folder
     iterations: int = 100  # optimizer iterations on every objective (the paper's horizon)
     long_iterations: int = 500  # generalization: iterations of the "more iterations" rows
-    seed: int = 0  # seed of the objective sets (li_malik_task)
+    seed: int = 0  # seed of the objective sets (li_malik_task; loaded weights need 0, train-lopt's)
     start_seed: int = 1000  # seed of the test starting points (the same for every method)
     tune_seed: int = 2000  # seed of the training starting points used to tune the baselines
     tune_starts: int = 2  # random starts per training objective when tuning (90 x 2 runs per grid point)
@@ -118,7 +122,7 @@ class Args:
     cost_batch: int = 1000  # evaluation cost: objectives solved as one batch
     cost_repeats: int = 7  # evaluation cost: timed repeats (median) after one warm-up
     threads: int = 1  # torch / BLAS threads for everything (fixed, reported)
-    quick: bool = False  # smoke run of seconds: tiny objective sets, grids and budgets; implies --retrain
+    quick: bool = False  # smoke run of seconds: 10 iterations, tiny grids and budgets; implies --retrain
     render_only: bool = False  # only re-render OUT/table.md from OUT/results.json
     out: str = DEFAULT_OUT  # results folder (results.json, table.md)
     img_dir: str = "docs/img"  # plots rl_optimizer_<family>.png, rl_optimizer_margin.png (--quick: into --out)
@@ -176,31 +180,20 @@ class Training:
 
 
 # Meta-gradient runs (TBPTT): K = 20, T = 100 (the evaluation horizon), 16 objectives per trajectory, the uniform
-# meta-objective mean_t f(theta_t) (the study's criterion). On this 2-core machine, 1 thread: 0.02-0.05 s per
-# meta-step, i.e. under a minute per method and family. GPS / PPO: full episodes of T = 100; their own settings
-# go in "options" (MetaConfig.options).
+# meta-objective mean_t f(theta_t) (the study's criterion); about 25 s per method on the logistic family (this
+# 2-core machine, 1 thread). GPS: episodes of T = 100, 16 objectives per iteration, its default options (a C-step
+# every inner_steps = 50 meta-steps): 1000 meta-steps are 20 GPS iterations (0.19 s per meta-step on logistic).
+# PPO: batches of 16 episodes of T = 100, its default options (4 epochs x 4 minibatches = 16 meta-steps per
+# batch): 3000 meta-steps are about 190 batches (0.02 s per meta-step on logistic). "options" is MetaConfig.options.
+_TBPTT = {"unroll": 20, "horizon": 100, "batch": 16}
+_EPISODES = {"unroll": 100, "horizon": 100, "batch": 16}
+_QUICK_EPISODES = {"unroll": 10, "horizon": 10, "batch": 4}
 TRAINING: dict[str, Training] = {
-    "lstm-tbptt": Training("lstm", "tbptt", 1000, {"unroll": 20, "horizon": 100, "batch": 16}, "LSTM (TBPTT)"),
-    "mlp-tbptt": Training("mlp", "tbptt", 1000, {"unroll": 20, "horizon": 100, "batch": 16}, "MLP (TBPTT)"),
-    "policy-tbptt": Training("policy", "tbptt", 1000, {"unroll": 20, "horizon": 100, "batch": 16}, "policy (TBPTT)"),
-    "policy-gps": Training(
-        "policy",
-        "gps",
-        100,
-        {"unroll": 100, "horizon": 100, "batch": 16},
-        "policy (GPS)",
-        quick_meta_steps=1,
-        quick_config={"unroll": 10, "horizon": 10, "batch": 4},
-    ),
-    "policy-ppo": Training(
-        "policy",
-        "ppo",
-        300,
-        {"unroll": 100, "horizon": 100, "batch": 16},
-        "policy (PPO)",
-        quick_meta_steps=1,
-        quick_config={"unroll": 10, "horizon": 10, "batch": 4},
-    ),
+    "lstm-tbptt": Training("lstm", "tbptt", 1000, _TBPTT, "LSTM (TBPTT)"),
+    "mlp-tbptt": Training("mlp", "tbptt", 1000, _TBPTT, "MLP (TBPTT)"),
+    "policy-tbptt": Training("policy", "tbptt", 1000, _TBPTT, "policy (TBPTT)"),
+    "policy-gps": Training("policy", "gps", 1000, _EPISODES, "policy (GPS)", quick_config=_QUICK_EPISODES),
+    "policy-ppo": Training("policy", "ppo", 3000, _EPISODES, "policy (PPO)", quick_config=_QUICK_EPISODES),
 }
 
 # generalization: other dimensions per family (constructor arguments of the family's problem class)
@@ -383,19 +376,14 @@ def repeat_context(x: Any, k: int) -> Any:
     return _map_context(x, lambda name, t: t.repeat_interleave(k, 0))
 
 
-def objective_set(family: str, split: str, *, seed: int, n_train: int, n_test: int, scale: float = 1.0, **kwargs):
+def objective_set(family: str, split: str, *, seed: int, scale: float = 1.0, **kwargs):
     """``(problem, contexts)``: :func:`~doubleopt.learned.li_malik_task`'s split of a family built with ``kwargs``
     (the default family gives li_malik_task's objectives), inputs multiplied by ``scale``."""
     problem = PROBLEMS[family](**kwargs)
-    contexts = problem.sample(n_train + n_test, seed=seed)
-    lo, hi = (0, n_train) if split == "train" else (n_train, n_train + n_test)
+    contexts = problem.sample(N_TRAIN + N_TEST, seed=seed)
+    lo, hi = (0, N_TRAIN) if split == "train" else (N_TRAIN, N_TRAIN + N_TEST)
     x = _map_context(contexts, lambda name, t: t[lo:hi])
     return problem, (scale_inputs(x, scale) if scale != 1.0 else x)
-
-
-def sizes(args: Args) -> tuple[int, int]:
-    """``(n_train, n_test)``: the paper's 90 / 100, or 10 / 12 with ``--quick``."""
-    return (10, 12) if args.quick else (90, 100)
 
 
 # ======================================================================================================
@@ -506,11 +494,31 @@ def load_trained(method: str, family: str, spec: str) -> tuple[Any, dict[str, An
     return lopt, info
 
 
+_FLAGS = {"unroll": "--unroll", "horizon": "--horizon", "batch": "--batch", "meta_lr": "--meta-lr", "clip": "--clip"}
+_FLAGS.update({"weight_halflife": "--weight-halflife", "meta_lr_decay": "--meta-lr-decay", "stagger": "--stagger"})
+
+
+def train_lopt_command(method: str, family: str, args: Args) -> str | None:
+    """The ``doubleopt train-lopt`` command that trains the same weights as :func:`train_here` (same seed, settings
+    and objectives; ``None`` for settings the command does not take)."""
+    tr = TRAINING[method]
+    cfg = tr.quick_config if args.quick else tr.config
+    if set(tr.lopt) - {"hidden"} or set(cfg) - set(_FLAGS) - {"options", "log_loss", "second_order"} or args.seed:
+        return None
+    argv = ["doubleopt", "train-lopt", "--arch", tr.arch, "--task", f"li-malik-{family}", "--method", tr.method]
+    argv += ["--meta-steps", str(tr.quick_meta_steps if args.quick else tr.meta_steps)]
+    argv += [a for k, v in cfg.items() if k in _FLAGS for a in (_FLAGS[k], str(v))]
+    argv += [f"--{k.replace('_', '-')}" for k in ("log_loss", "second_order") if cfg.get(k)]
+    argv += [a for k, v in cfg.get("options", {}).items() for a in ("--option", f"{k}={str(v).lower()}")]
+    argv += ["--hidden", str(tr.lopt["hidden"])] if "hidden" in tr.lopt else []
+    argv += ["--seed", str(args.train_seed), "--threads", str(args.threads), "--out", f"runs/{method}-{family}"]
+    return shlex.join(argv)
+
+
 def train_here(method: str, family: str, args: Args) -> tuple[Any, dict[str, Any]]:
     """Meta-train ``method`` on the family's training objectives with the settings of :data:`TRAINING` (timed)."""
     tr = TRAINING[method]
-    n_train, n_test = sizes(args)
-    task = li_malik_task(family, "train", seed=args.seed, n_train=n_train, n_test=n_test)
+    task = li_malik_task(family, "train", seed=args.seed)
     torch.manual_seed(args.train_seed)  # the initial weights come from torch's global generator
     lopt = ARCHS[tr.arch](**tr.lopt)
     cfg = MetaConfig(method=tr.method, seed=args.train_seed, **(tr.quick_config if args.quick else tr.config))
@@ -533,6 +541,8 @@ def train_here(method: str, family: str, args: Args) -> tuple[Any, dict[str, Any
         "threads": torch.get_num_threads(),
         "wall_time_s": wall,
         "final_meta_loss_mean_last_25": sum(trainer.losses[-25:]) / max(1, len(trainer.losses[-25:])),
+        "estimator_counters": estimator_counters(trainer),
+        "train_lopt_command": train_lopt_command(method, family, args),
         "torch": torch.__version__,
     }
     info = {"source": "retrained", "weights": None, **{k: record[k] for k in ("command", "wall_time_s", "meta_steps")}}
@@ -553,12 +563,11 @@ def settings_text(settings: dict[str, float]) -> str:
 
 def study_family(family: str, args: Args, specs: dict[str, str]) -> dict[str, Any]:
     T = args.iterations
-    n_train, n_test = sizes(args)
-    problem, x_train = objective_set(family, "train", seed=args.seed, n_train=n_train, n_test=n_test)
-    _, x_test = objective_set(family, "test", seed=args.seed, n_train=n_train, n_test=n_test)
+    problem, x_train = objective_set(family, "train", seed=args.seed)
+    _, x_test = objective_set(family, "test", seed=args.seed)
     y0 = problem.init(x_test, generator=torch.Generator().manual_seed(args.start_seed))
 
-    print(f"[{family}] tuning the baselines on {n_train} training objectives ...", flush=True)
+    print(f"[{family}] tuning the baselines on {N_TRAIN} training objectives ...", flush=True)
     tuning = {b: tune(b, problem, x_train, args, T) for b in BASELINES}
     for b, t in tuning.items():
         print(f"  {b}: {settings_text(t['chosen'])} (criterion {t['criterion']:.4g}, {t['failed_runs']} failed)")
@@ -604,13 +613,12 @@ def study_family(family: str, args: Args, specs: dict[str, str]) -> dict[str, An
 
 def generalization(family: str, args: Args, learned: dict[str, Any], gd, gd_settings) -> list[dict[str, Any]]:
     """Rows: each learned optimizer (trained on the default family) on unseen objectives vs re-tuned GD."""
-    n_train, n_test = sizes(args)
     long_T = 20 if args.quick else args.long_iterations
     variants = [(name, kw, 1.0, args.iterations) for name, kw in DIMENSION_VARIANTS[family]]
     variants += [(f"inputs x{SCALE:g}", {}, SCALE, args.iterations), (f"{long_T} iterations", {}, 1.0, long_T)]
     rows = []
     for name, kw, scale, T in variants:
-        common = dict(seed=args.seed, n_train=n_train, n_test=n_test, scale=scale, **kw)
+        common = dict(seed=args.seed, scale=scale, **kw)
         problem, x_train = objective_set(family, "train", **common)
         _, x_test = objective_set(family, "test", **common)
         y0 = problem.init(x_test, generator=torch.Generator().manual_seed(args.start_seed))
@@ -860,12 +868,14 @@ def plot_family(family: str, result: dict[str, Any], T: int):
     positive = all(bool((c.values[torch.isfinite(c.values)] > 0).all()) for c in result["_curves"].values())
     for name, c in result["_curves"].items():
         s = result["methods"][name]
-        lo, hi = s["curve_q25"].clamp_max(1e30), s["curve_q75"].clamp_max(1e30)
-        it = torch.arange(T + 1)
+        lo, hi = (
+            s[k].nan_to_num(nan=math.nan, posinf=math.nan).tolist() for k in ("curve_q25", "curve_q75")
+        )  # inf: a gap
+        it = list(range(T + 1))
         n_bad = int(c.nonfinite.sum())
         lab = label(name) + (f" ({n_bad} non-finite)" if n_bad else "")
         lw = 2.0 if name in TRAINING else 1.2
-        ax.plot(it, s["curve_mean_finite_runs"], color=COLORS.get(name), lw=lw, label=lab)
+        ax.plot(it, s["curve_mean_finite_runs"].tolist(), color=COLORS.get(name), lw=lw, label=lab)
         ax.fill_between(it, lo, hi, color=COLORS.get(name), alpha=0.12)
     if positive:
         ax.set_yscale("log")
@@ -893,8 +903,8 @@ def plot_margins(results: dict[str, dict[str, Any]], T: int):
         marg = results[f]["_margins"]
         for k, v in marg.items():
             axes[0, j].plot(
-                torch.arange(T + 1),
-                v.mean(1),
+                list(range(T + 1)),
+                v.mean(1).tolist(),
                 color=COLORS.get(k, "k"),
                 lw=2.2 if k == "best learned" else 1.0,
                 ls="-" if k == "best learned" else "--",
@@ -904,7 +914,7 @@ def plot_margins(results: dict[str, dict[str, Any]], T: int):
         axes[0, j].set(title=f"{f}: mean margin vs best hand-designed", xlabel="iteration", ylabel="mean M")
         final = marg["best learned"][-1].sort().values
         colors = ["C2" if m > 0 else "C3" for m in final.tolist()]
-        axes[1, j].bar(torch.arange(len(final)), final, color=colors, width=1.0)
+        axes[1, j].bar(list(range(len(final))), final.tolist(), color=colors, width=1.0)
         axes[1, j].axhline(0, color="grey", lw=0.8)
         axes[1, j].set(
             title=f"{f}: per test objective at iteration {T}",
@@ -938,6 +948,11 @@ def main(argv=None):
         raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}")
     ensure_registered(args.methods)
     specs = weight_specs(args)
+    if not args.retrain and args.methods and args.seed != 0:
+        raise ValueError(
+            f"--seed {args.seed} draws other objective sets than the ones the weights were trained on (train-lopt's "
+            "li-malik-* tasks use seed 0): held-out objectives could be training ones; use --retrain with --seed"
+        )
     if not args.retrain:  # every weights file exists before any work starts
         for f in args.families:
             for m in args.methods:
@@ -948,7 +963,6 @@ def main(argv=None):
     command = "doubleopt bench rl_optimizer" + (" -- " + shlex.join(given) if given else "")
     start = time.perf_counter()
     results = {f: study_family(f, args, specs) for f in args.families}
-    n_train, n_test = sizes(args)
     report = Report("rl_optimizer", out_dir=args.out)
     families = {f: {k: v for k, v in r.items() if not k.startswith("_")} for f, r in results.items()}
     data = {
@@ -956,8 +970,8 @@ def main(argv=None):
         "args": dataclasses.asdict(args),
         "conditions": conditions(dtype="float32", note="2-core machine shared with other jobs"),
         "iterations": args.iterations,
-        "n_train": n_train,
-        "n_test": n_test,
+        "n_train": N_TRAIN,
+        "n_test": N_TEST,
         "definitions": {
             "criterion": "mean over training runs of the mean objective over iterations 1..T",
             "failure": "iterate or objective non-finite at some iteration, or objective at T above the start",
