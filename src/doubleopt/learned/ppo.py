@@ -246,6 +246,11 @@ class PPO(MetaGradientEstimator):
     Settings (``MetaConfig.options`` / ``doubleopt train-lopt --option NAME=VALUE``); the trainer's
     ``MetaConfig`` gives the rollouts (``batch`` episodes of ``horizon`` steps), the policy's Adam step size
     (``meta_lr``) and gradient-norm clip (``clip``); ``unroll`` and the ES settings are not used.
+
+    The defaults serve the three Li & Malik families with ``horizon = 100`` (the evaluation horizon), ``batch``
+    16 to 64 episodes and ``meta_lr = 3e-3``: on the logistic family the mean-action policy's objective at
+    iteration 100 falls well below the initial policy's within a few hundred meta-steps and keeps improving for
+    thousands; ``meta_lr = 1e-2`` made training unstable there.
     """
 
     epochs: int = 4  # passes over each batch of rollouts
