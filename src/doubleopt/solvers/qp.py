@@ -88,6 +88,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -206,6 +207,34 @@ def _paired_rows(x: QPData, ns: _NullSpace | None) -> _PairedRows | None:
     return _PairedRows(reps, part, G0[reps].expand(B, -1, -1), Gr)
 
 
+@dataclass(frozen=True)
+class QPGuards:
+    """The numerical guards of the QP code, for one dtype (:func:`qp_guards`). A literal such as ``1e-300`` is
+    ``0`` in float32 (and ``1e200`` does not convert to it), so every guard is derived from ``torch.finfo``.
+
+    Attributes:
+        tiny: floor of a norm, ``mu`` or a multiplier before dividing by it (``finfo.tiny``, the smallest normal
+            number: 2.2e-308 in float64, 1.2e-38 in float32), so ``0 / 0`` gives ``0``, not NaN.
+        huge: a large but finite value (``sqrt(finfo.max)``: 1.3e154 / 1.8e19): the step to the boundary where
+            nothing blocks it (any value above 1: steps are capped at 1), and the cap of the adjoint's
+            ``E = s / lam``, whose product with an exact ``0`` must stay ``0`` (``inf * 0`` is NaN) and whose
+            product with an order-one number must not overflow.
+        min_scale: floor of the scale of a matrix that sets a relative diagonal shift (``1e-30``, normal in
+            float32 and float64; ``finfo.tiny / finfo.eps`` in the narrower formats), so the shift is never 0.
+    """
+
+    tiny: float
+    huge: float
+    min_scale: float
+
+
+@lru_cache
+def qp_guards(dtype: torch.dtype) -> QPGuards:
+    """:class:`QPGuards` for ``dtype`` (a floating-point dtype)."""
+    fi = torch.finfo(dtype)
+    return QPGuards(tiny=float(fi.tiny), huge=float(fi.max) ** 0.5, min_scale=max(1e-30, float(fi.tiny / fi.eps)))
+
+
 _shared, _mv, _mtv = is_shared, bmv, bmtv
 _NATIVE_BUDGET, _NATIVE_NONFINITE = 1, 4  # the C kernel's status codes (solvers/_native/qp_ipm.c)
 
@@ -257,14 +286,16 @@ def _chol_solve(L: Tensor, R: Tensor) -> Tensor:
 
 
 def _step_to_boundary(v: Tensor, dv: Tensor) -> Tensor:
-    """Largest ``a`` in ``(0, 1e30]`` with ``v + a dv >= 0`` per instance (``v > 0``)."""
+    """Largest ``a > 0`` with ``v + a dv >= 0`` per instance (``v > 0``); :attr:`QPGuards.huge` where no
+    component blocks the step (callers cap steps at 1)."""
+    huge = qp_guards(v.dtype).huge
     if v.shape[-1] == 0:
-        return v.new_full(v.shape[:1], 1e30)
+        return v.new_full(v.shape[:1], huge)
     # min over dv_i < 0 of -v_i / dv_i = -1 / min_i(dv_i / v_i): elementwise work is one division (a masked
     # select over (B, m) costs 5x a division on CPU); the inner where keeps -1 / r and its gradient finite
     r = (dv / v).amin(-1)
     neg = r < 0
-    return torch.where(neg, -1.0 / torch.where(neg, r, -1.0), 1e30)
+    return torch.where(neg, -1.0 / torch.where(neg, r, -1.0), huge)
 
 
 def _take(t: Tensor, idx: Tensor) -> Tensor:
@@ -309,7 +340,7 @@ def _null_space(x: QPData, Qs: Tensor) -> _NullSpace | None:
     U, R = _qr(x.A)
     diag = (R[:1] if _shared(R) else R).diagonal(dim1=-2, dim2=-1).abs()
     rtol = float(torch.finfo(x.q.dtype).eps) ** 0.5
-    if not bool((diag.amin(-1) > rtol * diag.amax(-1).clamp_min(1e-300)).all()):
+    if not bool((diag.amin(-1) > rtol * diag.amax(-1).clamp_min(qp_guards(diag.dtype).tiny)).all()):
         return None
     if _shared(U):
         Y, N = U[0, :, :p].contiguous().expand(B, n, p), U[0, :, p:].contiguous().expand(B, n, n - p)
@@ -534,7 +565,7 @@ class QP(Solver):
         At = x.A.transpose(-1, -2)
         W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
         M = x.A @ W
-        mscale = M.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(1e-30)
+        mscale = M.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(qp_guards(M.dtype).min_scale)
         LM, ok2 = self._cholesky(M, self._delta(x) * mscale)
         return L, W, LM, ok & ok2
 
@@ -644,7 +675,8 @@ class QP(Solver):
         if not bool((cand_y | cand_z | cand_ray).any()):  # one synchronization; the certificates below are rare
             return status
         # dual ray (lam, nu) -> primal infeasible (Farkas)
-        yl, yn = lam / ny.clamp_min(1e-300)[:, None], nu / ny.clamp_min(1e-300)[:, None]
+        tiny = qp_guards(dt).tiny
+        yl, yn = lam / ny.clamp_min(tiny)[:, None], nu / ny.clamp_min(tiny)[:, None]
         farkas = x.q.new_zeros(x.q.shape)
         supp = x.q.new_zeros(x.q.shape[0])
         if x.m > 0:
@@ -659,7 +691,7 @@ class QP(Solver):
             ok_ray = _projected_farkas(take_qp_data(x, idx), yl.index_select(0, idx), yn.index_select(0, idx), eps)
             pinf = pinf.index_copy(0, idx, ok_ray)
         # primal ray z -> unbounded
-        dvec = z / nz.clamp_min(1e-300)[:, None]
+        dvec = z / nz.clamp_min(tiny)[:, None]
         ok = cand_z & (_inf(_mv(c.Qs.detach(), dvec)) <= eps * 10) & ((x.q * dvec).sum(-1) < -eps)
         if x.p > 0:
             ok = ok & (_inf(_mv(x.A, dvec)) <= eps * 10)
@@ -837,7 +869,7 @@ class QP(Solver):
         a_aff = torch.minimum(_step_to_boundary(s, ds_a), _step_to_boundary(lam, dl_a)).clamp(max=1.0)
         mu = (s * lam).sum(-1) / x.m
         mu_aff = ((s + a_aff[:, None] * ds_a) * (lam + a_aff[:, None] * dl_a)).sum(-1) / x.m
-        sigma = (mu_aff / mu.clamp_min(1e-300)).clamp(0.0, 1.0) ** 3
+        sigma = (mu_aff / mu.clamp_min(qp_guards(mu.dtype).tiny)).clamp(0.0, 1.0) ** 3
         # corrector (centering + second-order term), same factorization:
         # r_c = s lam + ds_a dl_a - sigma mu
         t = t_a - (ds_a * dl_a - (sigma * mu)[:, None]) / s
@@ -1043,7 +1075,8 @@ def kkt_adjoint_solve(Q, A, G, lam, s, d, L, W, LM, gz, refinements: int = 3):
 def _adjoint_scaling(s: Tensor, lam: Tensor) -> Tensor:
     """``E = s / lam``, finite: ``0`` on active constraints (``s = 0``), large but finite where ``lam = 0``
     (their ``w_hat`` is exactly 0 there, and ``E * 0`` must stay 0)."""
-    return (s / lam.clamp_min(torch.finfo(s.dtype).tiny)).clamp(max=1e200)
+    g = qp_guards(s.dtype)
+    return (s / lam.clamp_min(g.tiny)).clamp(max=g.huge)
 
 
 def _kkt_adjoint_nullspace(ns: _NullSpace, Qs: Tensor, lam, s, d, L, gz, refinements: int = 3):
@@ -1077,7 +1110,8 @@ def _projected_farkas(x: QPData, y: Tensor, nu: Tensor, eps: float) -> Tensor:
     :math:`K K^\top = G^\top \mathrm{diag}(1_S) G + A^\top A` (a tiny shift keeps it invertible where the
     support is small)."""
     with torch.no_grad():
-        supp = (y > 1e-8 * y.amax(-1, keepdim=True).clamp_min(1e-300)).to(y.dtype)
+        tiny = qp_guards(y.dtype).tiny
+        supp = (y > 1e-8 * y.amax(-1, keepdim=True).clamp_min(tiny)).to(y.dtype)
         n = x.n
         Kv = _mtv(x.G, y * supp) + (_mtv(x.A, nu) if x.p > 0 else 0.0)
         KK = _hessian(x.G.new_zeros(1, n, n).expand(y.shape[0], n, n), x.G, supp)
@@ -1089,7 +1123,7 @@ def _projected_farkas(x: QPData, y: Tensor, nu: Tensor, eps: float) -> Tensor:
         w = _chol_solve(L, Kv[..., None])[..., 0]
         y2 = ((y - _mv(x.G, w)) * supp).clamp_min(0)
         nu2 = nu - _mv(x.A, w) if x.p > 0 else nu
-        norm = torch.maximum(_inf(y2), _inf(nu2)).clamp_min(1e-300)[:, None]
+        norm = torch.maximum(_inf(y2), _inf(nu2)).clamp_min(tiny)[:, None]
         y2, nu2 = y2 / norm, nu2 / norm
         far = _mtv(x.G, y2) + (_mtv(x.A, nu2) if x.p > 0 else 0.0)
         sep = (x.h * y2).sum(-1) + ((x.b * nu2).sum(-1) if x.p > 0 else 0.0)

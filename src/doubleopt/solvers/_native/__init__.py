@@ -6,6 +6,16 @@ the source, the compiler and the CPU (they are built with ``-march=native``); th
 file renamed into place), so concurrent first uses are safe. ``DOUBLEOPT_NATIVE=0`` turns them off; without a
 C compiler (``$CC`` or ``cc``) they are off and the PyTorch paths run.
 
+The cache is trusted only as far as it is private: a cache folder that other users can write to (group- or
+other-writable, or owned by another user) is refused with a warning (the PyTorch paths run), and the SHA-256 of
+each library is recorded next to it when it is built (``qp_ipm-<key>.so.sha256``) and checked before a cached
+library is loaded: a library that does not match (corrupt, truncated, replaced) or has no record is rebuilt,
+never loaded.
+
+The wrapper checks every tensor it hands to C against what the C code reads (dtype ``float64``, CPU, shapes,
+row-major layout, and that the memory read lies inside the tensor's storage), and refuses a mismatch with a
+``ValueError`` naming the argument.
+
 A kernel runs on slices of the batch in several threads at once (ctypes releases the GIL during the call):
 as many as ``torch.get_num_threads()``.
 """
@@ -61,10 +71,67 @@ def _cpu_key() -> str:
     return f"{platform.machine()}|{model}|{flags}"
 
 
+def compiler() -> str | None:
+    """The C compiler the kernels are built with (``$CC``, else ``cc`` or ``gcc`` on the path), or ``None``."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _writable_by_others(path: Path) -> str | None:
+    """Why ``path`` could be changed by another user (group/other-writable, another owner), or ``None``."""
+    if os.name != "posix":
+        return None
+    st = path.stat()
+    if st.st_mode & 0o022:
+        return f"it is writable by other users (mode {oct(st.st_mode & 0o7777)})"
+    if st.st_uid not in (os.getuid(), 0):
+        return f"it belongs to another user (uid {st.st_uid})"
+    return None
+
+
+def cache_dir() -> Path:
+    """The kernels' cache folder (``$DOUBLEOPT_CACHE``, default ``~/.cache/doubleopt``), created private if missing.
+
+    Raises:
+        PermissionError: the folder can be written by other users (a library loaded from it could be swapped).
+    """
+    cache = Path(os.environ.get("DOUBLEOPT_CACHE", Path.home() / ".cache" / "doubleopt"))
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    why = _writable_by_others(cache)
+    if why is not None:
+        raise PermissionError(f"the cache folder {cache} is refused: {why}, so a library loaded from it could be "
+                              f"replaced; run `chmod go-w {cache}` or set DOUBLEOPT_CACHE to a private folder")
+    return cache
+
+
+def _sha256(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _verified(target: Path, record: Path) -> bool:
+    """Whether ``target`` exists, is private and has the SHA-256 recorded in ``record`` when it was built."""
+    try:
+        if _writable_by_others(target) is not None or _writable_by_others(record) is not None:
+            return False
+        return record.read_text().strip() == _sha256(target)
+    except OSError:
+        return False
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _build() -> ctypes.CDLL | None:
     if os.environ.get("DOUBLEOPT_NATIVE", "1") == "0":
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = compiler()
     if cc is None:
         return None
     try:
@@ -72,21 +139,32 @@ def _build() -> ctypes.CDLL | None:
         key = hashlib.sha256(
             "\n".join([_SOURCE.read_text(), cc, version, " ".join(_FLAGS), _cpu_key()]).encode()
         ).hexdigest()[:16]
-        cache = Path(os.environ.get("DOUBLEOPT_CACHE", Path.home() / ".cache" / "doubleopt"))
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = cache_dir()
         target = cache / f"qp_ipm-{key}.so"
-        if not target.exists():
+        record = cache / f"qp_ipm-{key}.so.sha256"  # the SHA-256 of target, written when it was built
+        if _verified(target, record):
+            lib = ctypes.CDLL(str(target))
+        else:
+            if target.exists() and record.exists():  # (a library without a record: an older cache, rebuilt quietly)
+                warnings.warn(f"doubleopt: the cached native QP kernel {target} does not match the hash recorded "
+                              "when it was built (or is not private); rebuilding it", RuntimeWarning, stacklevel=3)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
             os.close(fd)
-            out = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True,
-                                 timeout=120)
-            if out.returncode != 0:
-                os.unlink(tmp)
-                warnings.warn(f"doubleopt: building the native QP kernel failed, using PyTorch:\n{out.stderr[-2000:]}",
-                              RuntimeWarning, stacklevel=3)
-                return None
-            os.replace(tmp, target)
-        lib = ctypes.CDLL(str(target))
+            try:
+                out = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True,
+                                     text=True, timeout=120)
+                if out.returncode != 0:
+                    warnings.warn("doubleopt: building the native QP kernel failed, using PyTorch:\n"
+                                  f"{out.stderr[-2000:]}", RuntimeWarning, stacklevel=3)
+                    return None
+                os.chmod(tmp, 0o700)
+                digest = _sha256(tmp)
+                lib = ctypes.CDLL(tmp)  # the file just built and hashed (a rename keeps the loaded file)
+                _write_atomic(record, digest + "\n")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
     except (OSError, subprocess.SubprocessError) as err:
         warnings.warn(f"doubleopt: the native QP kernel is unavailable ({err}), using PyTorch", RuntimeWarning,
                       stacklevel=3)
@@ -138,19 +216,27 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
     lib = native_lib()
     if lib is None:
         raise RuntimeError("the native QP kernel is not available")
-    B, m, k = F.shape
-
-    def rows(t: Tensor) -> Tensor:  # contiguous rows; the batch stride may be 0 (shared)
-        if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] and (t.stride(0) in (0, t[0].numel()) or B == 1):
-            return t
-        return t.contiguous()
-
-    P, F = rows(P.detach()), rows(F.detach())
-    vecs = [v.detach().contiguous() for v in (c, g, shift, qn, hn, ydiv, zdiv)]
+    for name, t in (("c", c), ("g", g)):
+        _check_tensor(name, t)
+        if t.dim() != 2:
+            raise ValueError(f"{name} must have shape (B, {'k' if name == 'c' else 'm'}), got {tuple(t.shape)}")
+    (B, k), m = c.shape, g.shape[-1]
+    if g.shape[0] != B:
+        raise ValueError(f"g must have shape (B, m) = ({B}, m) like c, got {tuple(g.shape)}")
+    if k < 1 or m < 1:
+        raise ValueError(f"the kernel needs k >= 1 variables and m >= 1 inequalities, got k = {k}, m = {m}")
+    P, sP = _matrix("P", P, B, k, k)
+    F, sF = _matrix("F", F, B, m, k)
+    vecs = [_vector("c", c, (B, k)), _vector("g", g, (B, m))]
+    per_instance = zip(("shift", "qn", "hn", "ydiv", "zdiv"), (shift, qn, hn, ydiv, zdiv))
+    vecs += [_vector(name, t, (B,)) for name, t in per_instance]
     if start is None:
         u, s, lam = c.new_empty(B, k), c.new_empty(B, m), c.new_empty(B, m)
     else:
-        u, s, lam = (t.detach().clone(memory_format=torch.contiguous_format) for t in start)
+        if len(start) != 3:
+            raise ValueError(f"start must be a tuple (u, s, lam), got {len(start)} items")
+        u, s, lam = (_vector(name, t, shape).clone() for name, t, shape in zip(
+            ("start u", "start s", "start lam"), start, ((B, k), (B, m), (B, m))))
     iters = torch.empty(B, dtype=torch.int64)
     polished = torch.empty(B, dtype=torch.int64)
     status = torch.empty(B, dtype=torch.int64)
@@ -158,9 +244,13 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
     lok = torch.empty(B, dtype=torch.int64)
     opts = _Options(k, m, max_iter, refine, polish_rounds, int(start is not None), tol, delta, step_fraction, 0.0,
                     0.0, polish_below)
-    sP = 0 if (B > 1 and P.stride(0) == 0) else k * k
-    sF = 0 if (B > 1 and F.stride(0) == 0) else m * k
     outputs = (u, s, lam, iters, polished, status, L, lok)
+    # what the C code reads and writes from each pointer: the whole batch, rows contiguous, inside the storage
+    _check_span("P", P, (B - 1) * sP + k * k)
+    _check_span("F", F, (B - 1) * sF + m * k)
+    for name, t in zip(("c", "g", "shift", "qn", "hn", "ydiv", "zdiv", "u", "s", "lam", "iters", "polished",
+                        "status", "L", "lok"), (*vecs, *outputs)):
+        _check_span(name, t, t.numel())
     args = [P.data_ptr(), sP, vecs[0].data_ptr(), F.data_ptr(), sF] + [t.data_ptr() for t in (*vecs[1:], *outputs)]
     n_threads = max(1, min(torch.get_num_threads(), B))
     if n_threads == 1:
@@ -172,3 +262,43 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
         for f in futures:
             f.result()
     return u, s, lam, iters, polished.bool(), status, L, lok.bool()
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.float64:
+        raise ValueError(f"{name} must be float64 (the kernel reads doubles), got {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU (the kernel reads host memory), got {t.device}")
+
+
+def _vector(name: str, t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``t`` checked (float64, CPU, exactly ``shape``) and contiguous, as the kernel reads it."""
+    _check_tensor(name, t)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return t.detach().contiguous()
+
+
+def _matrix(name: str, t: Tensor, B: int, rows: int, cols: int) -> tuple[Tensor, int]:
+    """``t`` as ``(B, rows, cols)`` with row-major matrices and its batch stride in elements (``0``: one matrix
+    shared by the batch). A ``(1, rows, cols)`` matrix is shared (expanded), so the kernel never steps past it."""
+    _check_tensor(name, t)
+    if t.dim() != 3 or tuple(t.shape[1:]) != (rows, cols) or t.shape[0] not in (1, B):
+        raise ValueError(f"{name} must have shape ({B}, {rows}, {cols}), or (1, {rows}, {cols}) shared by the batch, "
+                         f"got {tuple(t.shape)}")
+    t = t.detach()
+    if B > 1 and (t.shape[0] == 1 or t.stride(0) == 0):  # one matrix for the whole batch
+        t0 = t[0] if t[0].is_contiguous() else t[0].contiguous()
+        return t0.expand(B, rows, cols), 0
+    if not t[0].is_contiguous() or (B > 1 and t.stride(0) != rows * cols):
+        t = t.contiguous()
+    return t, rows * cols
+
+
+def _check_span(name: str, t: Tensor, n: int) -> None:
+    """The kernel reads ``n`` elements from ``t.data_ptr()``: they must lie inside ``t``'s storage."""
+    have = t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+    if n > have:
+        raise ValueError(f"{name}: the kernel would read {n} elements but its storage holds {have} from the start")
