@@ -70,6 +70,14 @@ def test_conductances_outside_the_range_are_refused_at_construction(net, value):
     np.testing.assert_array_equal(ph.learning_step(wide, x, t, ph.ExactGradient(), lr=0.0).k, k)
 
 
+def test_the_default_conductances_lie_in_the_range():
+    g = ph.grid_graph(3, 3)
+    kw = {"sources": [0], "ground": [8], "output_nodes": [4]}
+    assert (ph.ResistorNetwork(g.n_nodes, g.edges, **kw).k == 1.0).all()
+    assert (ph.ResistorNetwork(g.n_nodes, g.edges, k_min=2.0, k_max=5.0, **kw).k == 2.0).all()
+    assert (ph.ResistorNetwork(g.n_nodes, g.edges, k_min=1e-4, k_max=0.5, **kw).k == 0.5).all()
+
+
 def test_learning_from_conductances_outside_the_range_is_refused(net):
     x, t = _data(net)
     k = net.k.copy()

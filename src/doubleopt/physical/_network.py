@@ -103,7 +103,7 @@ class ResistorNetwork:
     Args:
         n_nodes: number of nodes ``n``.
         edges: ``(E, 2)`` integer node pairs; parallel edges are allowed, self-loops are not.
-        k: ``(E,)`` conductances, all finite and ``> 0`` (default: ones).
+        k: ``(E,)`` conductances, all finite and in ``[k_min, k_max]`` (default: ones, moved into that range).
         sources: input node ids (``n_in`` of them).
         ground: node ids held at 0 V.
         output_nodes: node ids whose voltages are outputs.
@@ -198,7 +198,7 @@ class ResistorNetwork:
                 f"the {self.n_outputs} outputs {self.output_pairs.tolist()[:8]} (node, node-or--1 pairs) are "
                 "linearly dependent on the free nodes, so they cannot be clamped independently; remove one"
             )
-        self.k = self.check_k_in_range(np.ones(len(e)) if k is None else k)
+        self.k = self.check_k_in_range(np.full(len(e), min(max(1.0, self.k_min), self.k_max)) if k is None else k)
 
     # ---- construction helpers ------------------------------------------------------------------
     def _set_outputs(self, output_nodes, output_edges, is_fixed) -> None:
