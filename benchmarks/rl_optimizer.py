@@ -181,10 +181,11 @@ class Training:
 
 # Meta-gradient runs (TBPTT): K = 20, T = 100 (the evaluation horizon), 16 objectives per trajectory, the uniform
 # meta-objective mean_t f(theta_t) (the study's criterion); about 25 s per method on the logistic family (this
-# 2-core machine, 1 thread). GPS: episodes of T = 100, 16 objectives per iteration, its default options (a C-step
-# every inner_steps = 50 meta-steps): 1000 meta-steps are 20 GPS iterations (0.19 s per meta-step on logistic).
-# PPO: batches of 16 episodes of T = 100, its default options (4 epochs x 4 minibatches = 16 meta-steps per
-# batch): 3000 meta-steps are about 190 batches (0.02 s per meta-step on logistic). "options" is MetaConfig.options.
+# 2-core machine, 1 thread; 60-75 s on mlp). GPS: episodes of T = 100, 16 objectives per iteration, its default
+# options (a C-step every inner_steps = 50 meta-steps): 500 meta-steps are 10 GPS iterations (0.19 / 0.12 / 1.5 s
+# per meta-step on logistic / robust / mlp). PPO: batches of 16 episodes of T = 100, its default options (4 epochs
+# x 4 minibatches = 16 meta-steps per batch): 3000 meta-steps are about 190 batches (0.02 s per meta-step).
+# "options" (MetaConfig.options) would hold an estimator's own settings; the defaults are used here.
 _TBPTT = {"unroll": 20, "horizon": 100, "batch": 16}
 _EPISODES = {"unroll": 100, "horizon": 100, "batch": 16}
 _QUICK_EPISODES = {"unroll": 10, "horizon": 10, "batch": 4}
@@ -192,7 +193,7 @@ TRAINING: dict[str, Training] = {
     "lstm-tbptt": Training("lstm", "tbptt", 1000, _TBPTT, "LSTM (TBPTT)"),
     "mlp-tbptt": Training("mlp", "tbptt", 1000, _TBPTT, "MLP (TBPTT)"),
     "policy-tbptt": Training("policy", "tbptt", 1000, _TBPTT, "policy (TBPTT)"),
-    "policy-gps": Training("policy", "gps", 1000, _EPISODES, "policy (GPS)", quick_config=_QUICK_EPISODES),
+    "policy-gps": Training("policy", "gps", 500, _EPISODES, "policy (GPS)", quick_config=_QUICK_EPISODES),
     "policy-ppo": Training("policy", "ppo", 3000, _EPISODES, "policy (PPO)", quick_config=_QUICK_EPISODES),
 }
 
@@ -698,11 +699,15 @@ def label(name: str) -> str:
 
 
 def fmt(v: Any, spec: str = ".4g") -> str:
-    if v is None:
-        return "diverged"
+    if v is None:  # a non-finite number in the JSON (an objective mean is non-finite only when a run diverged)
+        return "n/a"
     if isinstance(v, float):
         return format(v, spec)
     return str(v)
+
+
+def diverged_if_none(v: Any) -> Any:
+    return "diverged" if v is None else v
 
 
 def main_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -724,8 +729,8 @@ def main_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "method": label(name),
                 "kind": kind,
                 "settings": settings,
-                f"mean f at {T}": s["final_mean"],
-                f"mean f over 1..{T}": s["mean_1_T"],
+                f"mean f at {T}": diverged_if_none(s["final_mean"]),
+                f"mean f over 1..{T}": diverged_if_none(s["mean_1_T"]),
                 "failed": s["failed_fraction"],
             }
             for t, fr in fam["fraction_best"].items():
@@ -792,7 +797,7 @@ def render(data: dict[str, Any]) -> str:
                     "method": label(r["method"]),
                     "failed": r["failed_fraction"],
                     "non-finite": r["nonfinite_fraction"],
-                    "mean f at end": r["final_mean_finite_runs"],
+                    "mean f at end": diverged_if_none(r["final_mean_finite_runs"]),
                     "ratio to GD at end": r["ratio_to_gd_final"],
                     "ratio to GD, mean over iterations": r["ratio_to_gd_mean_1_T"],
                 }

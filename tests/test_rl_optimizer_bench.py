@@ -215,3 +215,11 @@ def test_objective_sets_match_li_malik_task(study):
     assert torch.equal(scaled.features, 10.0 * ref.features) and torch.equal(scaled.targets, ref.targets)
     prob, wide = study.objective_set("logistic", "train", seed=0, n_features=10)
     assert wide.features.shape == (90, 100, 10) and prob.dim == 11
+
+
+def test_json_has_no_nonfinite_numbers(study):
+    data = study.finite_or_none({"a": INF, "b": [1.0, float("nan")], "t": torch.tensor([2.0, -INF]), "n": 3})
+    assert data == {"a": None, "b": [1.0, None], "t": [2.0, None], "n": 3}
+    assert json.loads(json.dumps(data)) == data
+    assert study.fmt(None) == "n/a" and study.diverged_if_none(None) == "diverged" and study.fmt(0.5) == "0.5"
+    assert study.ratio(1.0, 0.0) == INF
