@@ -103,10 +103,10 @@ def main(argv=None):
         k = net.k.copy()
 
         def ours_fn(net=net, k=k, x=x, t=t):
-            return ph.learning_step(net, k, x, t, rule, args.lr).k
+            return ph.learning_step(net, x, t, rule, args.lr, k=k).k
 
         def direct_fn(net=net, k=k, x=x, t=t):
-            return ph.learning_step(net, k, x, t, rule, args.lr, superpose=False).k
+            return ph.learning_step(net, x, t, rule, args.lr, k=k, superpose=False).k
 
         def base_fn(net=net, k=k, x=x, t=t):
             return baseline_step(net, k, x, t, args.eta, args.lr)
