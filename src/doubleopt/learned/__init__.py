@@ -22,6 +22,7 @@ from ._tasks import (
     make_task,
 )
 from ._torch_optim import TorchOptimizer
+from .gps import GPS, GPSState  # registers "gps"
 from .mdp import EnvState, OptimizationEnv, OptimizationVectorEnv
 from .meta import MetaConfig, MetaTrainer, meta_train, rollout
 from .policy import PolicyFeatures, PolicyOptimizer, PolicySolver, PolicyState
@@ -46,6 +47,8 @@ __all__ = [
     "PolicyOptimizer",
     "PolicySolver",
     "PolicyState",
+    "GPS",
+    "GPSState",
     "PolicyFeatures",
     "PPO",
     "PPOState",

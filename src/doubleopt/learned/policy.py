@@ -127,6 +127,36 @@ class PolicyFeatures:
             step_scale=torch.maximum(state.step_scale, self._rms(step)),
         )
 
+    def at(self, values: Tensor, grads: Tensor, iterates: Tensor, run: Tensor, t: Tensor) -> PolicyState:
+        """The history of stored runs at chosen steps, as :meth:`init` and :meth:`push` would have built it.
+
+        Args:
+            values: ``(R, T + 1)`` objective values of ``R`` runs at iterates ``0..T``.
+            grads: ``(R, T + 1, n)`` their gradients.
+            iterates: ``(R, T + 1, n)`` the iterates (the steps are their differences).
+            run, t: ``(b,)`` int64: the history of run ``run[j]`` at iterate ``t[j]``.
+
+        Example:
+            >>> import torch
+            >>> feats = PolicyFeatures(history=2)
+            >>> y = torch.tensor([[[0.0], [1.0], [3.0]]])
+            >>> s = feats.at(y[..., 0] ** 2, 2 * y, y, torch.tensor([0]), torch.tensor([2]))
+            >>> s.steps[0, :, 0].tolist(), s.values[0].tolist()
+            ([2.0, 1.0], [9.0, 1.0, 0.0])
+        """
+        H, eps = self.history, self.eps
+        back = t[:, None] - torch.arange(H, device=t.device)  # (b, H): t, t-1, ..., t-H+1
+        r = run[:, None]
+        g = grads[r, back.clamp_min(0)] * (back >= 0)[..., None].to(grads.dtype)
+        has_step = (back >= 1)[..., None].to(iterates.dtype)
+        steps = (iterates[r, back.clamp_min(1)] - iterates[r, (back - 1).clamp_min(0)]) * has_step
+        vals = values[r, (t[:, None] - torch.arange(H + 1, device=t.device)).clamp_min(0)]
+        grad_scale = self._rms(grads[run]).cummax(-1).values.gather(1, t[:, None])[:, 0].clamp_min(eps)
+        step_rms = self._rms(iterates[run, 1:] - iterates[run, :-1])
+        step_rms = torch.cat([step_rms.new_zeros(run.numel(), 1), step_rms], 1)
+        step_scale = step_rms.cummax(-1).values.gather(1, t[:, None])[:, 0].clamp_min(eps)
+        return PolicyState(values=vals, grads=g, steps=steps, grad_scale=grad_scale, step_scale=step_scale)
+
     def check(self, state: PolicyState) -> None:
         """``ValueError`` if ``state`` was built for another history length."""
         if state.grads.dim() != 3 or state.grads.shape[1] != self.history:
