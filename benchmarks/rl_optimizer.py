@@ -482,7 +482,7 @@ def load_trained(method: str, family: str, spec: str) -> tuple[Any, dict[str, An
     lopt = ARCHS[tr.arch](**json.loads(meta.get("config", "{}")))
     lopt.load_weights(path)
     lopt.eval()
-    wall = record.get("wall_time_s", record.get("wall_time_s_this_session"))
+    wall = record.get("wall_time_s")
     info = {
         "source": "weights",
         "weights": str(path),

@@ -99,7 +99,7 @@ def test_weights_record_and_checks(study, tmp_path):
     lopt = LSTMOptimizer()
     record = {
         "command": "doubleopt train-lopt --arch lstm",
-        "wall_time_s_this_session": 12.5,
+        "wall_time_s": 12.5,
         "task_name": "li-malik-logistic-train",
         "meta_config": {"method": "tbptt"},
         "meta_steps": 7,

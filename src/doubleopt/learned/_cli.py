@@ -66,6 +66,17 @@ def register(subparsers) -> None:
         "--hidden", type=int, default=None, help="optimizer hidden size (default 20 LSTM, 32 MLP, 50 policy)"
     )
     p.add_argument(
+        "--step-scale",
+        type=float,
+        default=0.1,
+        help="policy: the step unit alpha relative to the running gradient scale (step = alpha * s_g * u)",
+    )
+    p.add_argument(
+        "--fixed-std",
+        action="store_true",
+        help="policy: keep the Gaussian's standard deviation fixed (exploration does not collapse during training)",
+    )
+    p.add_argument(
         "--weight-halflife",
         type=float,
         default=0.0,
@@ -148,7 +159,11 @@ def build(args: argparse.Namespace):
     elif args.arch == "mlp":
         lopt = MLPOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
     else:
-        lopt = PolicyOptimizer(**({"hidden": args.hidden} if args.hidden else {}))
+        lopt = PolicyOptimizer(
+            **({"hidden": args.hidden} if args.hidden else {}),
+            step_scale=getattr(args, "step_scale", 0.1),
+            learn_std=not getattr(args, "fixed_std", False),
+        )
     if getattr(args, "init_weights", None):
         lopt.load_weights(args.init_weights)  # names any tensor of another architecture or size
     cfg = MetaConfig(
@@ -203,6 +218,7 @@ def run(args: argparse.Namespace, callback=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.safetensors"
+    resumed = bool(args.resume and ckpt.exists())
     start = time.perf_counter()
     meta_train(
         trainer,
@@ -227,7 +243,8 @@ def run(args: argparse.Namespace, callback=None) -> int:
         "meta_steps": trainer.meta_step,
         "skipped_meta_steps": trainer.skipped,
         "trajectories": trainer.trajectories,
-        "wall_time_s_this_session": wall,
+        "wall_time_s": wall,  # of this run only: when resumed, the earlier runs' time is not included
+        "resumed": resumed,
         "threads": args.threads,
         "cpu_time_s_process": usage.ru_utime + usage.ru_stime,
         "peak_saved_for_backward_MB": trainer.peak_saved_bytes / 2**20,

@@ -12,8 +12,9 @@ step :math:`u_t = y_{t+1} - y_t`. The dynamics :math:`y_{t+1} = y_t + u_t` are k
 on physical systems, no dynamics are fitted; the cost of objective :math:`i` is its value
 :math:`\sum_{t=1}^{T} f_i(y_t)` (minus the MDP's return), expanded to second order around the mean of the
 samples, :math:`f_i(y) \approx f_i(\bar y_t) + g_t^\top \delta + \tfrac12 \delta^\top H_t \delta`,
-:math:`\delta = y - \bar y_t`, with :math:`H_t` the Hessian projected onto the positive semidefinite cone
-(eigenvalues clamped at 0: the families are non-convex). The policy, whose mean reads the whole history, is
+:math:`\delta = y - \bar y_t`, with :math:`g_t` the samples' mean gradient and :math:`H_t` the mean Hessian of a
+few samples, each projected onto the positive semidefinite cone (eigenvalues clamped at 0: the families are
+non-convex). The policy, whose mean reads the whole history, is
 linearized per objective and step by ridge regression of its mean step on :math:`y_t` over the samples,
 :math:`\bar\pi_t(u \mid y) = N(\bar K_t y + \bar k_t, \bar\Sigma_t)` with :math:`\bar\Sigma_t` the policy's own
 (diagonal) covariance.
@@ -144,6 +145,7 @@ class LinearGaussian:
     K: Tensor  # (M, T, n, n)
     k: Tensor  # (M, T, n)
     precision: Tensor  # (M, T, n, n) Sigma_t^{-1}
+    chol: Tensor  # (M, T, n, n) its Cholesky factor
 
 
 def lqr_backward(
@@ -161,7 +163,7 @@ def lqr_backward(
         return cost_H[:, t] * inv_eta, cost_h[:, t] * inv_eta[..., 0]
 
     Vyy, vy = state_cost(T)
-    Ks, ks, precs = [None] * T, [None] * T, [None] * T
+    Ks, ks, precs, chols = [None] * T, [None] * T, [None] * T, [None] * T
     for t in range(T - 1, -1, -1):
         P, Kb, kb = pol_prec[:, t], pol_K[:, t], pol_k[:, t]
         Pk = (P @ kb[..., None])[..., 0]
@@ -174,35 +176,43 @@ def lqr_backward(
         L = torch.linalg.cholesky(Quu)
         K = -torch.cholesky_solve(Quy, L)
         k = -torch.cholesky_solve(qu[..., None], L)[..., 0]
-        Ks[t], ks[t], precs[t] = K, k, Quu
+        Ks[t], ks[t], precs[t], chols[t] = K, k, Quu, L
         Vyy = Qyy + Quy.transpose(-1, -2) @ K
         vy = qy + (Quy.transpose(-1, -2) @ k[..., None])[..., 0]
         if t > 0:
             H, h = state_cost(t)
             Vyy, vy = Vyy + H, vy + h
         Vyy = 0.5 * (Vyy + Vyy.transpose(-1, -2))
-    return LinearGaussian(torch.stack(Ks, 1), torch.stack(ks, 1), torch.stack(precs, 1))
+    return LinearGaussian(torch.stack(Ks, 1), torch.stack(ks, 1), torch.stack(precs, 1), torch.stack(chols, 1))
 
 
 def trajectory_kl(
-    ctrl: LinearGaussian, pol_K: Tensor, pol_k: Tensor, pol_prec: Tensor, mu0: Tensor, cov0: Tensor
+    ctrl: LinearGaussian,
+    pol_K: Tensor,
+    pol_k: Tensor,
+    pol_prec: Tensor,
+    mu0: Tensor,
+    cov0: Tensor,
+    pol_logdet: Tensor | None = None,
 ) -> Tensor:
     r"""``(M,)`` :math:`\sum_t E_{p}[\mathrm{KL}(p(u_t|y_t) \| \bar\pi(u_t|y_t))]` under the controller's own state
-    distribution, propagated exactly from :math:`y_0 \sim N(\mu_0, S_0)` (``mu0 (M, n)``, ``cov0 (M, n, n)``)."""
+    distribution, propagated exactly from :math:`y_0 \sim N(\mu_0, S_0)` (``mu0 (M, n)``, ``cov0 (M, n, n)``).
+    ``pol_logdet (M, T)``: :math:`\log\det` of ``pol_prec`` if known."""
     M, T, n, _ = ctrl.K.shape
     eye = torch.eye(n, dtype=ctrl.K.dtype)
     mu, S = mu0, cov0
     total = mu0.new_zeros(M)
-    logdet_prec_pol = torch.linalg.slogdet(pol_prec)[1]  # (M, T)
-    logdet_prec_ctrl = torch.linalg.slogdet(ctrl.precision)[1]
+    if pol_logdet is None:
+        pol_logdet = torch.linalg.slogdet(pol_prec)[1]
+    ctrl_logdet = 2 * ctrl.chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (M, T)
     for t in range(T):
-        K, k, Pc, P = ctrl.K[:, t], ctrl.k[:, t], ctrl.precision[:, t], pol_prec[:, t]
-        Sigma = torch.cholesky_inverse(torch.linalg.cholesky(Pc))
+        K, k, P = ctrl.K[:, t], ctrl.k[:, t], pol_prec[:, t]
+        Sigma = torch.cholesky_inverse(ctrl.chol[:, t])
         dK, dk = K - pol_K[:, t], k - pol_k[:, t]
         dm = (dK @ mu[..., None])[..., 0] + dk
         quad = (dm[:, None, :] @ P @ dm[..., None])[:, 0, 0] + ((dK.transpose(-1, -2) @ P @ dK) * S).sum((-1, -2))
         tr = (P * Sigma).sum((-1, -2))
-        total = total + 0.5 * (tr - n + logdet_prec_ctrl[:, t] - logdet_prec_pol[:, t] + quad)
+        total = total + 0.5 * (tr - n + ctrl_logdet[:, t] - pol_logdet[:, t] + quad)
         A = eye + K
         mu = (A @ mu[..., None])[..., 0] + k
         S = A @ S @ A.transpose(-1, -2) + Sigma
@@ -261,6 +271,8 @@ class GPS(MetaGradientEstimator):
         minibatch: (run, step) pairs per S-step minibatch.
         ridge: the policy linearization's ridge, relative to the states' variance.
         bisections: bisection steps on :math:`\log\eta` per C-step.
+        hessian_samples: samples per objective whose Hessians are averaged into the cost model (the gradients
+            of all samples are).
 
     Example:
         >>> import torch, doubleopt as do
@@ -279,15 +291,16 @@ class GPS(MetaGradientEstimator):
     inner_steps: int = 50
     minibatch: int = 1024
     ridge: float = 0.1
-    bisections: int = 24
+    bisections: int = 16
+    hessian_samples: int = 2
 
     def __post_init__(self):
         if self.samples < 2:
             raise ValueError(f"samples must be >= 2 (the policy is linearized from them), got {self.samples}")
         if not self.kl_step > 0:
             raise ValueError(f"kl_step must be > 0, got {self.kl_step}")
-        if self.inner_steps < 1 or self.minibatch < 1 or self.bisections < 1:
-            raise ValueError("inner_steps, minibatch and bisections must be >= 1")
+        if min(self.inner_steps, self.minibatch, self.bisections, self.hessian_samples) < 1:
+            raise ValueError("inner_steps, minibatch, bisections and hessian_samples must be >= 1")
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
 
@@ -349,12 +362,13 @@ class GPS(MetaGradientEstimator):
         units = s.unit[runs].double().reshape(Mk, N, T)
         n = Y.shape[-1]
         ybar = (wts[:, :, None, None] * Y).sum(1)  # (Mk, T + 1, n)
-        # the cost's quadratic model, averaged over the samples: E_s[f(y_s) + g_s'(y - y_s) + (y - y_s)'H_s(y - y_s)/2]
-        _, f_grad, f_hess = cost_expansion(task, obj_ids, Y.reshape(Mk, N * (T + 1), -1), s.y.dtype)
-        w4 = wts[:, :, None, None]
-        f_hess = f_hess.reshape(Mk, N, T + 1, *f_hess.shape[-2:])
-        cost_H = (w4[..., None] * f_hess).sum(1)
-        cost_h = (w4 * (f_grad.reshape(Mk, N, T + 1, -1) - (f_hess @ Y[..., None])[..., 0])).sum(1)
+        # the cost's quadratic model around the samples: f(y) ~ const + g'(y - ybar) + (y - ybar)'H(y - ybar)/2 with
+        # g the samples' mean gradient and H the mean Hessian of the first hessian_samples (finite) samples
+        gbar = (wts[:, :, None, None] * s.grads[runs].double().reshape(Mk, N, T + 1, -1)).sum(1)
+        nh = min(self.hessian_samples, N)
+        _, _, f_hess = cost_expansion(task, obj_ids, Y[:, :nh].reshape(Mk, nh * (T + 1), -1), s.y.dtype)
+        cost_H = f_hess.reshape(Mk, nh, T + 1, *f_hess.shape[-2:]).mean(1)
+        cost_h = gbar - (cost_H @ ybar[..., None])[..., 0]
         pol_K, pol_k = linearize_policy(Y[:, :, :T], means, self.ridge)
         var = (policy.log_std.detach().double().exp() * units) ** 2  # (Mk, N, T)
         pol_prec = torch.eye(n, dtype=torch.float64) / (wts[:, :, None] * var).sum(1)[..., None, None]
@@ -394,9 +408,11 @@ class GPS(MetaGradientEstimator):
         lo = torch.full((M,), -12.0, dtype=torch.float64)  # log eta: small eta = far from the policy
         hi = torch.full((M,), 20.0, dtype=torch.float64)
 
+        pol_logdet = torch.linalg.slogdet(pol_prec)[1]
+
         def solve(log_eta):
             ctrl = lqr_backward(log_eta.exp(), cost_H, cost_h, pol_K, pol_k, pol_prec)
-            return ctrl, trajectory_kl(ctrl, pol_K, pol_k, pol_prec, mu0, cov0)
+            return ctrl, trajectory_kl(ctrl, pol_K, pol_k, pol_prec, mu0, cov0, pol_logdet)
 
         ctrl_lo, kl_lo = solve(lo)
         inactive = kl_lo <= target  # the bound does not bind even at the smallest eta
