@@ -177,24 +177,58 @@ class Training:
     lopt: dict[str, Any] = field(default_factory=dict)  # constructor arguments of the architecture
     quick_meta_steps: int = 2
     quick_config: dict[str, Any] = field(default_factory=lambda: {"unroll": 5, "horizon": 10, "batch": 4})
+    # per family, settings that differ from the above: {"lopt": {...}, "config": {...}, "options": {...},
+    # "meta_steps": N}
+    family: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def settings(self, family: str) -> Training:
+        """These settings with ``family``'s overrides applied (``options`` merge into ``config["options"]``)."""
+        over = self.family.get(family, {})
+        unknown = set(over) - {"lopt", "options", "meta_steps", "config"}
+        if unknown:
+            raise ValueError(f"unknown per-family training settings {sorted(unknown)}")
+        config = {**self.config, **over.get("config", {})}
+        if "options" in over:
+            config["options"] = {**config.get("options", {}), **over["options"]}
+        return dataclasses.replace(
+            self,
+            lopt={**self.lopt, **over.get("lopt", {})},
+            config=config,
+            meta_steps=over.get("meta_steps", self.meta_steps),
+            family={},
+        )
 
 
 # Meta-gradient runs (TBPTT): K = 20, T = 100 (the evaluation horizon), 16 objectives per trajectory, the uniform
 # meta-objective mean_t f(theta_t) (the study's criterion); about 25 s per method on the logistic family (this
-# 2-core machine, 1 thread; 60-75 s on mlp). GPS: episodes of T = 100, 16 objectives per iteration, its default
-# options (a C-step every inner_steps = 50 meta-steps): 500 meta-steps are 10 GPS iterations (0.19 / 0.12 / 1.5 s
-# per meta-step on logistic / robust / mlp). PPO: batches of 16 episodes of T = 100, its default options (4 epochs
-# x 4 minibatches = 16 meta-steps per batch): 3000 meta-steps are about 190 batches (0.02 s per meta-step).
-# "options" (MetaConfig.options) would hold an estimator's own settings; the defaults are used here.
+# 2-core machine, 1 thread; 60-75 s on mlp).
+# GPS: the policy with step unit 0.3 s_g and a fixed standard deviation (exploration does not collapse), episodes of
+# T = 100, GPS's default options (8 runs per objective and iteration, a KL bound of 0.25 per step and coordinate,
+# a C-step every 50 meta-steps); 30 GPS iterations (20 on mlp, whose C-step costs about 10 s), the step size
+# decayed to 0 (cosine) over the run so the final policy is not a snapshot of an oscillation.
+# PPO: batches of 16 episodes of T = 100, its default options (4 epochs x 4 minibatches = 16 meta-steps per batch),
+# 20000 meta-steps (1250 batches), the step size decayed over the run.
 _TBPTT = {"unroll": 20, "horizon": 100, "batch": 16}
 _EPISODES = {"unroll": 100, "horizon": 100, "batch": 16}
 _QUICK_EPISODES = {"unroll": 10, "horizon": 10, "batch": 4}
+_GPS_POLICY = {"step_scale": 0.3, "learn_std": False}
 TRAINING: dict[str, Training] = {
     "lstm-tbptt": Training("lstm", "tbptt", 1000, _TBPTT, "LSTM (TBPTT)"),
     "mlp-tbptt": Training("mlp", "tbptt", 1000, _TBPTT, "MLP (TBPTT)"),
     "policy-tbptt": Training("policy", "tbptt", 1000, _TBPTT, "policy (TBPTT)"),
-    "policy-gps": Training("policy", "gps", 500, _EPISODES, "policy (GPS)", quick_config=_QUICK_EPISODES),
-    "policy-ppo": Training("policy", "ppo", 3000, _EPISODES, "policy (PPO)", quick_config=_QUICK_EPISODES),
+    "policy-gps": Training(
+        "policy",
+        "gps",
+        1500,
+        {**_EPISODES, "meta_lr_decay": 1500},
+        "policy (GPS)",
+        lopt=_GPS_POLICY,
+        quick_config=_QUICK_EPISODES,
+        family={"mlp": {"meta_steps": 1000, "config": {"meta_lr_decay": 1000}}},
+    ),
+    "policy-ppo": Training(
+        "policy", "ppo", 20000, {**_EPISODES, "meta_lr_decay": 20000}, "policy (PPO)", quick_config=_QUICK_EPISODES
+    ),
 }
 
 # generalization: other dimensions per family (constructor arguments of the family's problem class)
@@ -502,9 +536,10 @@ _FLAGS.update({"weight_halflife": "--weight-halflife", "meta_lr_decay": "--meta-
 def train_lopt_command(method: str, family: str, args: Args) -> str | None:
     """The ``doubleopt train-lopt`` command that trains the same weights as :func:`train_here` (same seed, settings
     and objectives; ``None`` for settings the command does not take)."""
-    tr = TRAINING[method]
+    tr = TRAINING[method].settings(family)
     cfg = tr.quick_config if args.quick else tr.config
-    if set(tr.lopt) - {"hidden"} or set(cfg) - set(_FLAGS) - {"options", "log_loss", "second_order"} or args.seed:
+    flagless = set(cfg) - set(_FLAGS) - {"options", "log_loss", "second_order"}
+    if set(tr.lopt) - {"hidden", "step_scale", "learn_std"} or flagless or args.seed:
         return None
     argv = ["doubleopt", "train-lopt", "--arch", tr.arch, "--task", f"li-malik-{family}", "--method", tr.method]
     argv += ["--meta-steps", str(tr.quick_meta_steps if args.quick else tr.meta_steps)]
@@ -512,13 +547,15 @@ def train_lopt_command(method: str, family: str, args: Args) -> str | None:
     argv += [f"--{k.replace('_', '-')}" for k in ("log_loss", "second_order") if cfg.get(k)]
     argv += [a for k, v in cfg.get("options", {}).items() for a in ("--option", f"{k}={str(v).lower()}")]
     argv += ["--hidden", str(tr.lopt["hidden"])] if "hidden" in tr.lopt else []
+    argv += ["--step-scale", str(tr.lopt["step_scale"])] if "step_scale" in tr.lopt else []
+    argv += ["--fixed-std"] if tr.lopt.get("learn_std") is False else []
     argv += ["--seed", str(args.train_seed), "--threads", str(args.threads), "--out", f"runs/{method}-{family}"]
     return shlex.join(argv)
 
 
 def train_here(method: str, family: str, args: Args) -> tuple[Any, dict[str, Any]]:
     """Meta-train ``method`` on the family's training objectives with the settings of :data:`TRAINING` (timed)."""
-    tr = TRAINING[method]
+    tr = TRAINING[method].settings(family)
     task = li_malik_task(family, "train", seed=args.seed)
     torch.manual_seed(args.train_seed)  # the initial weights come from torch's global generator
     lopt = ARCHS[tr.arch](**tr.lopt)

@@ -20,7 +20,7 @@ linearized per objective and step by ridge regression of its mean step on :math:
 (diagonal) covariance.
 
 **C-step.** :math:`\min_{p} E_p[\sum_t f(y_t)]` subject to :math:`\sum_t E_p[\mathrm{KL}(p(u_t|y_t) \,\|\,
-\bar\pi_t(u_t|y_t))] \le \epsilon T`. For a multiplier :math:`\eta`, the Lagrangian divided by :math:`\eta` is a
+\bar\pi_t(u_t|y_t))] \le \epsilon T n`. For a multiplier :math:`\eta`, the Lagrangian divided by :math:`\eta` is a
 maximum-entropy LQR with the cost :math:`f/\eta - \log\bar\pi`; its backward Riccati pass gives
 
 .. math::
@@ -95,11 +95,13 @@ def sample_policy(
     generator: torch.Generator,
     noise: torch.Generator,
 ) -> PolicySamples:
-    """Run the stochastic policy for ``horizon`` steps on ``task``'s objectives ``objective (R,)`` from fresh
-    starting points (drawn with ``generator``; the action noise with ``noise``)."""
+    """Run the stochastic policy for ``horizon`` steps on ``task``'s objectives ``objective (R,)`` (runs of one
+    objective adjacent) from a fresh starting point per objective, shared by its runs (drawn with ``generator``;
+    the action noise with ``noise``)."""
     x = tree_index(task.contexts, objective)
     problem = task.problem
-    y = problem.init(x, generator=generator)
+    first, where = torch.unique_consecutive(objective, return_inverse=True)
+    y = problem.init(tree_index(task.contexts, first), generator=generator)[where]  # one start per objective
     value, grad = problem.value_and_grad(y, x)
     feats = policy.features
     hist = feats.init(value, grad)
@@ -252,7 +254,7 @@ class GPSState(EstimatorState):
     iteration: Tensor  # () int64 GPS iterations done
     nonfinite: Tensor  # () int64 sampled runs dropped for a non-finite iterate, value or gradient
     sample_cost: Tensor  # () float64 mean objective over the steps of the latest samples (finite runs)
-    kl: Tensor  # () float64 mean KL of the latest controllers to the linearized policy (per step)
+    kl: Tensor  # () float64 mean KL of the latest controllers to the linearized policy (per step and coordinate)
 
 
 @register_estimator("gps")
@@ -266,7 +268,8 @@ class GPS(MetaGradientEstimator):
 
     Args:
         samples: runs of the policy per objective per iteration (:math:`N`).
-        kl_step: :math:`\epsilon`, the bound on the mean KL per step between a controller and the policy.
+        kl_step: :math:`\epsilon`, the bound on the mean KL per step and per coordinate between a controller and the
+            policy (the bound on the trajectory's KL is :math:`\epsilon T n`).
         inner_steps: S-step minibatch gradient steps (meta-steps) per GPS iteration.
         minibatch: (run, step) pairs per S-step minibatch.
         ridge: the policy linearization's ridge, relative to the states' variance.
@@ -287,7 +290,7 @@ class GPS(MetaGradientEstimator):
     """
 
     samples: int = 8
-    kl_step: float = 0.5
+    kl_step: float = 0.25
     inner_steps: int = 50
     minibatch: int = 1024
     ridge: float = 0.1
@@ -372,9 +375,8 @@ class GPS(MetaGradientEstimator):
         pol_K, pol_k = linearize_policy(Y[:, :, :T], means, self.ridge)
         var = (policy.log_std.detach().double().exp() * units) ** 2  # (Mk, N, T)
         pol_prec = torch.eye(n, dtype=torch.float64) / (wts[:, :, None] * var).sum(1)[..., None, None]
-        y0 = Y[:, :, 0].reshape(-1, n)
-        cov0 = torch.diag_embed(y0.var(0).clamp_min(1e-12)).expand(Mk, n, n)
-        mu0 = ybar[:, 0]
+        mu0 = ybar[:, 0]  # the runs of an objective share their start: y_0 is known
+        cov0 = torch.diag_embed(torch.full((Mk, n), 1e-12, dtype=torch.float64))
         cost_scale = s.values[keep].double().abs().mean().clamp_min(1e-12)
         ctrl, kl = self.solve_eta(cost_H / cost_scale, cost_h / cost_scale, pol_K, pol_k, pol_prec, mu0, cov0)
         # S-step data: the kept runs, with the controller's mean step at each visited state
@@ -397,14 +399,14 @@ class GPS(MetaGradientEstimator):
             iteration=state.iteration + 1,
             nonfinite=nonfinite,
             sample_cost=s.values[keep][:, 1:].double().mean(),
-            kl=(kl / T).mean(),
+            kl=(kl / (T * n)).mean(),
         )
 
     def solve_eta(self, cost_H, cost_h, pol_K, pol_k, pol_prec, mu0, cov0) -> tuple[LinearGaussian, Tensor]:
-        """Bisection on :math:`\\log\\eta` per objective for :math:`\\mathrm{KL} \\le \\epsilon T`; the controllers at
+        """Bisection on :math:`\\log\\eta` per objective for :math:`\\mathrm{KL} \\le \\epsilon T n`; the controllers at
         the smallest :math:`\\eta` in the bracket that meets the bound."""
         M, T = pol_k.shape[:2]
-        target = self.kl_step * T
+        target = self.kl_step * T * pol_k.shape[-1]
         lo = torch.full((M,), -12.0, dtype=torch.float64)  # log eta: small eta = far from the policy
         hi = torch.full((M,), 20.0, dtype=torch.float64)
 
