@@ -171,7 +171,6 @@ def test_policy_delay_and_target_updates():
 def test_per_agent_delays_in_one_run():
     algo = _tiny(rl.TD3, delay=1)
     tr = _trainer(algo, seeds=(0, 1), learning_starts=20)
-    tr2 = _trainer(algo, seeds=(0, 1), learning_starts=20)
     tr2 = rl.ActorCriticTrainer(algo, [0, 1], tr.config, sweep=[{"delay": 1}, {"delay": 4}])
     for _ in range(24):
         tr2.step()
