@@ -17,10 +17,18 @@ from .policy import PolicyOptimizer
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 _ARCHS: dict[str, type[LearnedOptimizer]] = {"lstm": LSTMOptimizer, "mlp": MLPOptimizer, "policy": PolicyOptimizer}
 PRETRAINED = {"lstm-digits": "lstm-digits.safetensors", "mlp-digits": "mlp-digits.safetensors"}
+# Li & Malik (2017): per family, the LSTM / MLP optimizers and the policy trained by meta-gradients, the policy
+# trained by guided policy search and by PPO, all on the family's 90 training objectives (li_malik_task, seed 0)
+LI_MALIK_METHODS = ("lstm-tbptt", "mlp-tbptt", "policy-tbptt", "policy-gps", "policy-ppo")
+PRETRAINED.update(
+    {f"{m}-{f}": f"{m}-{f}.safetensors" for m in LI_MALIK_METHODS for f in ("logistic", "robust", "mlp")}
+)
 
 
 def load_pretrained(name: str, into: LearnedOptimizer | None = None) -> LearnedOptimizer:
-    """A meta-trained optimizer: ``"lstm-digits"`` or ``"mlp-digits"`` (meta-trained on the digits MLP task).
+    """A meta-trained optimizer: ``"lstm-digits"`` or ``"mlp-digits"`` (meta-trained on the digits MLP task), or
+    ``"<method>-<family>"`` for the Li & Malik families (``"logistic"``, ``"robust"``, ``"mlp"``), e.g.
+    ``"policy-gps-logistic"`` (the policy trained by guided policy search); see :data:`PRETRAINED`.
 
     Args:
         name: the shipped weights' name, or a path to a ``.safetensors`` file written by ``train-lopt``.
