@@ -101,11 +101,18 @@ class StackedMLP(nn.Module):
         return (flat[:, w_off:b_off].view(m, fan_in, fan_out), flat[:, b_off : b_off + fan_out].view(m, 1, fan_out))
 
     def forward(self, x: Tensor, members: slice | None = None) -> Tensor:
-        """Apply the stack (or the members selected by ``members``, e.g. ``slice(0, None, 2)``)."""
+        """Apply the stack (or the members selected by ``members``, e.g. ``slice(0, None, 2)``).
+
+        The layers are views from one ``split`` of ``flat``, so the backward pass assembles the gradient with
+        one concatenation (slicing layer by layer would zero-fill a full-size gradient per slice and add them).
+        """
         act = _ACTIVATIONS[self.activation]
+        flat = self.flat if members is None else self.flat[members]
+        m = flat.shape[0]
+        pieces = flat.split([n for _, fan_in, fan_out, _ in self.layout for n in (fan_in * fan_out, fan_out)], dim=1)
         last = len(self.layout) - 1
-        for i in range(len(self.layout)):
-            w, b = self.layer(i, members)
+        for i, (_, fan_in, fan_out, _) in enumerate(self.layout):
+            w, b = pieces[2 * i].view(m, fan_in, fan_out), pieces[2 * i + 1].view(m, 1, fan_out)
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = act(x)
@@ -161,13 +168,16 @@ class StackedAdam:
         step_size = (self.lr / (1 - b1**t)).to(dtype).unsqueeze(1)
         bc2_sqrt = torch.sqrt(1 - b2**t).to(dtype).unsqueeze(1)
         keep = None if mask is None else mask.unsqueeze(1)
+        if keep is None and self._fusable(grads):
+            self._fused_step(grads)
+            return
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
             p, g, m, v = self._by_agent(p), self._by_agent(g), self._by_agent(m), self._by_agent(v)
             if keep is None:
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-                p.sub_(step_size * m / denom)
+                update = v.sqrt().div_(bc2_sqrt).add_(self.eps)  # one temporary: denominator, then the step
+                p.sub_(update.reciprocal_().mul_(m).mul_(step_size))
             else:
                 m_new = torch.lerp(m, g, 1 - b1)
                 v_new = v * b2 + (1 - b2) * g * g
@@ -175,6 +185,41 @@ class StackedAdam:
                 m.copy_(torch.where(keep, m_new, m))
                 v.copy_(torch.where(keep, v_new, v))
                 p.copy_(torch.where(keep, p_new, p))
+
+    def _fusable(self, grads: Sequence[Tensor]) -> bool:
+        return all(
+            t.is_contiguous() and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            for t in (*self.params, *grads)
+        )
+
+    def _fused_step(self, grads: Sequence[Tensor]) -> None:
+        """The unmasked step with PyTorch's fused Adam kernel (``torch.optim.Adam(fused=True)``), agent by agent rows
+        so each agent has its own step count; one call for all agents when they share the step size."""
+        b1, b2 = self.betas
+        rows = [
+            [t for x in group for t in self._by_agent(x).unbind(0)]
+            for group in (self.params, grads, self.exp_avg, self.exp_avg_sq)
+        ]
+        steps = [t for _ in self.params for t in self.step_count.unbind(0)]  # the kernel reads t_k, we count it
+        n = len(self.params)
+        lrs = self.lr.tolist()
+        if all(lr == lrs[0] for lr in lrs):
+            calls = [(list(range(n * self.agents)), lrs[0])]
+        else:
+            calls = [([j * self.agents + k for j in range(n)], lrs[k]) for k in range(self.agents)]
+        for idx, lr in calls:
+            torch._fused_adam_(
+                *([group[i] for i in idx] for group in rows),
+                [],
+                [steps[i] for i in idx],
+                lr=lr,
+                beta1=b1,
+                beta2=b2,
+                weight_decay=0.0,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
 
     def state_tensors(self, prefix: str) -> dict[str, Tensor]:
         out = {f"{prefix}.step_count": self.step_count, f"{prefix}.lr": self.lr}
