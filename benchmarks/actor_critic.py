@@ -6,8 +6,9 @@
                      threads (torch and BLAS pinned); plus our `fast` preset (TD3, SAC): time to a solved pendulum.
 `--study config`     the small study behind the `fast` preset: network width and batch size against the
                      training time to a mean evaluation return >= -160 (5 seeds batched).
-`--study timescales` critic/actor step-size ratio x critic updates per actor update, all as one batched run:
-                     return and the critic's Bellman error over training; which regimes learn, which diverge.
+`--study timescales` critic/actor step-size ratio x critic updates per actor update, plus a critic whose step
+                     size is far too large (`--fast-critic-lr`), all as one batched run: return and the critic's
+                     Bellman error over training; which regimes learn, which diverge.
 `--study argmax`     amortized vs per-state argmax: a trained TD3 actor against solving max_a Q(s, a) per state
                      with do.solve (L-BFGS from zero, L-BFGS warm-started at the actor's action) and a dense grid.
 
@@ -41,6 +42,7 @@ class Args:
     sb3_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # SB3 runs, one after another
     steps: int = 20_000  # environment steps per agent
     critic_lr: float = 1e-3  # timescales: the critic step size the actor's is a multiple of
+    fast_critic_lr: float = 0.3  # timescales: a critic step size far too large (actor at critic_lr), 0 = none
     threads: int = 1  # torch / BLAS threads for every method
     quick: bool = False  # seconds-long smoke run (tiny networks, few steps)
     out: str = "bench_results/actor_critic"  # output folder (one sub-folder per study)
@@ -188,20 +190,23 @@ def study_timescales(args: Args, report: Report) -> dict:
     ratios = [0.1, 1.0, 10.0, 100.0]  # actor step size / critic step size (critic args.critic_lr)
     delays = [1, 2, 8]  # critic updates per actor update
     seeds = args.seeds[:2]
-    grid = [(r, d, s) for r in ratios for d in delays for s in seeds]
-    sweep = [{"critic_lr": args.critic_lr, "actor_lr": args.critic_lr * r, "delay": d} for r, d, _ in grid]
+    # (critic lr, actor lr, delay, seed): the ratio grid, then a critic whose step size is far too large
+    grid = [(args.critic_lr, args.critic_lr * r, d, s) for r in ratios for d in delays for s in seeds]
+    if args.fast_critic_lr > 0:
+        grid += [(args.fast_critic_lr, args.critic_lr, d, s) for d in delays for s in seeds]
+    sweep = [{"critic_lr": c, "actor_lr": a, "delay": d} for c, a, d, _ in grid]
     algo, cfg = rl.preset("fast", "td3")
     cfg = replace(cfg, total_steps=args.steps, eval_every=2000 if not args.quick else 200)
     if args.quick:
         algo, cfg = rl.with_overrides(algo, cfg, hidden=(16, 16), learning_starts=100)
     # seeds repeat across configurations: each agent's own seed is (its seed, its index in the grid)
-    agent_seeds = [1000 * i + s for i, (_, _, s) in enumerate(grid)]
+    agent_seeds = [1000 * i + s for i, (*_, s) in enumerate(grid)]
     result, wall = train(algo, cfg, agent_seeds, sweep=sweep)
     c = result.curves
     bell = np.array(c.bellman_error)  # (n, K)
-    for i, (r, d, s) in enumerate(grid):
+    for i, (cl, al, d, s) in enumerate(grid):
         final_bell = float(bell[-10:, i].mean()) if len(bell) else math.nan
-        report.add_row(critic_lr=args.critic_lr, actor_over_critic_lr=r, critic_updates_per_actor_update=d, seed=s,
+        report.add_row(critic_lr=cl, actor_over_critic_lr=al / cl, critic_updates_per_actor_update=d, seed=s,
                        final_return=result.final_eval[i], best_return=float(np.max([e[i] for e in c.eval_returns])),
                        final_bellman_error=final_bell, max_bellman_error=float(np.nanmax(bell[:, i])) if len(bell) else
                        math.nan, status=result.status[i])
@@ -344,13 +349,13 @@ def plot(study: str, data: dict, report: Report):
         return fig
     if study == "timescales":
         c, grid = data["curves"], data["grid"]
-        ratios = sorted({g[0] for g in grid})
-        delays = sorted({g[1] for g in grid})
-        fig, axes = plt.subplots(2, len(ratios), figsize=(4 * len(ratios), 6.5), sharex=True)
+        panels = sorted({(g[0], g[1]) for g in grid}, key=lambda p: (p[0], p[1]))  # (critic lr, actor lr)
+        delays = sorted({g[2] for g in grid})
+        fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.5), sharex=True, squeeze=False)
         cmap = plt.get_cmap("viridis")
-        for j, r in enumerate(ratios):
+        for j, (cl, al) in enumerate(panels):
             for di, d in enumerate(delays):
-                idx = [i for i, g in enumerate(grid) if g[0] == r and g[1] == d]
+                idx = [i for i, g in enumerate(grid) if (g[0], g[1], g[2]) == (cl, al, d)]
                 color = cmap(di / max(1, len(delays) - 1))
                 for n, i in enumerate(idx):
                     axes[0, j].plot(c["eval_steps"], [e[i] for e in c["eval_returns"]], color=color, alpha=0.8,
@@ -358,7 +363,7 @@ def plot(study: str, data: dict, report: Report):
                     axes[1, j].semilogy(c["bellman_steps"], [max(b[i], 1e-6) if math.isfinite(b[i]) else np.nan
                                                              for b in c["bellman_error"]], color=color, alpha=0.8)
             axes[0, j].axhline(SOLVED, color="k", ls=":", lw=1)
-            axes[0, j].set_title(f"actor lr / critic lr = {r:g}")
+            axes[0, j].set_title(f"critic lr {cl:g}, actor lr {al:g}", fontsize=9)
             axes[1, j].set_xlabel("environment steps")
         axes[0, 0].set_ylabel("eval return")
         axes[1, 0].set_ylabel("critic Bellman error")

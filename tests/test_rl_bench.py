@@ -16,7 +16,9 @@ def test_actor_critic_studies_quick(tmp_path, study):
     assert data["conditions"]["torch_threads"] == 1 and report.rows
     assert (tmp_path / study / f"actor_critic_{study}.png").stat().st_size > 1000
     if study == "timescales":
-        assert len(report.rows) == data["agents"] == 24  # 4 ratios x 3 delays x 2 seeds in one run
+        # 4 ratios x 3 delays x 2 seeds, and a too-fast critic x 3 delays x 2 seeds, in one run
+        assert len(report.rows) == data["agents"] == 30
+        assert {r["critic_lr"] for r in report.rows} == {1e-3, 0.3}
         assert {r["critic_updates_per_actor_update"] for r in report.rows} == {1, 2, 8}
     if study == "argmax":
         rows = {(r["states"], r["method"]): r for r in report.rows}
