@@ -7,7 +7,7 @@ from . import adjoint, linalg, problems, solvers
 from ._problem import Problem, ProblemFamily, batch_size
 from ._solution import RESULTS, Solution, SolveError
 from ._solve import default_tol, solve
-from .adjoint import CG, Cholesky, Implicit, Truncated, Unroll
+from .adjoint import CG, Cholesky, Implicit, Neumann, Truncated, Unroll
 from .solvers import FISTA, GD, ISTA, LBFGS, Adagrad, Adam, Momentum, Nesterov, Newton, NonlinearCG, RMSProp
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "Unroll",
     "Truncated",
     "Implicit",
+    "Neumann",
     "CG",
     "Cholesky",
     "GD",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 # Feature packages (each issue adds its line here):
-from . import amortized, layers, learned, physical, rl  # noqa: E402  (issues 6, 5, 4, 7, 20)
+from . import amortized, bilevel, layers, learned, physical, rl  # noqa: E402  (issues 6, 16, 5, 4, 7, 20)
 from .solvers.qp import QP, qp_solve  # noqa: E402  (issue 5: OptNet)
 
-__all__ += ["amortized", "layers", "learned", "physical", "rl", "QP", "qp_solve"]
+__all__ += ["amortized", "bilevel", "layers", "learned", "physical", "rl", "QP", "qp_solve"]

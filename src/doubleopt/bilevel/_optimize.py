@@ -1,0 +1,183 @@
+r"""The outer loop of bilevel optimization: hyperparameters by hypergradients.
+
+.. math:: \min_\lambda F(\lambda) = L_{\mathrm{out}}(y^*(\lambda)), \qquad
+   y^*(\lambda) = \arg\min_y f(y; \lambda, x),
+
+where :math:`\lambda` are ``nn.Parameter`` s of the inner :class:`~doubleopt.Problem`. Each outer step solves
+the inner problem to the step's tolerance (warm-started from the previous outer step's solution),
+differentiates :math:`L_{\mathrm{out}}(y^*)` with the chosen adjoint (``do.Implicit()``, ``do.Neumann(k)``,
+``do.Unroll()``, ``do.Truncated(k)``), giving the hypergradient
+
+.. math:: \nabla F = -\Big(\frac{\partial \nabla_y f}{\partial \lambda}\Big)^{\!\top} H^{-1} \nabla_y L_{\mathrm{out}},
+   \qquad H = \nabla^2_{yy} f(y^*; \lambda),
+
+(for the implicit adjoints), and takes one step of a ``torch.optim`` optimizer on :math:`\lambda`.
+
+Positivity: hyperparameters that must stay positive (L2 weights) are stored as their logarithm,
+:math:`\lambda = \log w`, and the problem uses :math:`w = e^\lambda`; the outer loop then works on an
+unconstrained :math:`\lambda` (see :class:`~doubleopt.bilevel.DigitsL2`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+from .._solution import RESULTS, Solution
+from .._solve import solve
+
+
+@dataclass(frozen=True)
+class ToleranceSchedule:
+    r"""Inner tolerance of outer step ``t``: :math:`\max(\mathrm{end}, \mathrm{start} \cdot \mathrm{decay}^t)`,
+    loose early and tight late (as in HOAG, Pedregosa 2016).
+
+    Args:
+        start: tolerance of the first outer step (> 0).
+        end: the floor reached late in the run (0 < end <= start).
+        decay: factor per outer step, in (0, 1].
+    """
+
+    start: float = 1e-3
+    end: float = 1e-8
+    decay: float = 0.7
+
+    def __post_init__(self):
+        if not (self.start > 0) or not (0 < self.end <= self.start):
+            raise ValueError(f"ToleranceSchedule needs start >= end > 0, got start={self.start}, end={self.end}")
+        if not (0 < self.decay <= 1):
+            raise ValueError(f"ToleranceSchedule(decay) must be in (0, 1], got {self.decay}")
+
+    def __call__(self, t: int) -> float:
+        return max(self.end, self.start * self.decay**t)
+
+
+@dataclass
+class OuterStep:
+    """The record of one outer step."""
+
+    step: int
+    outer_loss: float  # at the inner solution of this step (nan when skipped)
+    inner_steps: int  # largest number of inner solver steps over the batch
+    hypergrad_norm: float  # Euclidean norm over all hyperparameters (nan when skipped)
+    tol: float  # inner tolerance used
+    time: float  # seconds for the inner solve, the hypergradient and the update
+    applied: bool  # whether the hyperparameters were updated
+    failures: dict[int, str] = field(default_factory=dict)  # instance -> result code name, when skipped
+
+
+@dataclass
+class BilevelResult:
+    """What :func:`optimize` returns."""
+
+    history: list[OuterStep]
+    solution: Solution | None  # the last successful inner solution (detached)
+    stopped: str | None = None  # why the run stopped early, if it did
+
+    @property
+    def skipped(self) -> list[int]:
+        return [r.step for r in self.history if not r.applied]
+
+
+def optimize(
+    problem: nn.Module,
+    solver,
+    x,
+    outer_loss: Callable[[Tensor], Tensor],
+    hyperparams: Sequence[nn.Parameter],
+    *,
+    adjoint=None,
+    outer_steps: int = 50,
+    outer_lr: float = 0.1,
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+    tol: ToleranceSchedule | None = None,
+    max_inner_steps: int = 1000,
+) -> BilevelResult:
+    r"""Minimize ``outer_loss(y*(lambda))`` over ``hyperparams`` (see the module docstring for the math).
+
+    Args:
+        problem: the inner :class:`~doubleopt.Problem`; ``hyperparams`` are among the tensors it uses.
+        solver: inner solver, e.g. ``do.LBFGS()``.
+        x: inner contexts (batch first).
+        outer_loss: ``y -> scalar`` differentiable in ``y``, the outer objective.
+        hyperparams: the tensors to optimize (``requires_grad``).
+        adjoint: how to differentiate the inner solution (default ``do.Implicit()``).
+        outer_steps: number of outer steps (>= 1).
+        outer_lr: learning rate of the outer optimizer (> 0).
+        optimizer: a ``torch.optim`` optimizer class, called as ``optimizer(hyperparams, lr=outer_lr)``.
+        tol: the inner :class:`ToleranceSchedule`.
+        max_inner_steps: inner step budget per outer step.
+
+    An outer step whose inner solve does not succeed for some instance is skipped (recorded with the
+    failing instances and their result codes; the hyperparameters are not updated). A non-finite outer loss
+    or hypergradient stops the run with ``stopped`` set and a ``RuntimeWarning``, without applying it.
+
+    Example:
+        >>> import torch, doubleopt as do
+        >>> class Ridge(do.Problem):
+        ...     dim = 2
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.log_l2 = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        ...     def objective(self, y, x):
+        ...         return 0.5 * ((y - x) ** 2).sum(-1) + 0.5 * self.log_l2.exp() * (y**2).sum(-1)
+        >>> prob = Ridge()
+        >>> x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+        >>> target = 0.5 * x  # reached at l2 = 1 (log_l2 = 0) ... start elsewhere:
+        >>> _ = prob.log_l2.data.fill_(2.0)
+        >>> res = do.bilevel.optimize(prob, do.LBFGS(), x, lambda y: ((y - target) ** 2).sum(),
+        ...                           [prob.log_l2], outer_steps=100, outer_lr=0.1)
+        >>> abs(float(prob.log_l2.detach())) < 0.05, res.history[-1].outer_loss < 1e-3
+        (True, True)
+    """
+    hyperparams = list(hyperparams)
+    if isinstance(outer_steps, bool) or not isinstance(outer_steps, int) or outer_steps < 1:
+        raise ValueError(f"outer_steps must be an integer >= 1, got {outer_steps!r}")
+    if not (float(outer_lr) > 0):
+        raise ValueError(f"outer_lr must be > 0, got {outer_lr!r}")
+    if not hyperparams or not all(isinstance(p, Tensor) and p.requires_grad for p in hyperparams):
+        raise ValueError("hyperparams must be a non-empty sequence of tensors with requires_grad=True")
+    tol = ToleranceSchedule() if tol is None else tol
+    opt = optimizer(hyperparams, lr=outer_lr)
+    history: list[OuterStep] = []
+    y_prev, last = None, None
+    for t in range(outer_steps):
+        start = time.perf_counter()
+        tol_t = tol(t)
+        opt.zero_grad(set_to_none=True)
+        sol = solve(problem, solver, x, y_prev, adjoint=adjoint, max_steps=max_inner_steps, tol=tol_t, throw=False)
+        inner_steps = int(sol.num_steps.max())
+        bad = sol.result != int(RESULTS.successful)
+        if bool(bad.any()):
+            idx = torch.nonzero(bad).flatten().tolist()
+            failures = {i: RESULTS(int(sol.result[i])).name for i in idx}
+            history.append(
+                OuterStep(t, math.nan, inner_steps, math.nan, tol_t, time.perf_counter() - start, False, failures)
+            )
+            continue
+        loss = outer_loss(sol.y)
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in hyperparams]
+        gnorm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
+        record = OuterStep(t, float(loss.detach()), inner_steps, gnorm, tol_t, 0.0, False)
+        history.append(record)
+        if not (math.isfinite(gnorm) and math.isfinite(record.outer_loss)):
+            msg = (
+                f"outer step {t}: non-finite outer loss ({record.outer_loss}) or hypergradient norm ({gnorm}); "
+                "stopped without applying it"
+            )
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            record.time = time.perf_counter() - start
+            return BilevelResult(history, last, stopped=msg)
+        opt.step()
+        record.applied, record.time = True, time.perf_counter() - start
+        y_prev = sol.y.detach()
+        last = replace(sol, y=sol.y.detach())
+    opt.zero_grad(set_to_none=True)
+    return BilevelResult(history, last)
