@@ -169,20 +169,22 @@ def _digits_val_loss(prob, train, val, tol=1e-13):
         return float(prob.cross_entropy(sol.y, val))
 
 
-def test_digits_hypergradient_matches_central_finite_differences():
+@pytest.mark.parametrize("per_feature", [True, False])
+def test_digits_hypergradient_matches_central_finite_differences(per_feature):
     train, val = do.bilevel.digits_split(150, 100, seed=0)
-    prob = do.bilevel.DigitsL2(per_feature=True)
+    prob = do.bilevel.DigitsL2(per_feature=per_feature)
+    m = 64 if per_feature else 1
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        prob.log_l2.copy_(-3.0 + torch.randn(64, generator=g, dtype=F64))
+        prob.log_l2.copy_(-3.0 + torch.randn(m, generator=g, dtype=F64))
     sol = do.solve(prob, do.LBFGS(), train, tol=1e-13, max_steps=3000)
     prob.cross_entropy(sol.y, val).backward()
     hg = prob.log_l2.grad.clone()
-    assert hg.shape == (64,) and hg.abs().max() > 0
+    assert hg.shape == (m,) and hg.abs().max() > 0
     eps = 1e-4
     base = prob.log_l2.detach().clone()
     for _ in range(3):  # directional derivatives along random directions
-        d = torch.randn(64, generator=g, dtype=F64)
+        d = torch.randn(m, generator=g, dtype=F64)
         d = d / d.norm()
         vals = []
         for s in (1, -1):

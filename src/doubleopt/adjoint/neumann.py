@@ -17,6 +17,7 @@ so the hypergradient converges geometrically to the implicit one as ``k`` grows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -55,7 +56,7 @@ class Neumann(AbstractAdjoint):
     def __post_init__(self):
         if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 0:
             raise ValueError(f"Neumann(terms) needs an integer terms >= 0, got {self.terms!r}")
-        if not (float(self.scale) > 0) or not torch.isfinite(torch.tensor(float(self.scale))):
+        if not (float(self.scale) > 0) or not math.isfinite(float(self.scale)):
             raise ValueError(f"Neumann(scale) needs a finite scale > 0, got {self.scale!r}")
 
     def run(self, problem, solver, x, y0, **loop_kwargs):
