@@ -24,6 +24,7 @@ An adjoint has one job; no solver looks at which adjoint is in use.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -146,26 +147,26 @@ class Implicit(AbstractAdjoint):
                 f"Implicit() does not differentiate composite problems ({type(problem).__name__}: f = smooth + g); "
                 "use adjoint=do.Unroll() or do.Truncated(k)"
             )
-        y = y_star + _ImplicitCorrection.apply(g, problem, x, y_star, self.linear_solver)
+        inverse = functools.partial(inverse_hessian_product, linear_solver=self.linear_solver)
+        y = y_star + _ImplicitCorrection.apply(g, problem, x, y_star, inverse)
         return replace(out, y=y)
 
 
 class _ImplicitCorrection(torch.autograd.Function):
-    """Forward: zeros. Backward: ``u -> -H^{-1} u``, which autograd then pushes through ``g = grad s``."""
+    """Forward: zeros. Backward: ``u -> -inverse(problem, y*, x, u)``, an (approximate) ``-H^{-1} u``, which autograd
+    then pushes through ``g = grad s`` (``inverse``: a linear solve for Implicit, a Neumann series for Neumann)."""
 
     @staticmethod
-    def forward(ctx, g, problem, x, y_star, linear_solver):
-        ctx.problem, ctx.x, ctx.linear_solver = problem, x, linear_solver
+    def forward(ctx, g, problem, x, y_star, inverse):
+        ctx.problem, ctx.x, ctx.inverse = problem, x, inverse
         ctx.save_for_backward(y_star)
         return torch.zeros_like(g)
 
     @staticmethod
     def backward(ctx, u):
         (y_star,) = ctx.saved_tensors
-        problem, linear_solver = ctx.problem, ctx.linear_solver
         x = tree_map(lambda t: t.detach(), ctx.x)
-        v = inverse_hessian_product(problem, y_star, x, u, linear_solver)
-        return -v, None, None, None, None
+        return -ctx.inverse(ctx.problem, y_star, x, u), None, None, None, None
 
 
 def inverse_hessian_product(problem, y: Tensor, x, u: Tensor, linear_solver) -> Tensor:

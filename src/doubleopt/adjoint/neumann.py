@@ -17,6 +17,7 @@ so the hypergradient converges geometrically to the implicit one as ``k`` grows.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -24,8 +25,7 @@ import torch
 from torch import Tensor
 
 from .._iterate import iterate
-from .._tree import tree_map
-from ._adjoints import AbstractAdjoint
+from ._adjoints import AbstractAdjoint, _ImplicitCorrection
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ class Neumann(AbstractAdjoint):
             _, g = problem.smooth_value_and_grad(y_star, x)
         if not g.requires_grad:  # nothing the objective depends on requires grad
             return out
-        y = y_star + _NeumannCorrection.apply(g, problem, x, y_star, self)
+        inverse = functools.partial(neumann_inverse_hessian_product, terms=self.terms, scale=float(self.scale))
+        y = y_star + _ImplicitCorrection.apply(g, problem, x, y_star, inverse)
         return replace(out, y=y)
 
 
@@ -90,20 +91,3 @@ def neumann_inverse_hessian_product(problem, y: Tensor, x, u: Tensor, terms: int
             p = p - scale * hp
             acc = acc + p
     return scale * acc
-
-
-class _NeumannCorrection(torch.autograd.Function):
-    """Forward: zeros. Backward: ``u -> -N_k u`` (the Neumann approximation of ``H^{-1}``)."""
-
-    @staticmethod
-    def forward(ctx, g, problem, x, y_star, adjoint):
-        ctx.problem, ctx.x, ctx.adjoint = problem, x, adjoint
-        ctx.save_for_backward(y_star)
-        return torch.zeros_like(g)
-
-    @staticmethod
-    def backward(ctx, u):
-        (y_star,) = ctx.saved_tensors
-        x = tree_map(lambda t: t.detach(), ctx.x)
-        v = neumann_inverse_hessian_product(ctx.problem, y_star, x, u, ctx.adjoint.terms, float(ctx.adjoint.scale))
-        return -v, None, None, None, None
