@@ -4,13 +4,26 @@ Sub-commands: ``demo`` (the main job on built-in defaults: the amortization demo
 comparison of every classical solver), ``bench [NAME ...]`` (registered studies under
 ``benchmarks/``), plus commands that feature packages register (``train-lopt``, ...): a module listed in
 ``_PLUGINS`` that exposes ``register(subparsers)`` adds its own sub-command.
+
+User mistakes end in one line on stderr and exit code 2, never a traceback. Where the line is drawn
+(:func:`is_user_error`): argparse's own errors (flag syntax, the ``type=`` converters below: a count that
+must be positive, a finite rate), a ``ValueError`` raised by a ``raise`` statement in doubleopt's own code or
+in a study under ``benchmarks/`` (the argument checks of the library, which name the argument), a file-system
+error (``OSError``: missing file, folder in place of a file, no permission) and a safetensors error (a corrupt
+or truncated weights / checkpoint file). Anything else (a ``ValueError`` raised inside a dependency, tuple
+unpacking, ``TypeError``, ``RuntimeError``, ...) is a bug of ours and keeps its traceback;
+``DOUBLEOPT_TRACEBACK=1`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import linecache
+import math
+import os
 import sys
+from pathlib import Path
 
 _PLUGINS = [
     "doubleopt.learned._cli",
@@ -19,6 +32,109 @@ _PLUGINS = [
     "doubleopt.layers._cli",
     "doubleopt.rl._cli",
 ]
+
+
+# ---- argparse converters: a bad value is refused while parsing, with the flag's name --------------------------
+def positive_int(text: str) -> int:
+    """``type=`` for counts that must be >= 1 (steps, batch sizes, threads)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """``type=`` for counts where 0 means "none" / "off"."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``type=`` for finite numbers > 0 (learning rates, scales)."""
+    value = _finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """``type=`` for finite numbers >= 0 (0 usually meaning "off")."""
+    value = _finite_float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """``type=`` for numbers in ``(0, 1]`` (a discount)."""
+    value = _finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+# ---- the user-error boundary ---------------------------------------------------------------------------------
+_OUR_DIRS = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "benchmarks")
+
+
+def _safetensors_error() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return ()
+    return (SafetensorError,)
+
+
+def _raised_by_our_check(exc: BaseException) -> bool:
+    """The innermost frame of ``exc``'s traceback is a ``raise`` statement in doubleopt's code (or a study's)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    try:
+        path = Path(filename).resolve()
+    except OSError:  # pragma: no cover
+        return False
+    if not any(path.is_relative_to(d) for d in _OUR_DIRS):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether the CLI reports ``exc`` as one line (a user mistake) instead of a traceback (a bug); see the module
+    docstring for where the line is drawn."""
+    if isinstance(exc, (OSError, *_safetensors_error())):
+        return True
+    return type(exc) is ValueError and _raised_by_our_check(exc)
+
+
+def _one_line(command: str, exc: BaseException) -> str:
+    if isinstance(exc, _safetensors_error()):
+        text = f"cannot read a safetensors file (corrupt, truncated or not safetensors): {exc}"
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())  # one line, whatever the message held
+    return f"doubleopt {command}: error: {text}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -39,6 +155,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("available studies:", ", ".join(studies))
         return 0
     names = list(studies) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in studies]
+    if unknown:
+        raise ValueError(f"unknown study {unknown[0]!r}; available: {', '.join(studies) or '(none found)'}")
     for name in names:
         print(f"== study {name} ==", flush=True)
         run_study(name, args.study_args)
@@ -81,7 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         args.study_args = study_args
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"doubleopt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not is_user_error(e) or os.environ.get("DOUBLEOPT_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(_one_line(args.command, e), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

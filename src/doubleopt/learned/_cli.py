@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -53,21 +55,21 @@ def register(subparsers) -> None:
         help="a setting of the estimator's own (MetaConfig.options; VALUE an int, float or true/false), "
         "repeatable: --option epochs=4 --option gae_lambda=0.95",
     )
-    p.add_argument("--meta-steps", type=int, default=400, help="number of meta-steps (truncations)")
-    p.add_argument("--unroll", type=int, default=20, help="truncation length K")
-    p.add_argument("--horizon", type=int, default=100, help="optimizee steps per trajectory T")
-    p.add_argument("--batch", type=int, default=16, help="optimizees per trajectory")
-    p.add_argument("--meta-lr", type=float, default=3e-3, help="Adam learning rate of the meta-optimizer")
-    p.add_argument("--clip", type=float, default=1.0, help="meta-gradient norm clip (0 = none)")
-    p.add_argument("--es-pairs", type=int, default=8, help="ES/PES antithetic pairs")
-    p.add_argument("--es-sigma", type=float, default=0.01, help="ES/PES perturbation scale")
+    p.add_argument("--meta-steps", type=positive_int, default=400, help="number of meta-steps (truncations)")
+    p.add_argument("--unroll", type=positive_int, default=20, help="truncation length K")
+    p.add_argument("--horizon", type=positive_int, default=100, help="optimizee steps per trajectory T")
+    p.add_argument("--batch", type=positive_int, default=16, help="optimizees per trajectory")
+    p.add_argument("--meta-lr", type=positive_float, default=3e-3, help="Adam learning rate of the meta-optimizer")
+    p.add_argument("--clip", type=nonnegative_float, default=1.0, help="meta-gradient norm clip (0 = none)")
+    p.add_argument("--es-pairs", type=positive_int, default=8, help="ES/PES antithetic pairs")
+    p.add_argument("--es-sigma", type=positive_float, default=0.01, help="ES/PES perturbation scale")
     p.add_argument("--second-order", action="store_true", help="TBPTT through the optimizee's gradients too")
     p.add_argument(
-        "--hidden", type=int, default=None, help="optimizer hidden size (default 20 LSTM, 32 MLP, 50 policy)"
+        "--hidden", type=positive_int, default=None, help="optimizer hidden size (default 20 LSTM, 32 MLP, 50 policy)"
     )
     p.add_argument(
         "--step-scale",
-        type=float,
+        type=positive_float,
         default=0.1,
         help="policy: the step unit alpha relative to the running gradient scale (step = alpha * s_g * u)",
     )
@@ -78,7 +80,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--weight-halflife",
-        type=float,
+        type=nonnegative_float,
         default=0.0,
         help="meta-objective weights w_t = 2^(-(t-1)/H), normalized to mean 1 over the horizon: "
         "emphasize the early steps (0 = uniform, the paper's)",
@@ -90,13 +92,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--meta-lr-decay",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="cosine decay of the meta learning rate to 0 over this many meta-steps (0 = constant)",
     )
     p.add_argument(
         "--stagger",
-        type=int,
+        type=positive_int,
         default=1,
         help="TBPTT: split the batch into this many groups of optimizees whose trajectories start horizon/stagger "
         "steps apart, so every meta-gradient mixes all phases of training instead of cycling through them "
@@ -104,7 +106,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--rows",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="digits task: each optimizee trains on its own random subset of this many rows of the training "
         "split, a data-size variation that reaches the low-loss phase within the horizon (0 = the whole split)",
@@ -117,9 +119,9 @@ def register(subparsers) -> None:
         "stage with another meta-objective) instead of a random initialization; the meta-optimizer starts fresh",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of tasks, minibatches and ES noise")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
-    p.add_argument("--checkpoint-every", type=int, default=25, help="meta-steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive_int, default=25, help="meta-steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import positive_int
+
 
 def _rule(name: str, eta: float, beta: float):
     from . import CoupledLearning, EquilibriumPropagation, ExactGradient
@@ -108,7 +110,7 @@ def register(subparsers) -> None:
     p.add_argument("--task", choices=["allosteric", "regression", "iris"], default="regression")
     p.add_argument("--rule", choices=["coupled", "ep", "exact"], default="coupled")
     p.add_argument("--nodes", type=int, default=200, help="network size")
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=positive_int, default=500)
     p.add_argument("--lr", type=float, default=30.0, help="learning rate alpha")
     p.add_argument("--eta", type=float, default=0.1, help="coupled-learning clamping strength")
     p.add_argument("--beta", type=float, default=0.1, help="EP nudging strength")

@@ -18,6 +18,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ..cli import nonnegative_int, positive_float, positive_int, unit_interval
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -30,21 +32,23 @@ def register(subparsers) -> None:
     p.add_argument("--preset", choices=["fast", "zoo"], default="fast",
                    help="fast: our default (64x64 networks, batch 128, 1k random steps); zoo: RL Zoo's settings")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one agent per seed")
-    p.add_argument("--steps", type=int, default=None, help="environment steps per agent (default: the preset's)")
-    p.add_argument("--learning-starts", type=int, default=None, help="random-action steps before learning")
-    p.add_argument("--batch-size", type=int, default=None, help="transitions per agent per update")
-    p.add_argument("--updates-per-step", type=int, default=None, help="critic updates per environment step")
-    p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths of actor and critic")
-    p.add_argument("--critic-lr", type=float, default=None, help="critic step size")
-    p.add_argument("--actor-lr", type=float, default=None, help="actor step size")
-    p.add_argument("--delay", type=int, default=None, help="critic updates per actor update")
-    p.add_argument("--gamma", type=float, default=None, help="discount")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between gymnasium evaluations")
-    p.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="environment steps per agent (default: the preset's)"
+    )
+    p.add_argument("--learning-starts", type=nonnegative_int, default=None, help="random-action steps before learning")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="transitions per agent per update")
+    p.add_argument("--updates-per-step", type=positive_int, default=None, help="critic updates per environment step")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None, help="hidden widths of actor and critic")
+    p.add_argument("--critic-lr", type=positive_float, default=None, help="critic step size")
+    p.add_argument("--actor-lr", type=positive_float, default=None, help="actor step size")
+    p.add_argument("--delay", type=positive_int, default=None, help="critic updates per actor update")
+    p.add_argument("--gamma", type=unit_interval, default=None, help="discount")
+    p.add_argument("--eval-every", type=nonnegative_int, default=None, help="steps between gymnasium evaluations")
+    p.add_argument("--eval-episodes", type=positive_int, default=None, help="episodes per evaluation")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="network dtype")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/rl", help="output folder")
-    p.add_argument("--checkpoint-every", type=int, default=5000, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive_int, default=5000, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
