@@ -106,17 +106,6 @@ def test_no_graph_when_nothing_requires_grad():
     assert not sol.y.requires_grad
 
 
-def test_implicit_refuses_composite_problems_with_clear_error():
-    fam = do.problems.Lasso(n_measurements=8, n_atoms=12, lam=0.1, dtype=torch.float64)
-    x = fam.sample(2, seed=0)
-    x.measurements.requires_grad_(True)
-    with pytest.raises(NotImplementedError, match="Unroll"):
-        do.solve(fam, do.FISTA(), x, max_steps=2000, tol=1e-8, adjoint=do.Implicit())
-    sol = do.solve(fam, do.FISTA(), x, max_steps=300, tol=1e-8, adjoint=do.Unroll(), throw=False)
-    sol.y.sum().backward()
-    assert torch.isfinite(x.measurements.grad).all()
-
-
 def test_batched_cg_matches_dense_solve():
     g = torch.Generator().manual_seed(0)
     M = torch.randn(4, 6, 6, generator=g, dtype=torch.float64)

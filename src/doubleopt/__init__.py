@@ -7,7 +7,7 @@ from . import adjoint, linalg, problems, solvers
 from ._problem import Problem, ProblemFamily, batch_size
 from ._solution import RESULTS, Solution, SolveError
 from ._solve import default_tol, solve
-from .adjoint import CG, Cholesky, Implicit, Neumann, Truncated, Unroll
+from .adjoint import CG, GMRES, LU, Cholesky, FixedPoint, Implicit, Neumann, Truncated, Unroll
 from .solvers import FISTA, GD, ISTA, LBFGS, Adagrad, Adam, Momentum, Nesterov, Newton, NonlinearCG, RMSProp
 
 __version__ = "0.1.0"
@@ -25,8 +25,11 @@ __all__ = [
     "Truncated",
     "Implicit",
     "Neumann",
+    "FixedPoint",
     "CG",
+    "GMRES",
     "Cholesky",
+    "LU",
     "GD",
     "Momentum",
     "Nesterov",

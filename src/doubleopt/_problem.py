@@ -113,6 +113,51 @@ class Problem(nn.Module):
     def check_context(self, x: Context) -> None:
         """Raise ``ValueError`` if ``x`` is malformed for this problem (subclasses add checks)."""
 
+    def lipschitz_constant(self, x: Context) -> Tensor | None:
+        """A Lipschitz constant of :math:`\\nabla_y s` (scalar or ``(B,)``), or ``None`` if unknown (the default).
+
+        Proximal solvers take their step from it (else they backtrack); composite problems' :meth:`optimality`
+        uses it for the gradient-mapping step."""
+        return None
+
+    # ---- what the implicit adjoints differentiate ----------------------------------------------
+    @property
+    def optimality_is_gradient(self) -> bool:
+        """Whether :meth:`optimality` is the gradient of the smooth part (its Jacobian is then the symmetric
+        Hessian, and ``do.Implicit`` can use CG). Subclasses that override :meth:`optimality` set it ``False``
+        unless their residual is a gradient."""
+        return not self.is_composite
+
+    def optimality(self, y: Tensor, x: Context) -> Tensor:
+        r"""The optimality residual :math:`F(y; x)`, shape ``(B, n)``, zero exactly at the solutions.
+
+        ``do.Implicit`` / ``do.Neumann`` / ``do.FixedPoint`` differentiate it: at a solution,
+        :math:`\partial y^*/\partial\theta = -(\partial_y F)^{-1}\, \partial_\theta F`. The default is
+
+        * the gradient :math:`\nabla_y s(y; x)` for smooth problems (:math:`\partial_y F` is the Hessian);
+        * the gradient mapping :math:`G_t(y) = \big(y - \mathrm{prox}_{t g}(y - t \nabla_y s(y; x))\big) / t`
+          with :math:`t = 1/L` (:meth:`lipschitz_constant`, else :math:`t = 1`) for composite problems: zero iff
+          :math:`0 \in \nabla s(y) + \partial g(y)`, differentiable wherever the proximal map is (for the
+          LASSO: away from the kinks of the soft threshold, i.e. when no coordinate is exactly at its
+          threshold).
+
+        It must be written in differentiable torch operations (in ``y``, the context and the parameters).
+        """
+        _, grad = self.smooth_value_and_grad(y, x)
+        if not self.is_composite:
+            return grad
+        lip = self.lipschitz_constant(x)
+        B = y.shape[0]
+        L = y.new_ones(B) if lip is None else torch.as_tensor(lip).to(y).expand(B)
+        step = 1.0 / L
+        return (y - self.prox(y - grad * step[:, None], x, step)) * L[:, None]
+
+    def implicit_solution(self, y_star: Tensor, state: Any, x: Context) -> Tensor | None:
+        """For problems whose optimality conditions involve more than ``y`` (a QP's KKT conditions involve its
+        multipliers, which the solver keeps in ``state``): return ``y_star`` made differentiable through those
+        conditions. ``None`` (the default) lets the implicit adjoints differentiate :meth:`optimality`."""
+        return None
+
     def smooth_value_and_grad(self, y: Tensor, x: Context) -> tuple[Tensor, Tensor]:
         """``(s(y; x), grad_y s(y; x))`` by autograd. Override with an analytic gradient for speed."""
         create_graph = torch.is_grad_enabled()

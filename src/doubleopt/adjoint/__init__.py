@@ -1,6 +1,30 @@
 """Differentiation modes for ``doubleopt.solve``: objects, not flags."""
 
-from ._adjoints import CG, AbstractAdjoint, Cholesky, Implicit, Truncated, Unroll
-from .neumann import Neumann
+from ._adjoints import (
+    CG,
+    GMRES,
+    LU,
+    AbstractAdjoint,
+    AdjointMemory,
+    Cholesky,
+    Implicit,
+    ImplicitBase,
+    Truncated,
+    Unroll,
+)
+from .fixed_point import FixedPoint, Neumann
 
-__all__ = ["AbstractAdjoint", "Unroll", "Truncated", "Implicit", "CG", "Cholesky", "Neumann"]
+__all__ = [
+    "AbstractAdjoint",
+    "ImplicitBase",
+    "Unroll",
+    "Truncated",
+    "Implicit",
+    "Neumann",
+    "FixedPoint",
+    "AdjointMemory",
+    "CG",
+    "GMRES",
+    "Cholesky",
+    "LU",
+]

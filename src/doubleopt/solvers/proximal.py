@@ -55,13 +55,13 @@ class ISTA(Solver):
             if not self.step_size > 0:
                 raise ValueError(f"step_size must be > 0, got {self.step_size}")
             return torch.full((B,), 1.0 / self.step_size, dtype=y.dtype, device=y.device)
-        lip = getattr(problem, "lipschitz_constant", None)
+        lip = problem.lipschitz_constant(x)
         if lip is not None:
-            return lip(x).to(y.dtype).expand(B).clone()
+            return torch.as_tensor(lip).to(y.dtype).expand(B).clone()
         return torch.ones(B, dtype=y.dtype, device=y.device)
 
-    def _backtrack(self, problem) -> bool:
-        return self.step_size is None and getattr(problem, "lipschitz_constant", None) is None
+    def _backtrack(self, problem, x) -> bool:
+        return self.step_size is None and problem.lipschitz_constant(x) is None
 
     def init(self, problem, y, x):
         sv, sg = problem.value_and_grad(y, x)
@@ -87,7 +87,7 @@ class ISTA(Solver):
             z, sz, gz = y, state.smooth_value, state.smooth_grad
         L = state.lipschitz
         y_new = _prox_step(problem, x, z, gz, L)
-        if self._backtrack(problem):
+        if self._backtrack(problem, x):
             for _ in range(60):
                 s_new = problem.smooth_value(y_new, x)
                 diff = y_new - z
