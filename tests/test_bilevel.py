@@ -122,10 +122,12 @@ def test_optimize_reaches_known_optimum_and_records_steps():
         tol=do.bilevel.ToleranceSchedule(1e-4, 1e-10, 0.8),
     )
     h = res.history
-    assert len(h) == 60 and all(r.applied for r in h) and res.stopped is None
+    assert len(h) == 60 and res.stopped is None and len(res.rejected) <= 3
+    assert all(r.applied for r in h if not r.rejected_previous)
     assert h[-1].outer_loss < 0.05 * h[0].outer_loss
     assert h[0].tol == 1e-4 and h[-1].tol < h[0].tol and all(a.tol >= b.tol for a, b in zip(h, h[1:]))
-    assert all(r.inner_steps >= 0 and r.hypergrad_norm >= 0 and r.time >= 0 for r in h)
+    assert all(r.inner_steps >= 0 and r.time >= 0 for r in h)
+    assert all(r.hypergrad_norm >= 0 and r.adjoint_matvecs > 0 and r.adjoint_residual < 1e-6 for r in h if r.applied)
     # warm start: late inner solves start near the previous solution and take fewer steps than a cold one
     cold = do.solve(prob, do.LBFGS(), x, tol=h[-1].tol, max_steps=1000)
     assert h[-1].inner_steps < int(cold.num_steps.max())
@@ -216,3 +218,39 @@ def test_digits_short_bilevel_run_lowers_validation_loss():
     end = _digits_val_loss(prob, train, val)
     assert end < 0.8 * start, (start, end)
     assert res.history[-1].outer_loss < res.history[0].outer_loss
+
+
+def test_descent_test_rejects_uphill_steps_and_keeps_the_accepted_losses_decreasing():
+    prob = _Quadratic(seed=2)
+    target = prob.exact().detach() * 0.8
+    x = torch.zeros(1, 0, dtype=F64)
+    schedule = do.bilevel.ToleranceSchedule(1e-6, 1e-10, 0.5)
+
+    def run(slack):
+        prob.lam.data.copy_(_Quadratic(seed=2).lam.data)
+        return do.bilevel.optimize(prob, do.LBFGS(), x, lambda y: ((y - target) ** 2).sum(), [prob.lam],
+                                   outer_steps=25, outer_lr=30.0, optimizer=torch.optim.SGD, tol=schedule,
+                                   descent_slack=slack)
+
+    plain, safe = run(None), run(1.0)
+    plain_losses = [r.outer_loss for r in plain.history]
+    assert any(b > a for a, b in zip(plain_losses, plain_losses[1:]))  # lr 30 overshoots without the test
+    assert safe.rejected  # ... and the test catches it
+    kept = [r for r in safe.history if not r.rejected_previous and math.isfinite(r.outer_loss)]
+    for a, b in zip(kept, kept[1:]):
+        assert b.outer_loss <= a.outer_loss + (a.tol + b.tol) * (1 + abs(a.outer_loss))
+    assert kept[-1].outer_loss < plain_losses[0]
+    with pytest.raises(ValueError, match="descent_slack"):
+        do.bilevel.optimize(prob, do.LBFGS(), x, _outer, [prob.lam], descent_slack=-1.0)
+
+
+def test_fixed_point_adjoint_in_the_outer_loop_is_warm_started():
+    prob = _Quadratic(seed=4)
+    L = float(torch.linalg.eigvalsh(prob.hessian_matrix()).max())
+    x = torch.zeros(1, 0, dtype=F64)
+    res = do.bilevel.optimize(prob, do.LBFGS(), x, _outer, [prob.lam], outer_steps=15, outer_lr=0.02,
+                              adjoint=do.FixedPoint(iterations=3, scale=1.0 / L))
+    resid = [r.adjoint_residual for r in res.history if r.applied]
+    matvecs = [r.adjoint_matvecs for r in res.history if r.applied]
+    assert matvecs[0] == 3 and set(matvecs[1:]) == {4}  # from zero the first iteration is free; +1 for the residual
+    assert resid[-1] < 0.1 * resid[0]  # 3 iterations per step, but continued across steps

@@ -13,6 +13,20 @@ differentiates :math:`L_{\mathrm{out}}(y^*)` with the chosen adjoint (``do.Impli
 
 (for the implicit adjoints), and takes one step of a ``torch.optim`` optimizer on :math:`\lambda`.
 
+Inexact hypergradients (HOAG, Pedregosa 2016): the inner tolerance :math:`\varepsilon_t` follows a
+:class:`ToleranceSchedule`, loose early and tight late, and the implicit adjoints start each linear solve (CG,
+GMRES, fixed-point iterations) from the previous outer step's adjoint (an
+:class:`~doubleopt.adjoint.AdjointMemory`), so both inner and adjoint solves get cheaper as the outer loop
+converges. An inexact hypergradient may point uphill; a step is therefore only kept if the next outer loss passes
+HOAG's sufficient-decrease test with an allowance for the inexactness,
+
+.. math:: F_{t+1} \le F_t + c\, (\varepsilon_t + \varepsilon_{t+1}) (1 + |F_t|),
+
+(``descent_slack`` :math:`= c`). A step that fails it is rejected: the hyperparameters go back to where they
+were, the outer optimizer restarts (its momentum dropped) with half the learning rate, the inner tolerance is
+tightened ten-fold for the rest of the run (never below the schedule's floor), and the hypergradient is
+recomputed from there. So no uphill step is kept, whether an inexact gradient or too long a step caused it.
+
 Positivity: hyperparameters that must stay positive (L2 weights) are stored as their logarithm,
 :math:`\lambda = \log w`, and the problem uses :math:`w = e^\lambda`; the outer loop then works on an
 unconstrained :math:`\lambda` (see :class:`~doubleopt.bilevel.DigitsL2`).
@@ -20,6 +34,7 @@ unconstrained :math:`\lambda` (see :class:`~doubleopt.bilevel.DigitsL2`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -31,6 +46,7 @@ from torch import Tensor, nn
 
 from .._solution import RESULTS, Solution
 from .._solve import solve
+from ..adjoint import AdjointMemory
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,9 @@ class OuterStep:
     time: float  # seconds for the inner solve, the hypergradient and the update
     applied: bool  # whether the hyperparameters were updated
     failures: dict[int, str] = field(default_factory=dict)  # instance -> result code name, when skipped
+    adjoint_matvecs: int | None = None  # Jacobian-vector products of the adjoint solve (None: not recorded)
+    adjoint_residual: float = math.nan  # its largest relative residual (nan: not recorded)
+    rejected_previous: bool = False  # this step's outer loss failed the descent test: the previous step was undone
 
 
 @dataclass
@@ -83,6 +102,11 @@ class BilevelResult:
     @property
     def skipped(self) -> list[int]:
         return [r.step for r in self.history if not r.applied]
+
+    @property
+    def rejected(self) -> list[int]:
+        """Outer steps whose update was undone by the descent test (see :func:`optimize`)."""
+        return [r.step - 1 for r in self.history if r.rejected_previous]
 
 
 def optimize(
@@ -98,6 +122,7 @@ def optimize(
     optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
     tol: ToleranceSchedule | None = None,
     max_inner_steps: int = 1000,
+    descent_slack: float | None = 1.0,
 ) -> BilevelResult:
     r"""Minimize ``outer_loss(y*(lambda))`` over ``hyperparams`` (see the module docstring for the math).
 
@@ -113,6 +138,8 @@ def optimize(
         optimizer: a ``torch.optim`` optimizer class, called as ``optimizer(hyperparams, lr=outer_lr)``.
         tol: the inner :class:`ToleranceSchedule`.
         max_inner_steps: inner step budget per outer step.
+        descent_slack: :math:`c` of the descent test (module docstring); ``None`` keeps every step (plain
+            inexact hypergradient descent).
 
     An outer step whose inner solve does not succeed for some instance is skipped (recorded with the
     failing instances and their result codes; the hyperparameters are not updated). A non-finite outer loss
@@ -143,14 +170,20 @@ def optimize(
         raise ValueError(f"outer_lr must be > 0, got {outer_lr!r}")
     if not hyperparams or not all(isinstance(p, Tensor) and p.requires_grad for p in hyperparams):
         raise ValueError("hyperparams must be a non-empty sequence of tensors with requires_grad=True")
+    if descent_slack is not None and not (float(descent_slack) >= 0):
+        raise ValueError(f"descent_slack must be >= 0 or None, got {descent_slack!r}")
     tol = ToleranceSchedule() if tol is None else tol
+    adjoint, memory = _with_memory(adjoint)
     opt = optimizer(hyperparams, lr=outer_lr)
     history: list[OuterStep] = []
     y_prev, last = None, None
+    tighten = 1.0  # factor on the tolerance schedule, divided by 10 at each rejected step
+    undo = None  # (hyperparameters, optimizer state, outer loss, tolerance) before the last applied step
     for t in range(outer_steps):
         start = time.perf_counter()
-        tol_t = tol(t)
+        tol_t = max(tol(t) * tighten, tol.end)
         opt.zero_grad(set_to_none=True)
+        solves_before = memory.solves if memory is not None else 0
         sol = solve(problem, solver, x, y_prev, adjoint=adjoint, max_steps=max_inner_steps, tol=tol_t, throw=False)
         inner_steps = int(sol.num_steps.max())
         bad = sol.result != int(RESULTS.successful)
@@ -162,11 +195,27 @@ def optimize(
             )
             continue
         loss = outer_loss(sol.y)
+        record = OuterStep(t, float(loss.detach()), inner_steps, math.nan, tol_t, 0.0, False)
+        history.append(record)
+        if undo is not None and descent_slack is not None and math.isfinite(record.outer_loss):
+            params0, loss0, tol0 = undo
+            allowance = descent_slack * (tol0 + tol_t) * (1 + abs(loss0))
+            if record.outer_loss > loss0 + allowance:  # the last step went uphill: undo it, then be more careful
+                with torch.no_grad():
+                    for p, p0 in zip(hyperparams, params0):
+                        p.copy_(p0)
+                lr = opt.param_groups[0]["lr"] * 0.5
+                opt = optimizer(hyperparams, lr=lr)  # momentum that carried it uphill is dropped
+                tighten *= 0.1
+                record.rejected_previous, record.time = True, time.perf_counter() - start
+                undo = None
+                continue
         loss.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in hyperparams]
         gnorm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
-        record = OuterStep(t, float(loss.detach()), inner_steps, gnorm, tol_t, 0.0, False)
-        history.append(record)
+        record.hypergrad_norm = gnorm
+        if memory is not None and memory.solves > solves_before:
+            record.adjoint_matvecs, record.adjoint_residual = memory.matvecs, memory.residual
         if not (math.isfinite(gnorm) and math.isfinite(record.outer_loss)):
             msg = (
                 f"outer step {t}: non-finite outer loss ({record.outer_loss}) or hypergradient norm ({gnorm}); "
@@ -175,9 +224,26 @@ def optimize(
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             record.time = time.perf_counter() - start
             return BilevelResult(history, last, stopped=msg)
+        if descent_slack is not None:
+            params0 = [p.detach().clone() for p in hyperparams]
+            undo = (params0, record.outer_loss, tol_t)
         opt.step()
         record.applied, record.time = True, time.perf_counter() - start
         y_prev = sol.y.detach()
         last = replace(sol, y=sol.y.detach())
     opt.zero_grad(set_to_none=True)
     return BilevelResult(history, last)
+
+
+def _with_memory(adjoint):
+    """``adjoint`` with an :class:`AdjointMemory` (warm-started adjoint solves) where it takes one and has none."""
+    if adjoint is None:
+        from ..adjoint import Implicit
+
+        adjoint = Implicit()
+    names = {f.name for f in dataclasses.fields(adjoint)} if dataclasses.is_dataclass(adjoint) else set()
+    if "memory" not in names:
+        return adjoint, None
+    if adjoint.memory is None:
+        adjoint = replace(adjoint, memory=AdjointMemory())
+    return adjoint, adjoint.memory
