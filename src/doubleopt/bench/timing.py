@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -83,18 +85,41 @@ def conditions(**extra: Any) -> dict[str, Any]:
     }
 
 
+def field_help(args_cls: type) -> dict[str, str]:
+    """Each field's ``#`` comment in the dataclass source (``name: type = default  # help``), by field name."""
+    try:
+        lines = inspect.getsource(args_cls).splitlines()
+    except (OSError, TypeError):  # no source (e.g. built interactively)
+        return {}
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    helps: dict[str, str] = {}
+    for line in lines:
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if m and m.group(1) in names and m.group(1) not in helps:
+            helps[m.group(1)] = m.group(2).strip()
+    return helps
+
+
 def parse_args(args_cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
-    """Build an argparse parser from a dataclass of arguments (``--field-name value``; bools as flags)."""
-    parser = argparse.ArgumentParser(description=description or args_cls.__doc__)
+    """Build an argparse parser from a dataclass of arguments (``--field-name value``; bools as flags).
+
+    Each field's help text is its ``#`` comment in the dataclass source; ``--help`` shows it with the default.
+    """
+    parser = argparse.ArgumentParser(
+        description=description or args_cls.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    helps = field_help(args_cls)
     for f in dataclasses.fields(args_cls):
         name = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        own = helps.get(f.name, "").replace("%", "%%")
+        text = (own + " (default: %(default)s)").strip()
         if isinstance(default, bool):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=own or None)
         elif isinstance(default, (list, tuple)):
             elem = type(default[0]) if default else str
-            parser.add_argument(name, nargs="+", type=elem, default=list(default))
+            parser.add_argument(name, nargs="+", type=elem, default=list(default), help=text)
         else:
-            parser.add_argument(name, type=type(default) if default is not None else str, default=default)
+            parser.add_argument(name, type=type(default) if default is not None else str, default=default, help=text)
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return args_cls(**vars(ns))

@@ -1,0 +1,24 @@
+"""The study harness's argument parser: help text from the fields' comments."""
+
+import contextlib
+import dataclasses
+import io
+
+from doubleopt.bench import parse_args
+from doubleopt.bench.timing import field_help
+
+
+def test_study_arguments_get_their_comment_as_help():
+    @dataclasses.dataclass
+    class Args:
+        steps: int = 3  # training steps (10% of the budget)
+        quick: bool = False  # a smoke run
+        names: tuple = ("a",)
+
+    assert field_help(Args) == {"steps": "training steps (10% of the budget)", "quick": "a smoke run"}
+    assert parse_args(Args, ["--steps", "5", "--quick"]) == Args(steps=5, quick=True, names=["a"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        parse_args(Args, ["--help"])
+    assert "training steps (10% of the budget) (default: 3)" in " ".join(out.getvalue().split())
+    assert "a smoke run" in out.getvalue()
