@@ -376,7 +376,7 @@ def test_vae_inference_problem():
 
 
 def test_demo_quick(tmp_path):
-    from doubleopt.amortized.demo import run_demo
+    from doubleopt.amortized.meta_ot_showcase import run_demo
 
     rows = run_demo(str(tmp_path), quick=True)
     assert [r["certified_pct"] for r in rows][0] == 100.0 and rows[2]["certified_pct"] == 100.0

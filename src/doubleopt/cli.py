@@ -139,9 +139,9 @@ def _one_line(command: str, exc: BaseException) -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.kind == "amortized":
-        from .amortized.demo import run_demo
+        from .amortized.meta_ot_showcase import run_demo
     else:
-        from .demo import run_demo
+        from .solver_comparison import run_demo
 
     run_demo(out_dir=args.out, quick=args.quick)
     return 0

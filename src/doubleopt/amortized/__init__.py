@@ -8,7 +8,8 @@ See Amos, "Tutorial on amortized optimization" (Foundations and Trends in ML, 20
 * Training: losses (regression, objective, unrolled), :func:`fit`, safetensors checkpoints,
   :func:`break_even` accounting.
 * Applications: :class:`LISTA` / :class:`ALISTA` (sparse coding), :class:`PotentialMLP` (Meta OT),
-  :mod:`doubleopt.amortized.vae` (amortized inference), :mod:`doubleopt.amortized.demo` (the main job).
+  :mod:`doubleopt.amortized.vae` (amortized inference),
+  :mod:`doubleopt.amortized.meta_ot_showcase` (the main job, ``doubleopt demo``).
 """
 
 from ._certificates import Certificate, GradientNorm, KKTResidual, MarginalError, default_certificate
