@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .._problem import ProblemFamily
+from .._progress import TimeBudgetBar, progress_bar
 from .._solve import solve
 from ..solvers._base import Solver
 from ._safeguard import index_context
@@ -226,11 +227,11 @@ def fit(
         with torch.no_grad():
             return float(loss_fn(val_x, val_t))
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"fit[{loss}]", unit="step")
+    bar = time_bar = None
+    if progress and time_limit is not None:  # the budget, not a step count it will not reach, is the total
+        time_bar = TimeBudgetBar(time_limit, f"fit[{loss}]")
+    elif progress:
+        bar = progress_bar(steps, f"fit[{loss}]")
     model.train()
     train_loss = float("nan")
     step = 0
@@ -269,11 +270,14 @@ def fit(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.4g}", refresh=False)
+            if time_bar is not None:
+                time_bar.advance(time.perf_counter() - start, step=str(step), loss=f"{train_loss:.4g}")
             if timed_out:
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        for b in (bar, time_bar):
+            if b is not None:
+                b.close()
     model.eval()
     result.steps = step
     result.train_time = time.perf_counter() - start

@@ -147,13 +147,11 @@ def train_vae(
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-        it = tqdm(it, desc="train VAE", unit="step")
+    bar = progress_bar(steps, "train VAE") if progress else None
     losses = []
-    for _ in it:
+    for _ in range(steps):
         idx = torch.randint(images.shape[0], (batch_size,), generator=g)
         loss = vae.loss(images[idx], generator=g)
         opt.zero_grad(set_to_none=True)
@@ -161,4 +159,8 @@ def train_vae(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return losses

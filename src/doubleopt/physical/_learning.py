@@ -304,9 +304,9 @@ def train(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(total=steps, desc=f"train[{type(rule).__name__}]", unit="step", leave=False)
+        bar = progress_bar(steps, f"train[{type(rule).__name__}]", leave=False)
     try:
         for s in range(steps):
             if s % eval_every == 0:

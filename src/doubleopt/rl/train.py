@@ -357,13 +357,9 @@ def _algo_config(algorithm: ActorCritic) -> dict:
 def _progress_bar(progress: bool, total: int, initial: int, desc: str):
     if not progress:
         return None
-    import sys
+    from .._progress import progress_bar
 
-    from tqdm.auto import tqdm
-
-    # when output is not a terminal, refresh rarely instead of writing thousands of lines
-    interval = 0.5 if sys.stderr.isatty() else 30.0
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=interval)
+    return progress_bar(total, desc, initial=initial)
 
 
 def evaluate_gym(algorithm: ActorCritic, nets: Agents, episodes: int = 10, seed: int = 10_000,
