@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._solution import RESULTS
-from ._tree import tree_index, tree_index_copy, tree_where
+from ._tree import tree_index, tree_index_copy, tree_map, tree_where
 
 if TYPE_CHECKING:
     from ._problem import Context, Problem
@@ -38,6 +38,40 @@ def _finite_rows(y: Tensor, value: Tensor) -> Tensor:
     NaN as soon as one entry is inf or NaN: one fused pass, several times faster than ``isfinite(y).all(-1)``
     (which runs every step of every solve)."""
     return ((y.detach() * 0).sum(-1) == 0) & torch.isfinite(value)
+
+
+def replace_rows(tree: Any, mask: Tensor, donor: int) -> Any:
+    """``tree`` with the instances in ``mask`` replaced by a constant copy of instance ``donor`` (every leaf with
+    leading dimension ``B``; leaves shared by the batch, such as expanded views, are kept).
+
+    The loop computes every instance in one batched pass, including the instances it has given up on. When
+    autograd records, a failed instance's numbers (NaN context, an iterate where the objective overflows) would
+    still enter the backward pass: its gradient there is 0, but ``0 * inf = NaN`` reaches the shared parameters
+    and, through them, every instance. Computing the failed instances on a finite donor's detached inputs
+    instead keeps their rows of the graph finite, so they contribute exactly 0 (the "double where")."""
+    B = mask.shape[0]
+
+    def pick(t: Tensor) -> Tensor:
+        if t.dim() == 0 or t.shape[0] != B or (B > 1 and t.stride(0) == 0):
+            return t
+        m = mask.reshape((B,) + (1,) * (t.dim() - 1))
+        return torch.where(m, t[donor : donor + 1].detach(), t)
+
+    return tree_map(pick, tree)
+
+
+def _failed_rows_guard(result: Tensor, done: Tensor, ok: Tensor) -> tuple[Tensor, int] | None:
+    """``(failed, donor)`` when autograd records and some finished instance failed as non-finite (its inputs are
+    then replaced by instance ``donor``'s, see :func:`replace_rows`); ``None`` otherwise (the usual case)."""
+    if not torch.is_grad_enabled():
+        return None
+    failed = done & (result == int(RESULTS.nonfinite))
+    if not bool(failed.any()):
+        return None
+    candidates = torch.nonzero(ok & ~failed).flatten()
+    if candidates.numel() == 0:
+        return None
+    return failed, int(candidates[0])
 
 
 def iterate(
@@ -72,16 +106,22 @@ def iterate(
     B = y0.shape[0]
     device = y0.device
     y = y0
-    if state0 is None:
-        state = solver.init(problem, y, x)
-        y = solver.initial_iterate(problem, y, x, state)
-    else:
-        state = state0
     result = torch.full((B,), int(RESULTS.max_steps_reached), dtype=torch.int64, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     if done0 is not None:
         done = done | done0
         result = torch.where(done0, result0, result)
+    guard = _failed_rows_guard(result, done, torch.ones_like(done))
+    if guard is not None:  # instances refused at the start (non-finite x or y0) run on a donor's inputs
+        x = replace_rows(x, *guard)
+        y = replace_rows(y, guard[0] & ~torch.isfinite(y).all(-1), guard[1])
+        if state0 is not None:
+            state0 = replace_rows(state0, *guard)
+    if state0 is None:
+        state = solver.init(problem, y, x)
+        y = solver.initial_iterate(problem, y, x, state)
+    else:
+        state = state0
 
     value = solver.current_value(state)
     finite = _finite_rows(y, value)
@@ -109,9 +149,23 @@ def iterate(
         for step_index in range(max_steps):
             if n_done == B:
                 break
-            y_new, state_new = solver.step(problem, y, x, state)
+            guard = _failed_rows_guard(result, done, torch.ones_like(done)) if n_done else None
+            if guard is None:
+                y_new, state_new = solver.step(problem, y, x, state)
+            else:
+                y_new, state_new = solver.step(
+                    problem, replace_rows(y, *guard), replace_rows(x, *guard), replace_rows(state, *guard)
+                )
             value_new = solver.current_value(state_new)
             finite = _finite_rows(y_new, value_new)
+            if torch.is_grad_enabled() and not bool(finite.all()):
+                # an instance went non-finite in this step: redo the step with it on a finite donor's inputs, so
+                # that its inf stays out of the graph (the decisions below still use this step's numbers)
+                retry = _failed_rows_guard(torch.where(~finite, int(RESULTS.nonfinite), result), done | ~finite, finite)
+                if retry is not None:
+                    y_new, state_new = solver.step(
+                        problem, replace_rows(y, *retry), replace_rows(x, *retry), replace_rows(state, *retry)
+                    )
             status = getattr(state_new, "status", None)
             clean = finite if status is None else finite & (status == int(RESULTS.successful))
             if n_done == 0 and bool(clean.all()):
@@ -187,6 +241,11 @@ def iterate(
 
     if postprocess:
         y, result = solver.postprocess(problem, y, x, state, result)
+    if torch.is_grad_enabled() and y.requires_grad:
+        # an instance that failed as non-finite is returned as a constant: it adds nothing to any gradient
+        failed = result == int(RESULTS.nonfinite)
+        if bool(failed.any()):
+            y = torch.where(failed[:, None], y.detach(), y)
     return LoopOutput(
         y=y,
         state=state,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._iterate import replace_rows
 from ._problem import Context, Problem, batch_size, count_evaluations
 from ._solution import RESULTS, Solution, SolveError
 from ._tree import tree_tensors
@@ -106,8 +107,11 @@ def solve(
                 done0=bad_input,
                 result0=result0,
             )
-        value = problem.objective(out.y, x) if B > 0 else y0.new_zeros(0)
+        value = problem.objective(out.y, _safe_context(x, bad_input)) if B > 0 else y0.new_zeros(0)
     wall = time.perf_counter() - start
+    failed = out.result == int(RESULTS.nonfinite)
+    if value.requires_grad and bool(failed.any()):  # a failed instance adds nothing to any gradient
+        value = torch.where(failed, value.detach(), value)
     if bool(bad_input.any()):
         value = torch.where(bad_input, torch.full_like(value, float("nan")), value)
     sol = Solution(
@@ -207,6 +211,16 @@ def _nonfinite_instances(x: Context, y0: Tensor, B: int) -> Tensor:
                 suspect = suspect & ~torch.isfinite(flat).all(dim=-1)
             bad = bad | suspect
     return bad
+
+
+def _safe_context(x: Context, bad_input: Tensor) -> Context:
+    """``x`` with the instances refused for non-finite input replaced by a good instance's (detached) context when
+    autograd records, so that their NaN stays out of the backward pass of ``Solution.value`` (their value is
+    reported as NaN anyway)."""
+    if not torch.is_grad_enabled() or not bool(bad_input.any()) or bool(bad_input.all()):
+        return x
+    donor = int(torch.nonzero(~bad_input).flatten()[0])
+    return replace_rows(x, bad_input, donor)
 
 
 def _empty_output(problem, solver, x, y0) -> Any:

@@ -23,6 +23,16 @@ from ._base import GradientRuleSolver, GradientState, Solver
 from .linesearch import armijo_backtracking
 
 
+def _sqrt(v: Tensor) -> Tensor:
+    """``v.sqrt()`` whose derivative at ``v = 0`` is 0 instead of inf (a coordinate whose gradients were all 0):
+    autograd's ``inf * 0`` there would turn an unrolled solve's gradient into NaN. Same values; the double
+    ``where`` keeps the inf out of the backward pass."""
+    if not (v.requires_grad and torch.is_grad_enabled()):
+        return v.sqrt()
+    pos = v > 0
+    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if not (value > 0 or (allow_zero and value == 0)) or value != value:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
@@ -144,7 +154,7 @@ class Adagrad(GradientRuleSolver):
         step = rule_state.step + 1
         clr = self.lr / (1 + (step - 1) * self.lr_decay)
         sum_sq = rule_state.sum_sq + grad * grad
-        delta = -clr[:, None] * grad / (sum_sq.sqrt() + self.eps)
+        delta = -clr[:, None] * grad / (_sqrt(sum_sq) + self.eps)
         return delta, AdagradRuleState(sum_sq, step)
 
 
@@ -180,9 +190,9 @@ class RMSProp(GradientRuleSolver):
         gavg = rule_state.grad_avg
         if self.centered:
             gavg = self.alpha * gavg + (1 - self.alpha) * grad
-            avg = (sq - gavg * gavg).sqrt() + self.eps
+            avg = _sqrt(sq - gavg * gavg) + self.eps
         else:
-            avg = sq.sqrt() + self.eps
+            avg = _sqrt(sq) + self.eps
         buf = rule_state.buf
         if self.momentum > 0:
             buf = self.momentum * buf + grad / avg
@@ -236,7 +246,7 @@ class Adam(GradientRuleSolver):
         v = b2 * rule_state.exp_avg_sq + (1 - b2) * grad * grad
         bc1 = 1 - b1**step
         bc2 = 1 - b2**step
-        denom = (v.sqrt() / bc2.sqrt()[:, None]) + self.eps
+        denom = (_sqrt(v) / bc2.sqrt()[:, None]) + self.eps
         delta = decay - (self.lr / bc1)[:, None] * m / denom
         return delta, AdamRuleState(m, v, step)
 

@@ -138,6 +138,21 @@ def _backtrack(problem, x, y, value, grad, direction, step0, c1, shrink, max_ite
     return LineSearchResult(y_acc, v_acc, g_acc, t_acc, status.to(torch.int64))
 
 
+def _evaluate_finite_graph(problem, x, y: Tensor, y_try: Tensor) -> tuple[Tensor, Tensor]:
+    """``problem.value_and_grad(y_try, x)``; where a row's value or gradient is not finite while autograd records,
+    that row's graph is rebuilt at the finite start point ``y`` and its non-finite numbers are returned as
+    constants. The search decides exactly as before, but a rejected trial that overflowed adds no ``0 * inf`` to
+    the backward pass of an unrolled solve (the row's gradient through the trial is then 0, not NaN)."""
+    f_t, g_t = problem.value_and_grad(y_try, x)
+    if not (torch.is_grad_enabled() and (f_t.requires_grad or g_t.requires_grad)):
+        return f_t, g_t
+    bad = ~(torch.isfinite(f_t) & torch.isfinite(g_t).all(-1))
+    if not bool(bad.any()):
+        return f_t, g_t
+    f_s, g_s = problem.value_and_grad(torch.where(bad[:, None], y.detach(), y_try), x)
+    return torch.where(bad, f_t.detach(), f_s), torch.where(bad[:, None], g_t.detach(), g_s)
+
+
 def wolfe_line_search(
     problem,
     x,
@@ -171,7 +186,7 @@ def wolfe_line_search(
     eps = torch.finfo(y.dtype).eps
     for _ in range(max_iter):
         y_try = y + t[:, None] * direction
-        f_t, g_t = problem.value_and_grad(y_try, x)
+        f_t, g_t = _evaluate_finite_graph(problem, x, y, y_try)
         d_t = (g_t * direction).sum(-1)
         finite = torch.isfinite(f_t) & torch.isfinite(d_t)
         armijo = _sufficient_decrease(value, slope0, t, f_t, d_t, c1, eps)
@@ -196,17 +211,28 @@ def wolfe_line_search(
         lo = torch.where(to_lo, t, lo)
         f_lo = torch.where(to_lo, f_t, f_lo)
         d_lo = torch.where(to_lo, d_t, d_lo)
-        # next trial: expand while unbracketed; else secant on slopes, else quadratic on values, else bisect
-        width = hi - lo
-        secant = (lo * d_hi - hi * d_lo) / (d_hi - d_lo)
-        ok_secant = torch.isfinite(secant) & (d_hi > d_lo)
-        denom = 2 * (f_hi - f_lo - d_lo * width)
-        quad = lo - d_lo * width * width / torch.where(denom.abs() > 0, denom, torch.ones_like(denom))
-        ok_quad = torch.isfinite(quad) & (denom > 0)
+        # next trial: expand while unbracketed; else secant on slopes, else quadratic on values, else bisect.
+        # The placeholders (hi = inf, d_hi = NaN, f_hi = inf) never enter the arithmetic: they are swapped for
+        # finite stand-ins first (the "double where"), since a discarded inf or NaN branch of a where still
+        # turns the unrolled backward pass into NaN (0 * inf).
+        bracketed = torch.isfinite(hi)
+        hi_s = torch.where(bracketed, hi, lo + 1)
+        d_ok = torch.isfinite(d_hi) & (d_hi > d_lo)
+        d_den = torch.where(d_ok, d_hi - d_lo, torch.ones_like(d_lo))
+        d_hi_s = torch.where(d_ok, d_hi, d_lo + 1)
+        f_hi_s = torch.where(torch.isfinite(f_hi), f_hi, f_lo)
+        width = hi_s - lo
+        secant = (lo * d_hi_s - hi_s * d_lo) / d_den
+        ok_secant = d_ok & torch.isfinite(secant)
+        denom = 2 * (f_hi_s - f_lo - d_lo * width)
+        ok_denom = torch.isfinite(f_hi) & (denom > 0)
+        quad = lo - d_lo * width * width / torch.where(ok_denom, denom, torch.ones_like(denom))
+        ok_quad = ok_denom & torch.isfinite(quad)
+        mid = 0.5 * (lo + hi_s)
         pad = 0.1 * width
-        inner = torch.where(ok_secant, secant, torch.where(ok_quad, quad, 0.5 * (lo + hi)))
-        inner = torch.where(torch.isfinite(inner), inner, 0.5 * (lo + hi)).clamp(lo + pad, hi - pad)
-        t = torch.where(torch.isinf(hi), 2.0 * lo.clamp_min(1e-300), inner)
+        inner = torch.where(ok_secant, secant, torch.where(ok_quad, quad, mid))
+        inner = torch.where(torch.isfinite(inner), inner, mid).clamp(lo + pad, hi_s - pad)
+        t = torch.where(bracketed, inner, 2.0 * lo.clamp_min(torch.finfo(lo.dtype).tiny))
     ok = done | have_armijo
     status = torch.where(ok, int(RESULTS.successful), int(RESULTS.line_search_failed)).to(torch.int64)
     return LineSearchResult(y_acc, v_acc, g_acc, t_acc, status)
