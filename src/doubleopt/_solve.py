@@ -54,7 +54,10 @@ def solve(
             (0 disables this test).
         throw: raise :class:`~doubleopt.SolveError` naming the failing instances if any instance did not
             succeed; ``throw=False`` returns per-instance codes in ``Solution.result`` instead (the mode for
-            training over batches).
+            training over batches). There an instance that failed as ``nonfinite`` (NaN or inf in its input, or
+            an iterate or objective that overflowed) is returned as a constant: under ``Unroll`` and
+            ``Truncated`` it adds exactly zero, never NaN, to the gradients of shared parameters and of the
+            other instances.
         trace: record the objective of every instance at every step in ``Solution.trace``.
         progress: show a progress bar.
 
