@@ -167,3 +167,25 @@ def test_every_core_hook_is_declared_on_the_problem_base_class():
         assert hasattr(do.Problem, name)
     p = do.problems.RidgeRegression(n_features=2, n_points=3, dtype=F64)
     assert p.implicit_solution(torch.zeros(1, 2), None, None) is None and p.lipschitz_constant(None) is None
+
+
+def test_entropic_ot_implicit_hypergradient_matches_finite_differences_along_the_simplex():
+    # the dual's residual is the row-marginal error, zero at Sinkhorn's fixed point; the potentials are defined up
+    # to a constant, so gradients wrt the measure a are compared along directions that keep a on the simplex
+    g = torch.Generator().manual_seed(0)
+    fam = do.problems.EntropicOT(torch.rand(5, 6, generator=g, dtype=F64), eps=0.1)
+    a = torch.softmax(torch.randn(2, 5, generator=g, dtype=F64), -1)
+    b = torch.softmax(torch.randn(2, 6, generator=g, dtype=F64), -1)
+
+    def cost(a_, adjoint=None):
+        x = do.problems.OTContext(a_, b)
+        sol = do.solve(fam, do.solvers.Sinkhorn(), x, tol=1e-12, max_steps=10000, adjoint=adjoint)
+        return fam.transport_cost(sol.y, x).sum()
+
+    d = torch.randn(2, 5, generator=g, dtype=F64)
+    d = d - d.mean(-1, keepdim=True)
+    fd = (cost(a + 1e-6 * d) - cost(a - 1e-6 * d)) / 2e-6
+    for adjoint in (do.Implicit(), do.Implicit(do.Cholesky())):
+        ar = a.clone().requires_grad_(True)
+        cost(ar, adjoint).backward()
+        assert abs(float((ar.grad * d).sum() - fd)) < 1e-6 * abs(float(fd))
