@@ -74,6 +74,68 @@ def _failed_rows_guard(result: Tensor, done: Tensor, ok: Tensor) -> tuple[Tensor
     return failed, int(candidates[0])
 
 
+def _describe(t: Any) -> str:
+    if isinstance(t, Tensor):
+        return f"a tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
+    return f"a {type(t).__name__}"
+
+
+def check_problem_outputs(problem: Problem, y: Tensor, x: Context, cause: BaseException | None = None) -> None:
+    """Evaluate ``problem`` once at ``y`` and raise a ``ValueError`` saying what was expected if its objective (or
+    smooth part) or an overridden ``smooth_value_and_grad`` returns the wrong type, shape, dtype or device.
+
+    Called by the loop only when the first evaluation failed or its results look wrong (so a correct problem
+    costs nothing); ``cause`` is chained to the error. A problem whose own code raises is left to that error."""
+    from ._problem import Problem as _Problem
+
+    name = type(problem).__name__
+    B, n = y.shape
+    expect = f"expected one value per instance: a tensor of shape (B,) = ({B},) and dtype {y.dtype} (y's)"
+    methods = ["smooth", "nonsmooth"] if problem.is_composite else ["objective"]
+    for method in methods:
+        try:
+            with torch.no_grad():
+                f = getattr(problem, method)(y.detach(), x)
+        except Exception:
+            return
+        if not isinstance(f, Tensor) or f.shape != (B,) or f.dtype != y.dtype or f.device != y.device:
+            hint = " (reduce over the last dimension, e.g. .sum(-1))" if isinstance(f, Tensor) and f.dim() > 1 else ""
+            got = _describe(f) + (f" on {f.device}" if isinstance(f, Tensor) and f.device != y.device else "")
+            raise ValueError(
+                f"{name}.{method}(y, x) returned {got} for y of shape {tuple(y.shape)}; {expect}{hint}"
+            ) from cause
+    if type(problem).smooth_value_and_grad is not _Problem.smooth_value_and_grad:
+        try:
+            with torch.no_grad():
+                out = problem.smooth_value_and_grad(y.detach(), x)
+        except Exception:
+            return
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(
+                f"{name}.smooth_value_and_grad(y, x) returned {_describe(out)}; expected a pair (value, grad)"
+            ) from cause
+        f, g = out
+        if not isinstance(f, Tensor) or f.shape != (B,) or f.dtype != y.dtype:
+            raise ValueError(f"{name}.smooth_value_and_grad(y, x) returned a value that is {_describe(f)}; {expect}") \
+                from cause
+        if not isinstance(g, Tensor) or g.shape != y.shape or g.dtype != y.dtype:
+            raise ValueError(
+                f"{name}.smooth_value_and_grad(y, x) returned a gradient that is {_describe(g)}; expected the shape "
+                f"and dtype of y: ({B}, {n}), {y.dtype}"
+            ) from cause
+
+
+def _check_first_state(problem: Problem, solver: Solver, y: Tensor, x: Context, state: Any) -> None:
+    """Cheap checks of the solver's first state (metadata only); if something looks wrong, let
+    :func:`check_problem_outputs` find out whether the user's problem is the cause."""
+    value = solver.current_value(state)
+    grad = getattr(state, "grad", None)
+    odd = not isinstance(value, Tensor) or value.shape != (y.shape[0],) or value.dtype != y.dtype
+    odd = odd or (isinstance(grad, Tensor) and (grad.shape != y.shape or grad.dtype != y.dtype))
+    if odd:
+        check_problem_outputs(problem, y, x)
+
+
 def iterate(
     problem: Problem,
     solver: Solver,
@@ -118,7 +180,12 @@ def iterate(
         if state0 is not None:
             state0 = replace_rows(state0, *guard)
     if state0 is None:
-        state = solver.init(problem, y, x)
+        try:
+            state = solver.init(problem, y, x)
+        except Exception as e:  # the first call of a user's Problem: say what it got wrong, if that is the cause
+            check_problem_outputs(problem, y, x, cause=e)
+            raise
+        _check_first_state(problem, solver, y, x, state)
         y = solver.initial_iterate(problem, y, x, state)
     else:
         state = state0
