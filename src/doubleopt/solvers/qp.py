@@ -236,7 +236,7 @@ def qp_guards(dtype: torch.dtype) -> QPGuards:
 
 
 _shared, _mv, _mtv = is_shared, bmv, bmtv
-_NATIVE_BUDGET, _NATIVE_NONFINITE = 1, 4  # the C kernel's status codes (solvers/_native/qp_ipm.c)
+_NATIVE_BUDGET = 1  # the C kernel's status code for a spent iteration budget (solvers/_native/qp_ipm.c)
 
 
 def _inf(v: Tensor) -> Tensor:
@@ -755,7 +755,7 @@ class QP(Solver):
         :math:`(GN) u \le h - G z_0`; then the state (residuals, certificates, the factorization for the
         backward: at the polish's scaling where the kernel polished) is rebuilt here. The iterate goes to the
         loop through :meth:`initial_iterate`; the kernel's iteration counts to ``qp_solve`` via the cache."""
-        from ._native import qp_ipm
+        from ._native import qp_ipm, unusable
 
         ns = c.ns
         if ns is not None:
@@ -781,7 +781,7 @@ class QP(Solver):
             tol=float(self.skip_tol), delta=self._delta(x), step_fraction=self.step_fraction, refine=self.refine,
             max_iter=budget, polish_below=self._polish_below(x), polish_rounds=self.polish_rounds, start=start)
         z = z0 + _mv(ns.N, u) if ns is not None else u
-        bad = code == _NATIVE_NONFINITE
+        bad = unusable(code, iters, warm=start is not None)  # non-finite, out of memory, failed first factorization
         if bool(bad.any()):  # restart those from the PyTorch cold start (their s, lam are only placeholders here)
             z = torch.where(bad[:, None], self.cold_start(x), z)
             s, lam = torch.where(bad[:, None], 1.0, s), torch.where(bad[:, None], 1.0, lam)

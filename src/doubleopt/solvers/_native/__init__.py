@@ -2,8 +2,13 @@
 
 The kernels are optional fast paths: every caller keeps its PyTorch implementation and re-checks what a kernel
 returns. They are built once per machine into ``$DOUBLEOPT_CACHE`` (default ``~/.cache/doubleopt``), keyed by
-the source, the compiler and the CPU (they are built with ``-march=native``); the build is atomic (a temporary
-file renamed into place), so concurrent first uses are safe. ``DOUBLEOPT_NATIVE=0`` turns them off; without a
+the source, the compiler, the flags and the CPU; the build is atomic (a temporary file renamed into place), so
+concurrent first uses are safe. They are built with ``-march=native`` where the CPU is identified: by what the
+compiler itself expands ``-march=native`` into (``cc -march=native -### -E``: gcc's ``-march=<cpu> -m<feature>
+...``, clang's ``-target-cpu`` / ``-target-feature``), plus ``/proc/cpuinfo`` where it exists. Where neither
+identifies the CPU (no ``/proc/cpuinfo`` and a compiler that does not say what ``-march=native`` means), the
+kernel is built with portable flags instead, so a cache folder shared by two machines never hands one of them
+instructions its CPU lacks. ``DOUBLEOPT_NATIVE=0`` turns them off; without a
 C compiler (``$CC`` or ``cc``) they are off and the PyTorch paths run.
 
 The cache is trusted only as far as it is private: a cache folder that other users can write to (group- or
@@ -39,6 +44,7 @@ from torch import Tensor
 
 _SOURCE = Path(__file__).with_name("qp_ipm.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared"]
+_PORTABLE_FLAGS = [f for f in _FLAGS if f != "-march=native"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads) -> pool (a forked child makes its own)
@@ -61,14 +67,80 @@ class _Options(ctypes.Structure):
     ]
 
 
-def _cpu_key() -> str:
+def _cpuinfo_key() -> str | None:
+    """The CPU's model and feature flags from ``/proc/cpuinfo``, or ``None`` where it cannot be read (macOS, some
+    sandboxes) or says nothing about them."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        flags = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-        model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
     except OSError:
-        flags = model = ""
-    return f"{platform.machine()}|{model}|{flags}"
+        return None
+    flags = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+    return f"{model}|{flags}" if flags or model else None
+
+
+def parse_march_native(report: str) -> str | None:
+    """The target that ``-march=native`` means, from the driver's ``-###`` output: gcc's expanded ``-march=<cpu>``
+    and ``-m<feature>`` / ``--param`` options, clang's ``-target-cpu`` / ``-target-feature`` values; ``None`` when
+    the output does not resolve ``native`` to a CPU (then it identifies nothing).
+
+    Example:
+        >>> parse_march_native(' /usr/lib/gcc/cc1 -E "-march=skylake" -mmmx -mno-sse4a --param l1-cache-size=32')
+        '--param l1-cache-size=32 -march=skylake -mmmx -mno-sse4a'
+        >>> parse_march_native('"clang" "-cc1" "-target-cpu" "znver3" "-target-feature" "+avx2"')
+        '-target-cpu=znver3 -target-feature=+avx2'
+        >>> parse_march_native('cc1 -E "-march=native"') is None
+        True
+    """
+    import shlex
+
+    tokens: list[str] = []
+    for line in report.splitlines():
+        try:
+            tokens += shlex.split(line)
+        except ValueError:
+            tokens += line.split()
+    out: set[str] = set()
+    cpu = None
+    for i, tok in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if tok in ("-target-cpu", "-target-feature", "--param"):
+            out.add(f"{tok}={nxt}" if tok != "--param" else f"{tok} {nxt}")
+            if tok == "-target-cpu" and nxt != "native":
+                cpu = nxt
+        elif tok.startswith("-march=") or tok.startswith("-mcpu=") or tok.startswith("-mtune="):
+            out.add(tok)
+            if tok.startswith(("-march=", "-mcpu=")) and not tok.endswith("=native"):
+                cpu = tok
+        elif tok.startswith("-m") and len(tok) > 2 and "=" not in tok and not tok.startswith("-march"):
+            out.add(tok)
+    if cpu is None:
+        return None
+    return " ".join(sorted(out))
+
+
+def _march_native_target(cc: str) -> str | None:
+    """What ``cc`` compiles for under ``-march=native`` on this machine (:func:`parse_march_native` of its
+    ``-###`` output), or ``None`` where it does not say."""
+    try:
+        out = subprocess.run([cc, "-march=native", "-###", "-E", "-x", "c", os.devnull], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return parse_march_native(out.stdout + "\n" + out.stderr)
+
+
+def build_flags(cc: str) -> tuple[list[str], str]:
+    """``(flags, cpu_key)`` for building with ``cc`` here: ``-march=native`` keyed by the compiler's expansion of
+    it and ``/proc/cpuinfo`` (either identifies the CPU); portable flags (no ``-march``) keyed ``portable`` where
+    neither does, since a ``-march=native`` library under an unidentified key could be reused on another CPU."""
+    target = _march_native_target(cc)
+    cpuinfo = _cpuinfo_key()
+    if target is None and cpuinfo is None:
+        return list(_PORTABLE_FLAGS), f"{platform.machine()}|portable"
+    return list(_FLAGS), f"{platform.machine()}|{target or ''}|{cpuinfo or ''}"
 
 
 def compiler() -> str | None:
@@ -136,9 +208,9 @@ def _build() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256(
-            "\n".join([_SOURCE.read_text(), cc, version, " ".join(_FLAGS), _cpu_key()]).encode()
-        ).hexdigest()[:16]
+        flags, cpu = build_flags(cc)
+        key_text = "\n".join([_SOURCE.read_text(), cc, version, " ".join(flags), cpu])
+        key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
         cache = cache_dir()
         target = cache / f"qp_ipm-{key}.so"
         record = cache / f"qp_ipm-{key}.so.sha256"  # the SHA-256 of target, written when it was built
@@ -151,7 +223,7 @@ def _build() -> ctypes.CDLL | None:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
             os.close(fd)
             try:
-                out = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True,
+                out = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True,
                                      text=True, timeout=120)
                 if out.returncode != 0:
                     warnings.warn("doubleopt: building the native QP kernel failed, using PyTorch:\n"
@@ -207,7 +279,8 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
 
     ``P (B, k, k)``, ``F (B, m, k)``: per instance, or shared (stride 0 over the batch); every row contiguous.
     ``c (B, k)``, ``g (B, m)``, ``shift, qn, hn, ydiv, zdiv (B,)``. Returns ``u, s, lam, iters, polished,
-    status, L, lok`` (``status``: 0 converged, 1 iteration budget, 2 Cholesky failed, 3 diverging, 4 non-finite;
+    status, L, lok`` (``status``: 0 converged, 1 iteration budget, 2 Cholesky failed, 3 diverging, 4 non-finite,
+    5 out of memory (nothing computed); :func:`unusable` says where ``u, s, lam`` hold no iterate;
     ``polished``: converged by the active-set polish, tried once the residual is ``<= polish_below``; ``L``:
     the Cholesky factor of the reduced matrix at the returned point -- at the scaling ``1_A / sqrt(eps)``,
     ``A = {lam > s}``, where it polished, else ``lam / s`` clipped at ``1 / delta`` -- valid where ``lok``).
@@ -262,6 +335,19 @@ def qp_ipm(P: Tensor, c: Tensor, F: Tensor, g: Tensor, shift: Tensor, qn: Tensor
         for f in futures:
             f.result()
     return u, s, lam, iters, polished.bool(), status, L, lok.bool()
+
+
+NATIVE_CHOLESKY, NATIVE_NONFINITE, NATIVE_NO_MEMORY = 2, 4, 5  # status codes of qp_ipm.c (ST_*)
+
+
+def unusable(status: Tensor, iters: Tensor, warm: bool) -> Tensor:
+    """``(B,)`` bool: instances for which :func:`qp_ipm` returned no iterate (``u, s, lam`` are not initialized or
+    not finite): a non-finite iterate, a failed workspace allocation, or a cold start whose very first Cholesky
+    factorization failed. The caller hands them back to its PyTorch iterations."""
+    bad = (status == NATIVE_NONFINITE) | (status == NATIVE_NO_MEMORY)
+    if not warm:
+        bad = bad | ((status == NATIVE_CHOLESKY) & (iters == 0))
+    return bad
 
 
 def _check_tensor(name: str, t) -> None:

@@ -24,6 +24,7 @@
 #define ST_CHOLESKY 2
 #define ST_DIVERGED 3
 #define ST_NONFINITE 4
+#define ST_NO_MEMORY 5 /* the workspace could not be allocated: nothing computed, outputs not written */
 
 typedef struct {
     int64_t k, m;
@@ -404,7 +405,7 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
     size_t bytes = ((nwork + 2 * nh + 4 * (size_t)k) * sizeof(double) + 63) / 64 * 64;
     double *buf = (double *)aligned_alloc(64, bytes);
     if (buf == NULL) {
-        for (int64_t b = b0; b < b1; ++b) status[b] = ST_BUDGET, iters[b] = 0, polished[b] = 0, lok[b] = 0;
+        for (int64_t b = b0; b < b1; ++b) status[b] = ST_NO_MEMORY, iters[b] = 0, polished[b] = 0, lok[b] = 0;
         return;
     }
     hs.Ft = buf;
