@@ -1207,7 +1207,7 @@ def qp_solve(
         >>> Q = torch.eye(3, dtype=f64); q = torch.tensor([[1., -2, 0.5]], dtype=f64)
         >>> sol = do.qp_solve(Q, q, A=torch.ones(1, 3, dtype=f64), b=torch.ones(1, dtype=f64),
         ...                   G=-torch.eye(3, dtype=f64), h=torch.zeros(3, dtype=f64))
-        >>> sol.y.round(decimals=6)
+        >>> sol.y.round(decimals=6) + 0.0  # (+ 0.0 turns a rounded -0. into 0.)
         tensor([[0., 1., 0.]], dtype=torch.float64)
     """
     from .._solve import solve
