@@ -31,8 +31,11 @@ from doubleopt.distributed import (
 LAUNCH_TIMEOUT_S = 180
 
 
-def torchrun(script: Path, *args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run ``script args`` under ``torchrun --standalone`` with ``nproc`` processes and one thread each."""
+def torchrun(
+    script: str | Path, *args: str, nproc: int = 2, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run ``script args`` (``script`` may be ``"-m"``) under ``torchrun --standalone`` with ``nproc`` processes
+    and one thread each."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *extra,
         str(script), *args,

@@ -55,11 +55,17 @@ def run_identity(**values: Any) -> dict[str, str]:
     return out
 
 
-def check_same(comm: Comm, values: dict[str, Any], *, what: str = "run") -> None:
+def check_same(
+    comm: Comm,
+    values: dict[str, Any],
+    *,
+    what: str = "run's configuration",
+    hint: str = "launch every process with the same arguments and the same doubleopt code",
+) -> None:
     """Raise ``ValueError`` on every rank if ``values`` (JSON-serializable, by name) differ between ranks.
 
     The message names each differing entry with its value on rank 0 and on the first rank that differs, e.g.
-    ``seed is 0 on rank 0 but 1 on rank 1``. Code versions are compared through :func:`code_digest` (pass
+    ``seed is 0 on rank 0 but 1 on rank 1``, then ``hint``. Code versions are compared through :func:`code_digest` (pass
     ``values`` through :func:`run_identity` to include it). Nothing is communicated with one process.
 
     Example:
@@ -79,7 +85,4 @@ def check_same(comm: Comm, values: dict[str, Any], *, what: str = "run") -> None
                 diffs.append(f"{key} is {ref} on rank 0 but {other} on rank {r}")
                 break
     if diffs:
-        raise ValueError(
-            f"the {what}'s configuration differs across the {comm.world} processes (launch every process with the "
-            f"same arguments and the same doubleopt code): " + "; ".join(diffs)
-        )
+        raise ValueError(f"the {what} differs across the {comm.world} processes: {'; '.join(diffs)} ({hint})")

@@ -90,7 +90,7 @@ def sharded_solve(
             options={k: repr(v) for k, v in sorted(solve_options.items())},
             y0=None if y0 is None else [list(y0.shape), str(y0.dtype)],
         ),
-        what="sharded solve",
+        what="sharded solve's configuration",
     )
     rows = comm.shard(B)
     x_part = shard_context(x, rows, B)

@@ -5,6 +5,11 @@ Example::
     doubleopt train-lopt --arch lstm --task digits --meta-steps 400 --out runs/lstm-digits --seed 0
     doubleopt train-lopt --arch lstm --task digits --meta-steps 400 --out runs/lstm-digits --seed 0 --resume
     doubleopt train-lopt --arch policy --task li-malik-logistic --method ppo --option epochs=4 --meta-steps 400
+    torchrun --standalone --nproc-per-node 2 -m doubleopt train-lopt --task digits --out runs/lstm-digits-2p
+
+Under ``torchrun`` the command runs data-parallel (:mod:`doubleopt.distributed`): TBPTT splits the batch into
+``--shards`` random streams (default: one per process), ES / PES split the antithetic pairs; rank 0 writes the
+checkpoints, the weights, the record and the progress bar.
 """
 
 from __future__ import annotations
@@ -118,6 +123,13 @@ def register(subparsers) -> None:
         help="start from the optimizer weights in PATH (a .safetensors file written by train-lopt, e.g. an earlier "
         "stage with another meta-objective) instead of a random initialization; the meta-optimizer starts fresh",
     )
+    p.add_argument(
+        "--shards",
+        type=positive_int,
+        default=None,
+        help="TBPTT: draw the batch as this many random streams, which torchrun processes split (default: one per "
+        "process; 1 process with --shards N gives the weights of N processes)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of tasks, minibatches and ES noise")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (fixed for reproducibility)")
     p.add_argument("--out", default="runs/lopt", help="output folder")
@@ -148,7 +160,9 @@ def parse_option(text: str) -> tuple[str, int | float | bool]:
     raise argparse.ArgumentTypeError(f"the value of {name} must be an int, a float or true/false, got {value!r}")
 
 
-def build(args: argparse.Namespace):
+def build(args: argparse.Namespace, comm=None):
+    """The :class:`~doubleopt.learned.meta.MetaTrainer` of ``args`` (on the processes of ``comm``, default one)."""
+    from ..distributed import Comm
     from ._lstm import LSTMOptimizer
     from ._mlp import MLPOptimizer
     from ._tasks import make_task
@@ -183,9 +197,16 @@ def build(args: argparse.Namespace):
         log_loss=args.log_loss,
         meta_lr_decay=args.meta_lr_decay,
         stagger=getattr(args, "stagger", 1),
+        shards=getattr(args, "shards", None) or default_shards(args.method, comm),
         options=dict(getattr(args, "option", None) or []),
     )
-    return MetaTrainer(lopt, make_task(args.task, split="train", rows=getattr(args, "rows", 0)), cfg)
+    task = make_task(args.task, split="train", rows=getattr(args, "rows", 0))
+    return MetaTrainer(lopt, task, cfg, comm=Comm() if comm is None else comm)
+
+
+def default_shards(method: str, comm) -> int:
+    """TBPTT: one random stream per process; the other methods draw one stream."""
+    return comm.world if comm is not None and method == "tbptt" else 1
 
 
 def torch_seed(seed: int) -> None:
@@ -211,16 +232,27 @@ def estimator_counters(trainer) -> dict[str, float | int | None]:
 
 
 def run(args: argparse.Namespace, callback=None) -> int:
+    """Meta-train; under ``torchrun`` joins the process group first and leaves it at the end."""
+    from ..distributed import init_from_env, shutdown
+
+    comm = init_from_env()
+    try:
+        return _run(args, comm, callback)
+    finally:
+        shutdown(comm)
+
+
+def _run(args: argparse.Namespace, comm, callback=None) -> int:
     import torch
 
-    from .meta import meta_train
+    from .meta import latest_checkpoint_exists, meta_train
 
     torch.set_num_threads(args.threads)
-    trainer = build(args)
+    trainer = build(args, comm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.safetensors"
-    resumed = bool(args.resume and ckpt.exists())
+    resumed = bool(args.resume and latest_checkpoint_exists(ckpt))
     start = time.perf_counter()
     meta_train(
         trainer,
@@ -248,6 +280,7 @@ def run(args: argparse.Namespace, callback=None) -> int:
         "wall_time_s": wall,  # of this run only: when resumed, the earlier runs' time is not included
         "resumed": resumed,
         "threads": args.threads,
+        "processes": comm.world,  # data-parallel processes (torchrun); the times and usage below are rank 0's
         "cpu_time_s_process": usage.ru_utime + usage.ru_stime,
         "peak_saved_for_backward_MB": trainer.peak_saved_bytes / 2**20,
         "peak_rss_MB": peak_rss_mb,
@@ -255,6 +288,8 @@ def run(args: argparse.Namespace, callback=None) -> int:
         "estimator_counters": estimator_counters(trainer),
         "torch": torch.__version__,
     }
+    if not comm.is_main:
+        return 0
     weights = out / f"{args.arch}-{args.task}.safetensors"
     trainer.lopt.save_weights(weights, metadata={"record": record})
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -12,6 +12,13 @@ take and return a state (a dataclass of trajectories and tensors, saved in check
 * ``restart(trainer, state, finite) -> state``: after the meta-step, start over the trajectories that reached
   the horizon or diverged (``finite`` is False when the meta-step was skipped).
 
+Data-parallel training (``trainer.comm`` with several processes): an estimator whose ``data_parallel`` is
+``"batch"`` (TBPTT) draws the optimizees of its share of ``trainer.streams`` only; ``"pairs"`` (ES, PES) runs its
+share of the antithetic pairs; ``""`` (the default) is refused. ``estimate`` sums the parts with
+``trainer.all_reduce`` and returns the whole meta-gradient on every process; decisions that depend on a
+process's own trajectories (restart after a divergence) are agreed with ``trainer.comm.all``. A state whose
+``sharded`` is True holds only this process's trajectories and rows of its tensor fields.
+
 :data:`ESTIMATORS` maps the names accepted by ``MetaConfig(method=...)`` and ``doubleopt train-lopt
 --method`` to the classes; a new estimator is one class decorated with :func:`register_estimator`.
 
@@ -51,19 +58,26 @@ class EstimatorState:
 
     carries: list[Carry]
 
+    # data-parallel: each process holds its own part of carries and of the tensor fields' rows (checkpoints
+    # gather the parts in rank order); False: every process holds the same state
+    sharded: ClassVar[bool] = False
+
 
 class MetaGradientEstimator(ABC):
     """The protocol every meta-gradient estimator follows (see the module docstring)."""
 
     name: ClassVar[str] = ""  # set by register_estimator
+    data_parallel: ClassVar[str] = ""  # how processes split the work: "batch", "pairs" or "" (not supported)
 
     @classmethod
     def from_config(cls, config: MetaConfig) -> MetaGradientEstimator:
         """The estimator's settings from a :class:`~doubleopt.learned.meta.MetaConfig`: by default its dataclass
         fields from ``config.options`` (an unknown name is a ``ValueError`` listing the known ones); ``stagger``
-        is refused, since only TBPTT supports it."""
+        and ``shards`` are refused, since only TBPTT supports them."""
         if config.stagger > 1:
             raise ValueError(f"stagger applies to method 'tbptt' only, got method {config.method!r}")
+        if config.shards > 1:
+            raise ValueError(f"shards applies to method 'tbptt' only, got method {config.method!r}")
         return cls(**cls.check_options(config))
 
     @classmethod
@@ -91,7 +105,7 @@ class MetaGradientEstimator(ABC):
         if (
             not finite
             or int(state.carries[0].t) >= trainer.config.horizon
-            or not all(finite_carry(c) for c in state.carries)
+            or not trainer.comm.all(all(finite_carry(c) for c in state.carries))
         ):
             return self.init(trainer)
         return state
@@ -127,7 +141,10 @@ def stagger_offsets(stagger: int, unroll: int, horizon: int) -> list[int]:
 
 @dataclass
 class TBPTTState(EstimatorState):
-    """One trajectory per stagger group (one without stagger), detached between truncations."""
+    """One trajectory per random stream of this process and stagger group (stream-major), detached between
+    truncations."""
+
+    sharded: ClassVar[bool] = True
 
 
 @register_estimator("tbptt")
@@ -147,42 +164,62 @@ class TBPTT(MetaGradientEstimator):
     instead of all ``B`` optimizees being at the same step. Without it consecutive meta-steps cycle through
     the phases (steps 1-K, then K+1-2K, ...), each meta-gradient seeing one phase only (learned_optimization
     desynchronizes its truncated trajectories with a random initial iteration offset for the same reason).
+
+    With ``shards = S`` (a :class:`~doubleopt.learned.meta.MetaConfig` field) the batch is drawn as ``S`` random
+    streams of ``B / S`` optimizees (``trainer.gens``), each with its own ``stagger`` groups; data-parallel
+    processes split the streams, and the meta-loss is the mean over all of them.
     """
 
     stagger: int = 1  # trajectory groups at different phases of the horizon
+    data_parallel: ClassVar[str] = "batch"
 
     @classmethod
     def from_config(cls, config: MetaConfig) -> TBPTT:
         return cls(**{"stagger": config.stagger, **cls.check_options(config)})
 
+    def group_size(self, config: MetaConfig) -> int:
+        """Optimizees per trajectory: ``batch / (shards x stagger)``."""
+        return config.batch // (config.shards * self.stagger)
+
     def init(self, trainer: MetaTrainer) -> TBPTTState:
         c = trainer.config
         offsets = stagger_offsets(self.stagger, c.unroll, c.horizon)
-        return TBPTTState(carries=[trainer.new_trajectory(c.batch // self.stagger, offset) for offset in offsets])
+        return TBPTTState(
+            carries=[
+                trainer.new_trajectory(self.group_size(c), offset, stream=k)
+                for k in range(len(trainer.gens))
+                for offset in offsets
+            ]
+        )
 
     def estimate(self, trainer: MetaTrainer, state: TBPTTState) -> tuple[float, list[Tensor], TBPTTState]:
         c = trainer.config
         params = list(trainer.lopt.parameters())
+        groups = c.shards * self.stagger  # over all processes; equal sizes: the mean of group means is the mean
         with torch.enable_grad():
             loss, new = 0.0, []
-            for carry in state.carries:  # equal group sizes: the mean of the group means is the mean over all B
+            for i, carry in enumerate(state.carries):
                 t0 = int(carry.t)
-                losses, nxt = unroll(trainer.solver, trainer.task, carry, c.unroll, trainer.gen)
-                loss = loss + c.weighted_loss(losses, t0) / len(state.carries)
+                losses, nxt = unroll(trainer.solver, trainer.task, carry, c.unroll, trainer.gens[i // self.stagger])
+                loss = loss + c.weighted_loss(losses, t0) / groups
                 new.append(tree_detach(nxt))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        return float(loss.detach()), grads, TBPTTState(carries=new)
+        grads, total = trainer.all_reduce(grads, float(loss.detach()))
+        return total, grads, TBPTTState(carries=new)
 
     def restart(self, trainer: MetaTrainer, state: TBPTTState, finite: bool) -> TBPTTState:
-        """Each group restarts on its own at the end of its horizon; all restart if anything diverged."""
-        if not finite or not all(finite_carry(c) for c in state.carries):
+        """Each group restarts on its own at the end of its horizon; all restart if anything diverged (on any
+        process)."""
+        if not finite or not trainer.comm.all(all(finite_carry(c) for c in state.carries)):
             return self.init(trainer)
         c = trainer.config
         return TBPTTState(
             carries=[
-                trainer.new_trajectory(c.batch // self.stagger) if int(carry.t) >= c.horizon else carry
-                for carry in state.carries
+                trainer.new_trajectory(self.group_size(c), stream=i // self.stagger)
+                if int(carry.t) >= c.horizon
+                else carry
+                for i, carry in enumerate(state.carries)
             ]
         )
 
@@ -230,10 +267,14 @@ class PerturbedUnroll:
 class AntitheticES(MetaGradientEstimator):
     r"""Shared part of ES and PES: ``pairs`` antithetic Gaussian perturbations :math:`\pm\epsilon_j`,
     :math:`\epsilon_j \sim N(0, \sigma^2 I)`, drawn from ``trainer.es_gen``, and the smoothing estimator
-    :math:`\frac{1}{2N\sigma^2} \sum_{j=1}^{N} d_j (L^+_j - L^-_j)` along directions :math:`d_j`."""
+    :math:`\frac{1}{2N\sigma^2} \sum_{j=1}^{N} d_j (L^+_j - L^-_j)` along directions :math:`d_j`.
+
+    Data-parallel: every process draws all :math:`\epsilon` (the same generator state) and runs its share of
+    the pairs (:meth:`my_pairs`); the shares of the sum are added with ``trainer.all_reduce``."""
 
     pairs: int = 8  # antithetic pairs N
     sigma: float = 0.01  # perturbation standard deviation
+    data_parallel: ClassVar[str] = "pairs"
 
     def __post_init__(self):
         if self.pairs < 1 or not self.sigma > 0:
@@ -244,16 +285,24 @@ class AntitheticES(MetaGradientEstimator):
         super().from_config(config)  # refuses stagger and unknown options
         return cls(**{"pairs": config.es_pairs, "sigma": config.es_sigma, **cls.check_options(config)})
 
+    def my_pairs(self, trainer: MetaTrainer) -> range:
+        """The pairs this process runs (all of them with one process; ``pairs`` must be a multiple of the
+        number of processes)."""
+        return trainer.comm.shard(self.pairs, even=True, what=f"{self.name} pairs (es_pairs)")
+
     def antithetic_unrolls(
         self, trainer: MetaTrainer, starts: list[Carry]
     ) -> tuple[PerturbedUnroll, Tensor, list[float], list[float], list[Carry]]:
-        """Draw :math:`\\epsilon` ``(N, P)`` and run :math:`\\phi + \\epsilon_j` from ``starts[2j]`` and
-        :math:`\\phi - \\epsilon_j` from ``starts[2j + 1]``. Returns ``(run, eps, L+, L-, ends)``; ``run``
-        evaluates further weights on the same minibatches."""
+        """Draw :math:`\\epsilon` ``(N, P)`` and, for the k-th of this process's pairs (:meth:`my_pairs`), run
+        :math:`\\phi + \\epsilon_j` from ``starts[2k]`` and :math:`\\phi - \\epsilon_j` from ``starts[2k + 1]``.
+        Returns ``(run, eps of these pairs, L+, L-, ends)``; ``run`` evaluates further weights on the same
+        minibatches."""
         run = PerturbedUnroll(trainer)
         eps = self.sigma * torch.randn(self.pairs, run.base.numel(), generator=trainer.es_gen, dtype=run.base.dtype)
+        mine = self.my_pairs(trainer)
+        eps = eps[mine.start : mine.stop]
         plus, minus, ends = [], [], []
-        for j in range(self.pairs):
+        for j in range(len(mine)):
             lp, cp = run(run.base + eps[j], starts[2 * j])
             lm, cm = run(run.base - eps[j], starts[2 * j + 1])
             plus.append(lp)
@@ -262,7 +311,8 @@ class AntitheticES(MetaGradientEstimator):
         return run, eps, plus, minus, ends
 
     def smoothed_gradient(self, plus: list[float], minus: list[float], directions: Tensor) -> Tensor:
-        """:math:`\\frac{1}{2N\\sigma^2} \\sum_j d_j (L^+_j - L^-_j)` (flat)."""
+        """:math:`\\frac{1}{2N\\sigma^2} \\sum_j d_j (L^+_j - L^-_j)` (flat) over the given pairs (this
+        process's share of the sum; ``N`` counts all pairs)."""
         d = torch.tensor([lp - lm for lp, lm in zip(plus, minus)], dtype=directions.dtype)
         return (d[:, None] * directions).sum(0) / (2 * self.pairs * self.sigma**2)
 
@@ -285,14 +335,16 @@ class ES(AntitheticES):
     """
 
     def init(self, trainer: MetaTrainer) -> ESState:
+        self.my_pairs(trainer)  # the processes can split the pairs
         return ESState(carries=[trainer.new_trajectory()])
 
     def estimate(self, trainer: MetaTrainer, state: ESState) -> tuple[float, list[Tensor], ESState]:
         carry = state.carries[0]
         run, eps, plus, minus, _ = self.antithetic_unrolls(trainer, [carry] * (2 * self.pairs))
-        loss, carry = run(run.base, carry)
-        grad = self.smoothed_gradient(plus, minus, eps)
-        return loss, unflatten_like(grad, list(trainer.lopt.parameters())), ESState(carries=[carry])
+        loss, carry = run(run.base, carry)  # every process advances the shared trajectory
+        grad = unflatten_like(self.smoothed_gradient(plus, minus, eps), list(trainer.lopt.parameters()))
+        grads, _ = trainer.all_reduce(grad)
+        return loss, grads, ESState(carries=[carry])
 
 
 @dataclass
@@ -301,6 +353,8 @@ class PESState(EstimatorState):
     accumulated since its trajectory started."""
 
     xi: Tensor  # (N, P): xi_j = sum of eps_j over the truncations of the current trajectories
+
+    sharded: ClassVar[bool] = True  # data-parallel: this process's pairs' particles and rows of xi
 
 
 @register_estimator("pes")
@@ -315,7 +369,8 @@ class PES(AntitheticES):
     def init(self, trainer: MetaTrainer) -> PESState:
         carry = trainer.new_trajectory()
         base = flat_params(trainer.lopt)
-        return PESState(carries=[carry] * (2 * self.pairs), xi=torch.zeros(self.pairs, base.numel(), dtype=base.dtype))
+        n = len(self.my_pairs(trainer))
+        return PESState(carries=[carry] * (2 * n), xi=torch.zeros(n, base.numel(), dtype=base.dtype))
 
     def estimate(self, trainer: MetaTrainer, state: PESState) -> tuple[float, list[Tensor], PESState]:
         _, eps, plus, minus, ends = self.antithetic_unrolls(trainer, state.carries)
@@ -323,9 +378,9 @@ class PES(AntitheticES):
         total = 0.0
         for lp, lm in zip(plus, minus):
             total += lp + lm
-        grad = self.smoothed_gradient(plus, minus, xi)
-        params = list(trainer.lopt.parameters())
-        return total / (2 * self.pairs), unflatten_like(grad, params), PESState(carries=ends, xi=xi)
+        grad = unflatten_like(self.smoothed_gradient(plus, minus, xi), list(trainer.lopt.parameters()))
+        grads, loss = trainer.all_reduce(grad, total / (2 * self.pairs))
+        return loss, grads, PESState(carries=ends, xi=xi)
 
 
 __all__ = [
