@@ -151,10 +151,15 @@ def _check_options(problem, solver, adjoint, max_steps, tol, rtol) -> None:
         raise TypeError(f"adjoint must be do.Implicit(), do.Unroll() or do.Truncated(k), got {adjoint!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    if tol is not None and not (float(tol) >= 0):
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not (float(rtol) >= 0):
-        raise ValueError(f"rtol must be >= 0, got {rtol!r}")
+    for name, value in (("tol", tol), ("rtol", rtol)):
+        if value is None and name == "tol":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | Tensor) or (
+            isinstance(value, Tensor) and value.numel() != 1
+        ):
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not (float(value) >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
     solver.check_problem(problem)
 
 

@@ -20,6 +20,7 @@ Writing a custom solver::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +31,34 @@ from .._tree import tree_index
 
 if TYPE_CHECKING:
     from .._problem import Context, Problem
+
+
+def check_setting(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
+    """Refuse a solver setting that is not a finite real number (an ``int`` where ``integer``) inside the given
+    bounds, with a ``ValueError`` naming it (NaN, inf, ``bool`` and strings are refused).
+
+    Example:
+        >>> check_setting("c1", 0.5, low=0, high=1, low_open=True, high_open=True)
+        >>> check_setting("memory", 0, low=1, integer=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: memory must be an integer >= 1, got 0
+    """
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    want = " ".join(["an integer" if integer else "a number", " and ".join(bounds)]).strip()
+    ok = isinstance(value, int if integer else int | float) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._base import GradientRuleSolver, GradientState, Solver
+from ._base import GradientRuleSolver, GradientState, Solver, check_setting
 from .linesearch import armijo_backtracking
 
 
@@ -61,6 +61,7 @@ class GD(GradientRuleSolver):
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
+        check_setting("c1", self.c1, low=0, high=1, low_open=True, high_open=True)
 
     def init_rule(self, y):
         return None
@@ -109,6 +110,7 @@ class Momentum(GradientRuleSolver):
         _check_positive("lr", self.lr)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_setting("weight_decay", self.weight_decay, low=0)
 
     def init_rule(self, y):
         return MomentumRuleState(torch.zeros_like(y))
@@ -144,6 +146,9 @@ class Adagrad(GradientRuleSolver):
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
+        check_setting("lr_decay", self.lr_decay, low=0)
+        check_setting("eps", self.eps, low=0)
+        check_setting("initial_accumulator_value", self.initial_accumulator_value, low=0)
 
     def init_rule(self, y):
         return AdagradRuleState(
@@ -180,6 +185,8 @@ class RMSProp(GradientRuleSolver):
         _check_positive("lr", self.lr)
         if not 0 <= self.alpha < 1:
             raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
+        check_setting("eps", self.eps, low=0)
+        check_setting("momentum", self.momentum, low=0, high=1, high_open=True)
 
     def init_rule(self, y):
         z = torch.zeros_like(y)
@@ -229,6 +236,8 @@ class Adam(GradientRuleSolver):
         b1, b2 = self.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        check_setting("eps", self.eps, low=0)
+        check_setting("weight_decay", self.weight_decay, low=0)
 
     def init_rule(self, y):
         z = torch.zeros_like(y)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import Solver
+from ._base import Solver, check_setting
 from .linesearch import armijo_backtracking
 
 
@@ -153,8 +153,9 @@ class LBFGS(Solver):
     max_line_search: int = 40
 
     def __post_init__(self):
-        if self.memory < 1:
-            raise ValueError(f"memory must be >= 1, got {self.memory}")
+        check_setting("memory", self.memory, low=1, integer=True)
+        check_setting("c1", self.c1, low=0, high=1, low_open=True, high_open=True)
+        check_setting("max_line_search", self.max_line_search, low=1, integer=True)
 
     def init(self, problem, y, x):
         value, grad = problem.value_and_grad(y, x)

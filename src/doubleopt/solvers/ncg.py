@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._base import Solver
+from ._base import Solver, check_setting
 from .linesearch import wolfe_line_search
 
 
@@ -41,6 +41,13 @@ class NonlinearCG(Solver):
     c1: float = 1e-4
     c2: float = 0.1
     max_line_search: int = 30
+
+    def __post_init__(self):
+        if self.restart is not None:
+            check_setting("restart", self.restart, low=1, integer=True)
+        check_setting("c1", self.c1, low=0, high=1, low_open=True, high_open=True)
+        check_setting("c2", self.c2, low=self.c1, high=1, low_open=True, high_open=True)
+        check_setting("max_line_search", self.max_line_search, low=1, integer=True)
 
     def init(self, problem, y, x):
         value, grad = problem.value_and_grad(y, x)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._solution import RESULTS
-from ._base import Solver
+from ._base import Solver, check_setting
 from .linesearch import armijo_backtracking
 
 
@@ -37,6 +37,10 @@ class Newton(Solver):
 
     c1: float = 1e-4
     max_damping_tries: int = 20
+
+    def __post_init__(self):
+        check_setting("c1", self.c1, low=0, high=1, low_open=True, high_open=True)
+        check_setting("max_damping_tries", self.max_damping_tries, low=1, integer=True)
 
     def init(self, problem, y, x):
         value, grad = problem.value_and_grad(y, x)

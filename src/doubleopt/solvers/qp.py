@@ -1212,8 +1212,8 @@ def qp_solve(
     """
     from .._solve import solve
 
-    if regularization < 0:
-        raise ValueError(f"regularization must be >= 0, got {regularization}")
+    if not regularization >= 0 or regularization == float("inf"):
+        raise ValueError(f"regularization must be a finite number >= 0, got {regularization}")
     if regularization > 0:
         Q = Q + regularization * torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
     data = make_qp_data(Q, q, A, b, G, h, start=start)  # validates shapes and dtypes
