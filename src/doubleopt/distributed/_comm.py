@@ -175,8 +175,25 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> Comm:
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(backend, store=_attempt_store(rank, world, timeout), rank=rank, world_size=world,
+                            timeout=timeout)  # fmt: skip
     return _comm_of_group(backend)
+
+
+def _attempt_store(rank: int, world: int, timeout: timedelta):
+    """The rendezvous store of this launch attempt: torchrun's store (``MASTER_ADDR:MASTER_PORT``, kept by the agent
+    across restarts) under a prefix naming ``TORCHELASTIC_RESTART_COUNT``, so a restarted group never reads the
+    addresses its dead predecessors published (gloo would connect to a closed port)."""
+    import torch.distributed as dist
+
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        host, port, world_size=None if agent else world, is_master=not agent and rank == 0, timeout=timeout
+    )
+    return dist.PrefixStore(f"doubleopt/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def _comm_of_group(backend: str) -> Comm:
