@@ -61,6 +61,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -712,8 +713,10 @@ def torchopt_hypergradient(prob, train, outer, y_star, rtol: float) -> torch.Ten
         return y_star.clone()
 
     lam = prob.log_l2.detach().clone().requires_grad_(True)
-    w = inner(y_star.clone(), lam)
-    return torch.autograd.grad(outer(w), lam)[0]
+    with warnings.catch_warnings():  # torchopt 0.7.3 calls the deprecated functorch.vjp (its FutureWarning)
+        warnings.filterwarnings("ignore", message="We've integrated functorch into PyTorch", category=FutureWarning)
+        w = inner(y_star.clone(), lam)
+        return torch.autograd.grad(outer(w), lam)[0]
 
 
 def study_torchopt(args, plt):
