@@ -34,20 +34,22 @@ Studies (``--studies``):
   ``ru_maxrss`` alone cannot be reset, so setup's transient peak would hide small differences.
 * ``outer``: validation loss vs wall time of ``do.bilevel.optimize`` (L-BFGS inner solver, Adam outer steps,
   the default tolerance schedule, ``--outer-max-inner`` inner steps) with Implicit-CG, Neumann k, Unroll,
-  Truncated k and, where ``do.FixedPoint`` exists, FixedPoint k with its adjoint warm-started across outer steps
-  (``AdjointMemory``), for the 64-weight and the single-weight problem 1, all from ``--outer-log-l2``, against grid search (``--grid-points`` global weights in ``--search-range``,
-  solved to 1e-8, warm-started along the grid) and random search (uniform log weights in the same range,
-  cold-started) over the single global weight with the wall time of the Implicit-CG 64-weight run as budget.
-  The goal: the 64-weight solution's validation loss below the best grid point's (whole grid). Test loss and
-  accuracy on digits' test split are reported next to it (the validation set is what the outer loop fits).
-  A run that raises (``do.Unroll()`` when a warm-started inner solve takes no step, so that its solution
-  carries no graph) is a row with the error instead of a curve.
+  Truncated k and, where ``do.FixedPoint`` exists, FixedPoint k with its adjoint warm-started across outer
+  steps (``AdjointMemory``), for the 64-weight and the single-weight problem 1, all from ``--outer-log-l2``,
+  against grid search (``--grid-points`` global weights in ``--search-range``, solved to 1e-8, warm-started
+  along the grid) and random search (uniform log weights in the same range, cold-started) over the single
+  global weight with the wall time of the Implicit-CG 64-weight run as budget. The goal: the 64-weight
+  solution's validation loss below the best grid point's (whole grid). Test loss and accuracy on digits' test
+  split are reported next to it (the validation set is what the outer loop fits). A run that raises
+  (``do.Unroll()`` when a warm-started inner solve takes no step, so that its solution carries no graph) is a
+  row with the error instead of a curve.
 * ``torchopt``: on problem 1 (64 weights), one inner solution (L-BFGS to ``--torchopt-inner-tol``) handed to
   both ``do.Implicit(CG(rtol))`` and ``torchopt.diff.implicit.custom_root`` with ``solve_cg(rtol)`` (its
-  optimality function: the ``torch.func.grad`` gradient of the same objective, as torchopt's examples write it); errors against Cholesky, wall time of the
-  hypergradient at each rtol, peak memory (fresh processes, as above). The headline ratio is taken at the
-  loosest rtol at which both are within 1e-6 of the reference. torchopt 0.7.3 installs and imports with our
-  torch (the ``bench`` extra); without it the study stops with that message.
+  optimality function: the ``torch.func.grad`` gradient of the same objective, as torchopt's examples write
+  it); errors against Cholesky, wall time of the hypergradient at each rtol, peak memory (fresh processes, as
+  above). The headline ratio is taken at the loosest rtol at which both are within 1e-6 of the reference.
+  torchopt 0.7.3 installs and imports with our torch (the ``bench`` extra); without it the study stops with
+  that message.
 
 Timing: ``--threads`` torch threads (1), one untimed warm-up call, median of ``--repeats`` calls.
 
