@@ -111,8 +111,10 @@ def test_sinkhorn_nan_marginal_row():
         assert torch.equal(av.grad[1], torch.zeros_like(av.grad[1]))
 
 
+@pytest.mark.parametrize("adjoint", [do.Unroll(), None], ids=["unroll", "kkt"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_qp_unroll_bad_row(bad):
+def test_qp_bad_row(bad, adjoint):
+    """Under Unroll and the default KKT (implicit) backward alike."""
     g = torch.Generator().manual_seed(0)
     M = torch.randn(4, 4, generator=g, dtype=torch.float64)
     G, h = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
@@ -122,7 +124,7 @@ def test_qp_unroll_bad_row(bad):
     def run(rows):
         Q = (M @ M.T + torch.eye(4, dtype=torch.float64)).requires_grad_(True)
         q = q0[rows].clone().requires_grad_(True)
-        sol = do.qp_solve(Q, q, G=G, h=h, adjoint=do.Unroll(), throw=False)
+        sol = do.qp_solve(Q, q, G=G, h=h, adjoint=adjoint, throw=False)
         return Q, q, sol
 
     Q, q, sol = run([0, 1, 2, 3])

@@ -84,6 +84,11 @@ class Safeguarded:
             raise TypeError(f"fallback must be a doubleopt solver (e.g. do.LBFGS()), got {self.fallback!r}")
         if not self.tol >= 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
+        from ..solvers._base import check_setting
+
+        check_setting("fallback_steps", self.fallback_steps, low=0, integer=True)
+        if self.round_steps is not None:
+            check_setting("round_steps", self.round_steps, low=1, integer=True)
 
     def solve(self, problem, x, *, throw: bool = False, fallback_tol: float | None = None) -> Solution:
         """Solve the batch (see the module docstring). Runs without autograd (an inference-time safeguard).

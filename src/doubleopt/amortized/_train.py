@@ -100,10 +100,30 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[st
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load safetensors weights written by :func:`save_checkpoint` into ``model`` (strict)."""
+    """Load safetensors weights written by :func:`save_checkpoint` into ``model`` (strict).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a readable safetensors file (corrupt, truncated) or does not match the model
+            (missing, unexpected or differently shaped tensors); the model is then left unchanged.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path)))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"cannot read the checkpoint {path}: not a valid safetensors file (corrupt or "
+                         f"truncated?): {e}") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"the checkpoint {path} does not match {type(model).__name__}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, shape differs for {[(k, tuple(tensors[k].shape)) for k in wrong[:5]]}"
+        )
+    model.load_state_dict(tensors)
     return model
 
 
@@ -126,6 +146,24 @@ def _make_loss(loss: str, solver, problem, targets_of: Callable | None):
     if loss == "layerwise":
         return lambda x, t: layerwise_loss(solver, problem, x, t)
     return lambda x, t: regression_loss(solver, problem, x, t)
+
+
+def _check_fit_numbers(*, lr, weight_decay, grad_clip, time_limit, train_size, val_size, val_every,
+                       reference_steps) -> None:
+    """:func:`fit`'s numeric arguments, each refused by name (NaN included)."""
+    from ..solvers._base import check_setting
+
+    check_setting("lr", lr, low=0, low_open=True)
+    check_setting("weight_decay", weight_decay, low=0)
+    if grad_clip is not None:
+        check_setting("grad_clip", grad_clip, low=0, low_open=True)
+    if time_limit is not None:
+        check_setting("time_limit", time_limit, low=0, low_open=True)
+    if train_size is not None:
+        check_setting("train_size", train_size, low=1, integer=True)
+    check_setting("val_size", val_size, low=1, integer=True)
+    check_setting("val_every", val_every, low=1, integer=True)
+    check_setting("reference_steps", reference_steps, low=1, integer=True)
 
 
 def fit(
@@ -198,6 +236,8 @@ def fit(
         raise ValueError("a reference solver caches solutions of a fixed training set: pass train_size")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    _check_fit_numbers(lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, time_limit=time_limit,
+                       train_size=train_size, val_size=val_size, val_every=val_every, reference_steps=reference_steps)
     model = solver.model
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)

@@ -25,8 +25,8 @@ class TorchOptimizer(torch.optim.Optimizer):
     learned optimizer's update for the gradient ``p.grad`` and :math:`\eta` is the group's ``lr`` multiplier
     (default 1: the update exactly as meta-trained).
 
-    All updates of a step are computed first; if any is non-finite a ``FloatingPointError`` naming the
-    parameter is raised and neither the model nor the optimizer state is modified.
+    All updates of a step are computed first; if a gradient or an update is non-finite a ``FloatingPointError``
+    naming the parameter is raised and neither the model nor the optimizer state is modified.
 
     Args:
         params: an iterable of parameters, of ``(name, parameter)`` pairs (``model.named_parameters()``; the
@@ -50,8 +50,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"{type(lopt).__name__} needs objective values as well as gradients, which torch.optim's "
                 "interface does not give per parameter; run it with do.solve(problem, lopt.as_solver(), ...)"
             )
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr must be > 0 and finite, got {lr!r}")
         super().__init__(params, {"lr": lr})
         self.lopt = lopt
         for p in lopt.parameters():
@@ -87,6 +87,11 @@ class TorchOptimizer(torch.optim.Optimizer):
                 dtype = next(self.lopt.parameters()).dtype
                 y = p.detach().reshape(1, -1).to(dtype)
                 g = p.grad.detach().reshape(1, -1).to(dtype)
+                if not bool(torch.isfinite(g).all()):  # a learned update may squash inf into a finite step
+                    raise FloatingPointError(
+                        f"TorchOptimizer: the gradient of parameter {self._name(group, gi, i, p)} is non-finite "
+                        "(NaN or inf); no parameter was changed. Check the loss (or skip this step)."
+                    )
                 delta, new_state = self.lopt.update(g, self._rule_state(p, y), y)
                 delta = group["lr"] * delta
                 if not bool(torch.isfinite(delta).all()):

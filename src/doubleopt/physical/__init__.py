@@ -66,6 +66,9 @@ def random_network(
         >>> net.n_nodes, net.n_inputs, net.n_outputs
         (500, 3, 2)
     """
+    for name, value in (("n_inputs", n_inputs), ("n_outputs", n_outputs), ("n_ground", n_ground)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     g = random_graph(n_nodes, mean_degree, seed=seed)
     rng = np.random.default_rng(seed + 7919)
     need = n_inputs + n_ground + (n_outputs if output_kind == "nodes" else 0)

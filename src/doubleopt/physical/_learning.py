@@ -60,8 +60,8 @@ class EquilibriumPropagation:
     symmetric: bool = False
 
     def __post_init__(self):
-        if not (self.beta > 0):
-            raise ValueError(f"EquilibriumPropagation needs beta > 0, got {self.beta}")
+        if not (0 < self.beta < float("inf")):
+            raise ValueError(f"EquilibriumPropagation needs beta > 0 and finite, got {self.beta}")
 
     def estimate(self, factor: LaplacianFactor, st: FreeState) -> np.ndarray:
         Wp, A, dZ = factor.nudge_weights(st, self.beta), st.drop_basis, factor.dZ

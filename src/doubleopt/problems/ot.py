@@ -94,8 +94,8 @@ class EntropicOT(ProblemFamily):
         super().__init__()
         if cost.dim() != 2 or not torch.isfinite(cost).all():
             raise ValueError(f"cost must be a finite (n, m) matrix, got shape {tuple(cost.shape)}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        if not 0 < eps < float("inf"):
+            raise ValueError(f"eps must be > 0 and finite, got {eps}")
         C = cost.to(dtype)
         self.eps, self.dtype = float(eps), dtype
         self.n, self.m = C.shape
@@ -187,6 +187,12 @@ class EntropicOT(ProblemFamily):
                 f"got {tuple(a.shape)} and {tuple(b.shape)}"
             )
         for name, t in (("a", a), ("b", b)):
+            if t.dtype != self.cost.dtype:
+                raise ValueError(
+                    f"measure {name} is {t.dtype} but {type(self).__name__} computes in {self.cost.dtype} (its cost "
+                    f"matrix); convert the context (e.g. OTContext(a.to({self.cost.dtype}), b.to(...))) or build "
+                    f"the family with dtype={t.dtype}"
+                )
             finite = torch.isfinite(t).all(-1)
             nonpos = finite & ~(t > 0).all(-1)
             if bool(nonpos.any()):

@@ -93,7 +93,8 @@ def _as_batched(name: str, t: Tensor | None, B: int, shape: tuple[int, ...], lik
         return t
     want = " x ".join(map(str, shape)) or "scalar"
     raise ValueError(f"{name} must have shape {shape} (shared by the batch) or {(B, *shape)} (one per "
-                     f"instance; {want} each), got {tuple(t.shape)}")
+                     f"instance; {want} each), got {tuple(t.shape)} (the sizes come from q: (B, n) = "
+                     f"{tuple(like.shape)}, and from b, h for the numbers of constraints)")
 
 
 def make_qp_data(Q: Tensor, q: Tensor, A: Tensor | None = None, b: Tensor | None = None,
@@ -214,7 +215,9 @@ class QPProblem(ProblemFamily):
                     raise ValueError(f"QPStart.{name} must have shape {shape}, got {tuple(t.shape)}")
             if st.lam is not None and bool((st.lam < 0).any()):
                 raise ValueError("QPStart.lam (inequality multipliers) must be >= 0")
-        bad = not_psd(x.Q, self.psd_tol)
+        # an instance whose Q holds NaN or inf is not refused here: do.solve reports it as nonfinite (throw=False)
+        # or names it among the non-finite instances (throw=True)
+        bad = not_psd(x.Q, self.psd_tol) & torch.isfinite(x.Q).flatten(1).all(-1)
         if bool(bad.any()):
             idx = torch.nonzero(bad).flatten().tolist()
             more = " ..." if len(idx) > 10 else ""

@@ -66,6 +66,8 @@ class Quadratic(ProblemFamily):
     def check_context(self, x):
         if not isinstance(x, QuadraticContext):
             raise ValueError(f"Quadratic expects a QuadraticContext, got {type(x).__name__}")
+        if not (x.A.is_floating_point() and x.b.is_floating_point()):
+            raise ValueError(f"Quadratic expects floating-point A and b, got {x.A.dtype} and {x.b.dtype}")
         if x.A.shape[-2:] != (self.dim, self.dim) or x.b.shape[-1] != self.dim:
             raise ValueError(
                 f"Quadratic(dim={self.dim}) expects A (B, {self.dim}, {self.dim}) and b (B, {self.dim}),"

@@ -34,8 +34,9 @@ def _sqrt(v: Tensor) -> Tensor:
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if not (value > 0 or (allow_zero and value == 0)) or value != value:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if not ok or not (value > 0 or (allow_zero and value == 0)) or value == float("inf"):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
 
 
 @dataclass
@@ -108,8 +109,7 @@ class Momentum(GradientRuleSolver):
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_setting("momentum", self.momentum, low=0, high=1, high_open=True)
         check_setting("weight_decay", self.weight_decay, low=0)
 
     def init_rule(self, y):
@@ -183,8 +183,7 @@ class RMSProp(GradientRuleSolver):
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
+        check_setting("alpha", self.alpha, low=0, high=1, high_open=True)
         check_setting("eps", self.eps, low=0)
         check_setting("momentum", self.momentum, low=0, high=1, high_open=True)
 
@@ -233,9 +232,10 @@ class Adam(GradientRuleSolver):
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
-        b1, b2 = self.betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if not (isinstance(self.betas, tuple | list) and len(self.betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            check_setting(f"betas[{i}]", beta, low=0, high=1, high_open=True)
         check_setting("eps", self.eps, low=0)
         check_setting("weight_decay", self.weight_decay, low=0)
 

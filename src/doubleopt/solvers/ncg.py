@@ -46,7 +46,9 @@ class NonlinearCG(Solver):
         if self.restart is not None:
             check_setting("restart", self.restart, low=1, integer=True)
         check_setting("c1", self.c1, low=0, high=1, low_open=True, high_open=True)
-        check_setting("c2", self.c2, low=self.c1, high=1, low_open=True, high_open=True)
+        check_setting("c2", self.c2, low=0, high=1, low_open=True, high_open=True)
+        if not self.c1 < self.c2:
+            raise ValueError(f"c1 < c2 is needed (strong Wolfe conditions), got c1 = {self.c1}, c2 = {self.c2}")
         check_setting("max_line_search", self.max_line_search, low=1, integer=True)
 
     def init(self, problem, y, x):

@@ -1142,8 +1142,22 @@ def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
         Qs = hit[1].Qs.detach()
         if hit[1].ns is not None:
             ns = _NullSpace(*(getattr(hit[1].ns, f.name).detach() for f in fields(_NullSpace)))
-    return _QPKKT.apply(z.detach(), st.lam.detach(), st.nu.detach(), st.s.detach(), st.d.detach(),
-                        st.L.detach(), st.W.detach(), st.LM.detach(), ns, Qs, *tensors)
+    parts = [t.detach() for t in (z, st.lam, st.nu, st.s, st.d, st.L, st.W, st.LM)]
+    B = z.shape[0]
+    bad = torch.zeros(B, dtype=torch.bool, device=z.device)
+    for t in parts + [t.detach() for t in tensors]:
+        if t.dim() > 0 and t.shape[0] == B:
+            bad = bad | ~torch.isfinite(t.reshape(B, -1)).all(-1)
+    if bool(bad.any()) and not bool(bad.all()):
+        # an instance refused as non-finite (its data or state holds NaN / inf) solves its adjoint system on a
+        # finite instance's state and is returned as a constant: it adds 0, not NaN, to shared matrices' gradients
+        from .._iterate import replace_rows
+
+        donor = int(torch.nonzero(~bad).flatten()[0])
+        parts = replace_rows(parts, bad, donor)
+        out = _QPKKT.apply(*parts, ns, Qs, *tensors)
+        return torch.where(bad[:, None], z.detach(), out)
+    return _QPKKT.apply(*parts, ns, Qs, *tensors)
 
 
 QP_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}

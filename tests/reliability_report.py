@@ -1,0 +1,83 @@
+"""Records what the property suite (tests/test_properties.py) tried and renders docs/reliability.md from it.
+
+Each example of a property test calls :func:`record` with the entry point, the class of input it drew and the outcome
+it observed (an error naming the argument, a per-instance result code, ...). When the environment variable
+``DOUBLEOPT_RELIABILITY_TABLE`` names a file, the suite writes the table there at the end of its run::
+
+    DOUBLEOPT_HYPOTHESIS_PROFILE=long DOUBLEOPT_RELIABILITY_TABLE=docs/reliability.md \\
+        .venv/bin/pytest tests/test_properties.py -p no:xdist
+
+(``-p no:xdist``: one process sees every example; with xdist each worker would write its own part.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+_RECORDS: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+_LIMITATIONS: dict[str, list[str]] = defaultdict(list)
+
+HEADER = """# Reliability: what bad and unusual input gets
+
+Every public entry point promises the same contract: bad input (wrong shapes, dtypes, NaN or inf, empty
+batches, zero or negative sizes and rates) gets a clear error naming the argument, or a per-instance result code
+in `Solution.result`; no NaN or inf comes back as a success; no input tensor or array is modified.
+
+The tables below are written by the property-based test suite (`tests/test_properties.py`, with
+[Hypothesis](https://hypothesis.readthedocs.io)) from the examples it ran: per entry point, each class of
+input it drew, how many examples, and what came back. Every row is also an assertion of that suite: an
+outcome outside the contract fails it. Regenerate this page with
+
+```
+DOUBLEOPT_HYPOTHESIS_PROFILE=long DOUBLEOPT_RELIABILITY_TABLE=docs/reliability.md \\
+    .venv/bin/pytest tests/test_properties.py -p no:xdist
+```
+
+(`DOUBLEOPT_HYPOTHESIS_PROFILE=long` draws {long} examples per property instead of the {default} of the default
+run; the examples are derandomized, so the same command writes the same counts.)
+"""
+
+
+def record(entry: str, input_class: str, outcome: str) -> None:
+    """One example of ``entry`` with input of class ``input_class`` gave ``outcome``."""
+    _RECORDS[entry][input_class][outcome] += 1
+
+
+def limitation(entry: str, text: str) -> None:
+    """An accepted limitation of ``entry`` (listed under its table)."""
+    if text not in _LIMITATIONS[entry]:
+        _LIMITATIONS[entry].append(text)
+
+
+def render(profile: str, examples: dict[str, int]) -> str:
+    lines = [HEADER.format(long=examples["long"], default=examples["default"]).rstrip(), ""]
+    lines.append(f"Profile of this run: `{profile}` ({examples[profile]} examples per property).")
+    lines.append("")
+    for entry in sorted(_RECORDS):
+        lines += [f"## {entry}", "", "| input | examples | outcome |", "|---|---:|---|"]
+        for input_class in sorted(_RECORDS[entry]):
+            outcomes = _RECORDS[entry][input_class]
+            total = sum(outcomes.values())
+            text = "; ".join(f"{o} ({n})" if len(outcomes) > 1 else o for o, n in sorted(outcomes.items()))
+            lines.append(f"| {input_class} | {total} | {text} |")
+        lines.append("")
+        if _LIMITATIONS.get(entry):
+            lines.append("Accepted limitations:")
+            lines.append("")
+            lines += [f"- {t}" for t in _LIMITATIONS[entry]]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_if_requested(profile: str, examples: dict[str, int]) -> Path | None:
+    """Write the page to ``$DOUBLEOPT_RELIABILITY_TABLE`` (atomically) if that variable is set."""
+    target = os.environ.get("DOUBLEOPT_RELIABILITY_TABLE")
+    if not target or not _RECORDS:
+        return None
+    path = Path(target)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render(profile, examples))
+    os.replace(tmp, path)
+    return path
