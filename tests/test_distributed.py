@@ -165,7 +165,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     case, out_dir = sys.argv[1], Path(sys.argv[2])
     {"basics": _worker_basics}[case](out_dir)
-    import torch.distributed as dist
+    from doubleopt.distributed import shutdown
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown(init_from_env())  # the group the worker joined

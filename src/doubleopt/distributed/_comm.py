@@ -209,7 +209,8 @@ def shutdown(comm: Comm) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.destroy_process_group()
+            dist.barrier()  # every process leaves together (a process tearing down gloo while a peer still
+            dist.destroy_process_group()  # talks to it can abort the peer)
 
 
 def stream_seed(seed: int, stream: int) -> int:
