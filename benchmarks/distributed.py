@@ -370,15 +370,16 @@ def plot(args: Args, records: dict, model: dict):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method, m in model.items():
         runs = records[f"meta-{method}"]
-        (line,) = axes[0].plot(
-            list(runs), [1 / r["median_step_s"] for r in runs.values()], "o", label=f"{method} measured"
-        )
-        for kind, style in (("strong", "-"), ("weak", ":")):
-            pts = sorted(m[kind].items())
-            per = [(n, 1 / t * (n / 2 if kind == "weak" else 1)) for n, t in pts]
-            axes[0].plot([p[0] for p in per], [p[1] for p in per], style, color=line.get_color(),
-                         label=f"{method} model ({kind}{', x work' if kind == 'weak' else ''})")  # fmt: skip
-    axes[0].set(xscale="log", yscale="log", xlabel="processes", ylabel="meta-steps / s (weak: x global work)",
+        t1 = runs[1]["median_step_s"]
+        measured = [(n, t1 / (n * r["median_step_s"])) for n, r in runs.items()]
+        (line,) = axes[0].plot(*zip(*measured), "o", label=f"{method} measured")
+        strong = sorted((n, t1 / (n * t)) for n, t in m["strong"].items())
+        share = m["serial_s"] + (t1 - m["serial_s"]) / 2  # per-process compute in weak scaling
+        weak = sorted((n, share / t) for n, t in m["weak"].items())
+        if strong:
+            axes[0].plot(*zip(*strong), "-", color=line.get_color(), label=f"{method} model, strong")
+        axes[0].plot(*zip(*weak), ":", color=line.get_color(), label=f"{method} model, weak")
+    axes[0].set(xscale="log", ylim=(0, 1.05), xlabel="processes", ylabel="parallel efficiency",
                 title="meta-training")  # fmt: skip
     axes[0].legend(fontsize=7)
     solve = records["solve"]
