@@ -137,8 +137,9 @@ def test_optimize_skips_steps_whose_inner_solve_fails():
     prob = _Quadratic(seed=3)
     before = prob.lam.detach().clone()
     x = torch.zeros(2, 0, dtype=F64)
-    res = do.bilevel.optimize(prob, do.GD(lr=1e-3), x, _outer, [prob.lam], outer_steps=3, max_inner_steps=2)
-    assert res.skipped == [0, 1, 2] and res.solution is None
+    with pytest.warns(RuntimeWarning, match="failed 3 times in a row"):
+        res = do.bilevel.optimize(prob, do.GD(lr=1e-3), x, _outer, [prob.lam], outer_steps=10, max_inner_steps=2)
+    assert res.skipped == [0, 1, 2] and res.solution is None and "3 times" in res.stopped
     assert all(r.failures == {0: "max_steps_reached", 1: "max_steps_reached"} for r in res.history)
     assert all(math.isnan(r.outer_loss) for r in res.history)
     torch.testing.assert_close(prob.lam.detach(), before, rtol=0, atol=0)
@@ -254,3 +255,19 @@ def test_fixed_point_adjoint_in_the_outer_loop_is_warm_started():
     matvecs = [r.adjoint_matvecs for r in res.history if r.applied]
     assert matvecs[0] == 3 and set(matvecs[1:]) == {4}  # from zero the first iteration is free; +1 for the residual
     assert resid[-1] < 0.1 * resid[0]  # 3 iterations per step, but continued across steps
+
+
+def test_unrolled_outer_loop_starts_cold_and_matches_implicit_direction():
+    prob = _Quadratic(seed=5)
+    x = torch.zeros(1, 0, dtype=F64)
+    res = do.bilevel.optimize(prob, do.GD(lr=0.2), x, _outer, [prob.lam], outer_steps=4, outer_lr=0.01,
+                              adjoint=do.Unroll(), tol=do.bilevel.ToleranceSchedule(1e-9, 1e-9, 1.0),
+                              max_inner_steps=3000)
+    assert all(r.applied for r in res.history) and all(r.inner_steps > 10 for r in res.history)
+
+
+def test_outer_loss_without_a_graph_is_a_clear_error():
+    prob = _Quadratic(seed=5)
+    x = torch.zeros(1, 0, dtype=F64)
+    with pytest.raises(ValueError, match="does not depend on the hyperparameters"):
+        do.bilevel.optimize(prob, do.LBFGS(), x, lambda y: (y.detach() ** 2).sum(), [prob.lam], outer_steps=2)

@@ -211,9 +211,10 @@ class Problem(nn.Module):
 
 
 def _grad_with_graph(problem: Problem, yv: Tensor, x: Context) -> tuple[Tensor, Tensor]:
-    f = problem.smooth(yv, x)
-    (g,) = torch.autograd.grad(f.sum(), yv, create_graph=True)
-    return f, g
+    """The smooth part's value and gradient with a graph (through an analytic ``smooth_value_and_grad`` where the
+    problem has one, which is what its Hessian-vector products then differentiate)."""
+    with torch.enable_grad():
+        return problem.smooth_value_and_grad(yv, x)
 
 
 class ProblemFamily(Problem):

@@ -3,8 +3,9 @@ r"""Adjoints: how ``solve`` differentiates the solution :math:`y^*(x)`.
 * :class:`Unroll` backpropagates through every step the solver took (exact derivative of the
   algorithm; memory grows with the number of steps).
 * :class:`Truncated` solves without a graph, then backpropagates through ``k`` further steps taken from
-  the detached solution (Bolte, Pauwels & Vaiter 2023, "One-step differentiation of iterative
-  algorithms"; ``k=1`` is their one-step estimator). Memory is that of ``k`` steps.
+  the detached solution with a freshly initialized solver state (Bolte, Pauwels & Vaiter 2023, "One-step
+  differentiation of iterative algorithms"; ``k=1`` is their one-step estimator). Memory is that of ``k``
+  steps.
 * :class:`Implicit` uses the implicit function theorem on the optimality conditions the problem declares,
   :math:`F(y^*; x) = 0` with :math:`F` = ``problem.optimality`` (the gradient :math:`\nabla_y s` for smooth
   problems, the proximal gradient mapping for composite ones, see :meth:`doubleopt.Problem.optimality`):
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._iterate import LoopOutput, iterate
-from .._tree import tree_detach, tree_map
+from .._tree import tree_map
 from ..linalg import batched_cg, batched_gmres
 
 
@@ -88,7 +89,9 @@ class Truncated(AbstractAdjoint):
             result0=out.result,
         )
         with torch.enable_grad():
-            tail = iterate(problem, solver, x, out.y.detach(), state0=tree_detach(out.state), **kw)
+            # a fresh solver state at y*: a state carried over from the solve holds y*'s gradient without a graph,
+            # which would make the first differentiable step's derivative that of the identity
+            tail = iterate(problem, solver, x, out.y.detach(), **kw)
         return replace(out, y=tail.y, state=tail.state)
 
 

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .._solution import RESULTS, Solution
 from .._solve import solve
-from ..adjoint import AdjointMemory
+from ..adjoint import AdjointMemory, Unroll
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ def optimize(
     tol: ToleranceSchedule | None = None,
     max_inner_steps: int = 1000,
     descent_slack: float | None = 1.0,
+    max_skips: int = 3,
 ) -> BilevelResult:
     r"""Minimize ``outer_loss(y*(lambda))`` over ``hyperparams`` (see the module docstring for the math).
 
@@ -138,6 +139,8 @@ def optimize(
         optimizer: a ``torch.optim`` optimizer class, called as ``optimizer(hyperparams, lr=outer_lr)``.
         tol: the inner :class:`ToleranceSchedule`.
         max_inner_steps: inner step budget per outer step.
+        max_skips: stop (with ``stopped`` set and a warning) after this many consecutive skipped steps: the
+            hyperparameters do not move while steps are skipped, so more tries repeat the same failing solve.
         descent_slack: :math:`c` of the descent test (module docstring); ``None`` keeps every step (plain
             inexact hypergradient descent).
 
@@ -170,10 +173,15 @@ def optimize(
         raise ValueError(f"outer_lr must be > 0, got {outer_lr!r}")
     if not hyperparams or not all(isinstance(p, Tensor) and p.requires_grad for p in hyperparams):
         raise ValueError("hyperparams must be a non-empty sequence of tensors with requires_grad=True")
+    if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 1:
+        raise ValueError(f"max_skips must be an integer >= 1, got {max_skips!r}")
     if descent_slack is not None and not (float(descent_slack) >= 0):
         raise ValueError(f"descent_slack must be >= 0 or None, got {descent_slack!r}")
     tol = ToleranceSchedule() if tol is None else tol
     adjoint, memory = _with_memory(adjoint)
+    # Unroll differentiates the path from the start: a warm start would cut the path (to nothing, once the
+    # previous solution already meets the tolerance) and with it the hypergradient, so it starts cold
+    unrolled = isinstance(adjoint, Unroll)
     opt = optimizer(hyperparams, lr=outer_lr)
     history: list[OuterStep] = []
     y_prev, last = None, None
@@ -184,7 +192,8 @@ def optimize(
         tol_t = max(tol(t) * tighten, tol.end)
         opt.zero_grad(set_to_none=True)
         solves_before = memory.solves if memory is not None else 0
-        sol = solve(problem, solver, x, y_prev, adjoint=adjoint, max_steps=max_inner_steps, tol=tol_t, throw=False)
+        y0 = None if unrolled else y_prev
+        sol = solve(problem, solver, x, y0, adjoint=adjoint, max_steps=max_inner_steps, tol=tol_t, throw=False)
         inner_steps = int(sol.num_steps.max())
         bad = sol.result != int(RESULTS.successful)
         if bool(bad.any()):
@@ -193,6 +202,15 @@ def optimize(
             history.append(
                 OuterStep(t, math.nan, inner_steps, math.nan, tol_t, time.perf_counter() - start, False, failures)
             )
+            recent = history[-max_skips:]
+            if len(recent) == max_skips and all(r.failures for r in recent):
+                msg = (
+                    f"outer steps {recent[0].step}..{t}: the inner solve failed {max_skips} times in a row "
+                    f"({failures}); the inner problem may have become ill-conditioned at these hyperparameters "
+                    "(raise max_inner_steps or the tolerance floor, or bound the hyperparameters)"
+                )
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                return BilevelResult(history, last, stopped=msg)
             continue
         loss = outer_loss(sol.y)
         record = OuterStep(t, float(loss.detach()), inner_steps, math.nan, tol_t, 0.0, False)
@@ -210,6 +228,11 @@ def optimize(
                 record.rejected_previous, record.time = True, time.perf_counter() - start
                 undo = None
                 continue
+        if not loss.requires_grad:
+            raise ValueError(
+                f"outer step {t}: the outer loss does not depend on the hyperparameters through the inner solution "
+                "(no graph): outer_loss must be computed from its argument y, and the problem must use hyperparams"
+            )
         loss.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in hyperparams]
         gnorm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
