@@ -16,9 +16,8 @@ Studies (``--studies``):
   Hessian-vector products (Grazzi et al. 2020). Reference: ``Implicit(Cholesky())`` (problem 1) /
   ``Implicit(CG(rtol=1e-12))`` (problem 3) at an inner solution solved to ``--tight-tol``. Methods:
   Implicit-CG at several rtol and Neumann k (``scale = 1/L``, L by power iteration on Hessian-vector products
-  at the solution; reported) from that solution; Truncated k (k steps of GD with step 1/L from that solution;
-  ``do.Truncated`` restarts from the detached solver state, whose gradient at the solution carries no graph, so
-  only k - 1 of the steps contribute and k = 1 gives no hypergradient at all: k starts at 2);
+  at the solution; reported) from that solution; Truncated k (k differentiated steps of GD with step 1/L from
+  that solution, the solver state re-initialized there);
   Unroll T (T steps of GD with step 1/L, or of L-BFGS, from zero, and backpropagation through them).
   Timed: the hypergradient given the solver's output (implicit, Neumann, truncated: from the stored solution,
   the inner solve is a separate column; unroll: the T forward steps and the backward pass). The problem-3
@@ -40,9 +39,9 @@ Studies (``--studies``):
   along the grid) and random search (uniform log weights in the same range, cold-started) over the single
   global weight with the wall time of the Implicit-CG 64-weight run as budget. The goal: the 64-weight
   solution's validation loss below the best grid point's (whole grid). Test loss and accuracy on digits' test
-  split are reported next to it (the validation set is what the outer loop fits). A run that raises
-  (``do.Unroll()`` when a warm-started inner solve takes no step, so that its solution carries no graph) is a
-  row with the error instead of a curve.
+  split are reported next to it (the validation set is what the outer loop fits). ``optimize`` starts
+  ``do.Unroll()``'s inner solves cold (its derivative is that of the path from the start). A run that raises is
+  a row with the error instead of a curve.
 * ``torchopt``: on problem 1 (64 weights), one inner solution (L-BFGS to ``--torchopt-inner-tol``) handed to
   both ``do.Implicit(CG(rtol))`` and ``torchopt.diff.implicit.custom_root`` with ``solve_cg(rtol)`` (its
   optimality function: the ``torch.func.grad`` gradient of the same objective, as torchopt's examples write
@@ -100,16 +99,7 @@ class Args:
     power_iters: int = 100  # power-iteration steps for the largest Hessian eigenvalue L
     cg_rtols: tuple = (1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10)  # Implicit-CG relative residual tolerances
     neumann_terms: tuple = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)  # Neumann series terms k
-    truncated_steps: tuple = (
-        2,
-        3,
-        5,
-        10,
-        20,
-        50,
-        100,
-        200,
-    )  # Truncated k (GD steps from the solution; >= 2, see below)
+    truncated_steps: tuple = (1, 2, 5, 10, 20, 50, 100, 200)  # Truncated k (GD steps from the solution)
     unroll_steps: tuple = (10, 30, 100, 300, 1000)  # Unroll T (GD steps from zero)
     unroll_lbfgs_steps: tuple = (5, 10, 20, 50, 100)  # Unroll T (L-BFGS steps from zero)
     memory_steps: tuple = (10, 30, 100, 300)  # inner steps T of the memory study
@@ -142,7 +132,7 @@ QUICK = dict(
     power_iters=30,
     cg_rtols=(1e-2, 1e-6),
     neumann_terms=(0, 5, 20),
-    truncated_steps=(2, 5),
+    truncated_steps=(1, 5),
     unroll_steps=(10, 40),
     unroll_lbfgs_steps=(5, 20),
     memory_steps=(5, 40),
