@@ -208,9 +208,9 @@ def iterate(
     can_compact = compact_below > 0 and values is None and not torch.is_grad_enabled()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar
 
-        bar = tqdm(total=max_steps, desc=f"solve[{type(solver).__name__}]", unit="step", leave=False)
+        bar = progress_bar(max_steps, f"solve[{type(solver).__name__}]", leave=False)
     try:
         n_done = int(done.sum())
         for step_index in range(max_steps):

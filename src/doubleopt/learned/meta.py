@@ -558,14 +558,10 @@ def meta_train(
         )
     bar = None
     if progress and trainer.comm.is_main:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(
-            total=meta_steps,
-            initial=trainer.meta_step,
-            desc=f"meta-train[{trainer.config.method}]",
-            unit="meta-step",
-        )
+        bar = progress_bar(meta_steps, f"meta-train[{trainer.config.method}]", unit="meta-step",
+                           initial=trainer.meta_step)
     ema = None
     start = time.perf_counter()
     try:
