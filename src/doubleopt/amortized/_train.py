@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .._problem import ProblemFamily
 from .._progress import TimeBudgetBar, progress_bar
-from .._solve import solve
+from ..distributed import Comm, check_same, run_identity, sharded_solve, stream_generator, tensor_digest
 from ..solvers._base import Solver
 from ._safeguard import index_context
 from ._solvers import SemiAmortized
@@ -186,6 +186,8 @@ def fit(
     time_limit: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    comm: Comm | None = None,
+    shards: int | None = None,
 ) -> FitResult:
     """Train an amortized solver's model over a problem family with Adam and a cosine learning-rate schedule.
 
@@ -201,6 +203,16 @@ def fit(
         checkpoint: path of a safetensors file written (atomically) at each validation and at the end.
         time_limit: stop after this many seconds of training.
         seed: seeds the context stream (``torch.Generator``) and minibatch order.
+        comm: data-parallel processes (:func:`doubleopt.distributed.init_from_env` under ``torchrun``; default
+            one). Each process computes the loss of its part of every batch; the gradients are summed with one
+            ``all_reduce`` and every process applies the same update, so ``N`` processes end with the weights of
+            one process with the same ``shards``. Fresh contexts: each process draws its share of the ``shards``
+            streams; a fixed training set and the reference solves are split by instance
+            (:func:`~doubleopt.distributed.sharded_solve`). Rank 0 writes the checkpoint and shows the progress
+            bar. ``loss="layerwise"`` (a log of a batch mean) is refused with several processes.
+        shards: fresh contexts are drawn as this many random streams of ``batch_size / shards`` contexts
+            (:func:`~doubleopt.distributed.stream_generator`; stream 0 is the single-process stream); default one
+            per process of ``comm``.
 
     Returns:
         :class:`FitResult` (history of ``step, train_loss, val_loss``; ``train_time`` in seconds, including
@@ -239,15 +251,32 @@ def fit(
     _check_fit_numbers(lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, time_limit=time_limit,
                        train_size=train_size, val_size=val_size, val_every=val_every, reference_steps=reference_steps)
     model = solver.model
+    comm = Comm() if comm is None else comm
+    shards = comm.world if shards is None else shards
+    if shards < 1 or batch_size % shards:
+        raise ValueError(f"shards must be >= 1 and divide batch_size ({batch_size}), got {shards}")
+    if comm.world > 1:
+        check_same(comm, run_identity(
+            loss=loss, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
+            train_size=train_size, val_size=val_size, val_every=val_every, seed=seed, shards=shards,
+            family=repr(family), reference=repr(reference), model=type(model).__name__,
+            initial_weights=tensor_digest(list(model.state_dict().values())),
+        ), what="fit configuration")  # fmt: skip
+        if loss == "layerwise":
+            raise ValueError("loss='layerwise' (a log of a batch mean) does not split over processes; use one process")
+        if batch_size < comm.world:
+            raise ValueError(f"batch_size ({batch_size}) must be at least the number of processes ({comm.world})")
+    streams = comm.shard(shards, even=True, what="shards")
+    gens = [stream_generator(seed, s) for s in streams]
+    gen = torch.Generator().manual_seed(seed)  # the fixed training set and its minibatch order (every process)
     start = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
 
     def with_targets(x):
         if loss not in ("regression", "layerwise"):
             return x, None
         if targets is not None:
             return x, targets(x)
-        sol = solve(family, reference, x, max_steps=reference_steps, throw=False)
+        sol = sharded_solve(family, reference, x, comm=comm, max_steps=reference_steps, throw=False)
         ok = sol.successful.nonzero().flatten()
         return index_context(x, ok, sol.y.shape[0]), sol.y[ok].detach()
 
@@ -267,6 +296,22 @@ def fit(
         with torch.no_grad():
             return float(loss_fn(val_x, val_t))
 
+    def batch_loss(step_gen: torch.Generator | None) -> Tensor:
+        """This process's part of the mean loss over the step's batch (the parts sum to the batch mean)."""
+        if train_x is not None:
+            idx = torch.randint(n_train, (min(batch_size, n_train),), generator=step_gen)
+            mine = comm.shard(len(idx))
+            part = idx[mine.start : mine.stop]
+            xb = index_context(train_x, part, n_train)
+            tb = train_t[part] if train_t is not None else None
+            return loss_fn(xb, tb) * (len(part) / len(idx))
+        value = 0.0
+        for g in gens:  # equal stream sizes: the mean of the stream means is the batch mean
+            xb, tb = with_targets(family.sample(batch_size // shards, generator=g))
+            value = value + loss_fn(xb, tb) / shards
+        return value
+
+    progress = progress and comm.is_main
     bar = time_bar = None
     if progress and time_limit is not None:  # the budget, not a step count it will not reach, is the total
         time_bar = TimeBudgetBar(time_limit, f"fit[{loss}]")
@@ -277,25 +322,26 @@ def fit(
     step = 0
     try:
         for step in range(1, steps + 1):
-            if train_x is not None:
-                idx = torch.randint(n_train, (min(batch_size, n_train),), generator=gen)
-                xb = index_context(train_x, idx, n_train)
-                tb = train_t[idx] if train_t is not None else None
-            else:
-                xb, tb = with_targets(family.sample(batch_size, generator=gen))
             opt.zero_grad(set_to_none=True)
-            value = loss_fn(xb, tb)
-            if not torch.isfinite(value):
+            value = batch_loss(gen)
+            if not comm.all(bool(torch.isfinite(value))):  # every process stops together
                 raise FloatingPointError(
                     f"fit: the {loss} loss became non-finite at step {step}; lower lr or enable grad_clip"
                 )
             value.backward()
+            if comm.world > 1:  # the sum of the parts' gradients (DDP does not unroll through solves)
+                params = [p for p in model.parameters() if p.requires_grad]
+                parts = comm.sum([torch.zeros_like(p) if p.grad is None else p.grad for p in params] + [value.detach()])
+                for p, g in zip(params, parts):
+                    p.grad = g
+                value = parts[-1]
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             sched.step()
             train_loss = float(value.detach())
             timed_out = time_limit is not None and time.perf_counter() - start > time_limit
+            timed_out = not comm.all(not timed_out) if comm.world > 1 else timed_out  # stop together
             if step % val_every == 0 or step == steps or step == 1 or timed_out:
                 result.history.append(
                     {
@@ -305,7 +351,7 @@ def fit(
                         "time": time.perf_counter() - start,
                     }
                 )
-                if checkpoint is not None:
+                if checkpoint is not None and comm.is_main:
                     save_checkpoint(model, checkpoint, {"step": str(step), "loss": loss})
             if bar is not None:
                 bar.update(1)
