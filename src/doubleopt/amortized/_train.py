@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .._problem import ProblemFamily
 from .._progress import TimeBudgetBar, progress_bar
-from ..distributed import Comm, check_same, run_identity, sharded_solve, stream_generator, tensor_digest
+from ..distributed import Comm, check_same, init_from_env, run_identity, sharded_solve, stream_generator, tensor_digest
 from ..solvers._base import Solver
 from ._safeguard import index_context
 from ._solvers import SemiAmortized
@@ -203,13 +203,14 @@ def fit(
         checkpoint: path of a safetensors file written (atomically) at each validation and at the end.
         time_limit: stop after this many seconds of training.
         seed: seeds the context stream (``torch.Generator``) and minibatch order.
-        comm: data-parallel processes (:func:`doubleopt.distributed.init_from_env` under ``torchrun``; default
-            one). Each process computes the loss of its part of every batch; the gradients are summed with one
-            ``all_reduce`` and every process applies the same update, so ``N`` processes end with the weights of
-            one process with the same ``shards``. Fresh contexts: each process draws its share of the ``shards``
-            streams; a fixed training set and the reference solves are split by instance
-            (:func:`~doubleopt.distributed.sharded_solve`). Rank 0 writes the checkpoint and shows the progress
-            bar. ``loss="layerwise"`` (a log of a batch mean) is refused with several processes.
+        comm: data-parallel processes; default :func:`doubleopt.distributed.init_from_env` (the ``torchrun``
+            group when launched by ``torchrun``, else one process). Each process computes the loss of its part of
+            every batch; the gradients are summed with one ``all_reduce`` and every process applies the same
+            update, so ``N`` processes end with the weights of one process with the same ``shards``. Fresh
+            contexts: each process draws its share of the ``shards`` streams; a fixed training set and the
+            reference solves are split by instance (:func:`~doubleopt.distributed.sharded_solve`). Rank 0 writes
+            the checkpoint and shows the progress bar. ``loss="layerwise"`` (a log of a batch mean) is refused
+            with several processes.
         shards: fresh contexts are drawn as this many random streams of ``batch_size / shards`` contexts
             (:func:`~doubleopt.distributed.stream_generator`; stream 0 is the single-process stream); default one
             per process of ``comm``.
@@ -251,7 +252,7 @@ def fit(
     _check_fit_numbers(lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, time_limit=time_limit,
                        train_size=train_size, val_size=val_size, val_every=val_every, reference_steps=reference_steps)
     model = solver.model
-    comm = Comm() if comm is None else comm
+    comm = init_from_env() if comm is None else comm
     shards = comm.world if shards is None else shards
     if shards < 1 or batch_size % shards:
         raise ValueError(f"shards must be >= 1 and divide batch_size ({batch_size}), got {shards}")
