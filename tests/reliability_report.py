@@ -37,6 +37,14 @@ DOUBLEOPT_HYPOTHESIS_PROFILE=long DOUBLEOPT_RELIABILITY_TABLE=docs/reliability.m
 
 (`DOUBLEOPT_HYPOTHESIS_PROFILE=long` draws {long} examples per property instead of the {default} of the default
 run; the examples are derandomized, so the same command writes the same counts.)
+
+Two parts of the contract are checked by fixed tests rather than drawn examples:
+
+- with `throw=False`, an instance that failed as `nonfinite` adds exactly zero (never NaN) to the gradients of
+  shared parameters and of the other instances, under `Unroll` and `Truncated` for every solver, and under the
+  QP's KKT backward (`tests/test_reliability_gradients.py`);
+- the `doubleopt` command answers a user mistake (a bad flag value, a missing or corrupt file) with one line on
+  stderr and exit code 2, while an internal error keeps its traceback (`tests/test_cli_errors.py`).
 """
 
 

@@ -180,7 +180,10 @@ def test_solve_nonfinite_instances(name, data):
     if bool(mask.any()):
         refused(lambda: do.solve(problem, solver, x, max_steps=5), ["non-finite"])
     kind = "NaN" if value != value else "inf"
-    outcome = "bad instances: nonfinite; others as solved alone" if bool(mask.any()) else codes(sol.result)
+    if bool(mask.any()):
+        outcome = "bad instances: nonfinite; the others as solved alone"
+    else:
+        outcome = f"(no instance drawn bad) {codes(sol.result)}"
     record(f"do.solve ({name})", f"{kind} in some instances' context", outcome)
 
 
@@ -203,6 +206,9 @@ def test_solve_unusual_scales_and_empty_batch(name, data):
     assert sol.y.shape == (B, problem.dim) and sol.result.shape == (B,)
     if B == 0:
         record(f"do.solve ({name})", "empty batch (B = 0)", "empty solution, no error")
+    elif name in ("sinkhorn", "qp"):
+        record(f"do.solve ({name})", "random instances (not rescaled: measures sum to 1, Q is checked PSD)",
+               codes(sol.result))
     else:
         record(f"do.solve ({name})", "context scaled by 10^k, k in [-300, 300]", codes(sol.result))
 
@@ -445,7 +451,7 @@ def test_learned_solvers_with_bad_instances(name, data):
     assert_no_silent_nan(sol)
     assert bool((sol.result[mask] == int(do.RESULTS.nonfinite)).all())
     record(f"learned optimizers ({name} as a solver)", "NaN / inf in some instances",
-           "bad instances: nonfinite" if bool(mask.any()) else codes(sol.result))
+           "bad instances: nonfinite" if bool(mask.any()) else f"(no instance drawn bad) {codes(sol.result)}")
 
 
 @PROPS
@@ -589,7 +595,8 @@ def test_safeguarded(data):
         record("amortized.Safeguarded", "empty batch", "empty solution, no error")
     else:
         record("amortized.Safeguarded", "NaN / inf in some instances",
-               "bad instances: nonfinite; others certified or fell back" if bool(mask.any()) else codes(sol.result))
+               "bad instances: nonfinite; the others certified or fell back" if bool(mask.any())
+               else f"(no instance drawn bad) {codes(sol.result)}")
     bad = data.draw(st.sampled_from([("tol", float("nan")), ("tol", -1.0), ("fallback_steps", -1),
                                      ("round_steps", 0), ("fallback", None)]))
     outcome = refused(lambda: do.amortized.Safeguarded(do.amortized.FullyAmortized(_Linear()),
@@ -677,3 +684,23 @@ def test_physical_learning(data):
     assert_unchanged(snap)
     assert np.array_equal(NET.k, k0)
     record("physical (learning)", f"bad {kind}", outcome)
+
+
+def test_the_report_renders_what_was_recorded(monkeypatch, tmp_path):
+    """The page generator: every recorded class appears with its count and outcomes, limitations underneath."""
+    import reliability_report as rr
+
+    monkeypatch.setattr(rr, "_RECORDS", type(rr._RECORDS)(rr._RECORDS.default_factory))
+    monkeypatch.setattr(rr, "_LIMITATIONS", type(rr._LIMITATIONS)(list))
+    rr.record("entry A", "class 1", "ValueError naming `x`")
+    rr.record("entry A", "class 1", "ValueError naming `x`")
+    rr.record("entry A", "class 2", "codes nonfinite")
+    rr.record("entry A", "class 2", "codes successful")
+    rr.limitation("entry A", "a known gap")
+    text = rr.render("default", EXAMPLES)
+    assert "| class 1 | 2 | ValueError naming `x` |" in text
+    assert "| class 2 | 2 | codes nonfinite (1); codes successful (1) |" in text
+    assert "## entry A" in text and "- a known gap" in text and "session" not in text.lower()
+    monkeypatch.setenv("DOUBLEOPT_RELIABILITY_TABLE", str(tmp_path / "page.md"))
+    assert rr.write_if_requested("default", EXAMPLES) == tmp_path / "page.md"
+    assert (tmp_path / "page.md").read_text() == text
