@@ -16,15 +16,22 @@ once at tol 1e-10 and cached). On ``--n-test`` held-out instances, to the scaled
   (primal-dual active-set rule: drop negative multipliers, add violated rows) on the still uncertified
   instances only, then the centred interior point for the rest;
 * safeguarded: the active-set warm start inside ``Safeguarded(SemiAmortized(...), KKTResidual(),
-  fallback=cold QP)``: every instance is certified (KKT residual + duality gap <= tol) or falls back;
+  fallback=cold QP)``: every instance is certified (KKT residual + duality gap <= tol) or falls back (the
+  fallback interior point stops at tol / 10 so that its answers pass the certificate at tol);
 * OSQP (benchmark-only dependency), one instance at a time, matrices set up once and ``update(q, l, u)``
   per instance (its parametric mode), ``eps_abs = tol, eps_rel = 0``, cold (``warm_starting=False``) and
   warm (``warm_start(x=z_pred, y=[nu_pred; lam_pred])``); its answers are certified with the same measure.
 
-Iterations exclude the model's forward pass but count every polish (one factorization of the interior
-point's reduced KKT matrix, ``QP.polish``) as one iteration; times include both (batched forward, divided
-per instance). Break-even: training time (incl. the reference solves) / time saved per instance. Median
-of ``--repeats``.
+What is compared (every row): the same held-out instances (OSQP: the first ``--osqp-instances`` of them), the
+same certificate (scaled KKT residual + duality gap, ``KKTResidual``) at the same threshold ``--tol`` for every
+answer, OSQP's included (its own stopping test is ``eps_abs = tol``), the same ``--threads`` threads, float64;
+the ``start`` column says cold or warm (the model's prediction). Iterations exclude the model's forward pass
+but count every polish (one factorization of the interior point's reduced KKT matrix, ``QP.polish``) as one
+iteration; every row counts its own solve's iterations (the safeguarded row too: its first stage records its
+own polishes). Times include the model's forward pass (batched, divided per instance). Timing: every row is
+its own solve, one untimed warm-up call then the median of ``--repeats`` timed calls (``time_call``): the
+whole batch for the batched rows, the whole loop (one OSQP setup, then ``k`` solves) for the OSQP rows.
+Break-even: training time (incl. the reference solves) / time saved per instance.
 
 Run: ``doubleopt bench qp_warmstart`` (``-- --quick`` for a seconds-long smoke run,
 ``-- --family portfolio --out bench_results/qp_warmstart_portfolio`` for the portfolio family).
@@ -33,7 +40,7 @@ Run: ``doubleopt bench qp_warmstart`` (``-- --quick`` for a seconds-long smoke r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -74,25 +81,27 @@ class Args:
     out: str = "bench_results/qp_warmstart"  # output folder
 
 
-def osqp_loop(x, starts, tol: float, warm: bool):
-    """OSQP on each instance (matrices shared: set up once, ``update(q, l, u)`` per instance); returns
-    (seconds per instance, iterations, KKT residuals)."""
+def osqp_setup(x, tol: float, warm: bool):
+    """An OSQP solver for the family (its matrices are shared: set up once) and its per-instance data."""
     import osqp
     import scipy.sparse as sp
 
     Q, A, G = x.Q[0].numpy(), x.A[0].numpy(), x.G[0].numpy()
     q, b, h = x.q.numpy(), x.b.numpy(), x.h.numpy()
-    p = A.shape[0]
     C = sp.csc_matrix(np.vstack([A, G]))
     lo = np.concatenate([b, np.full(h.shape, -np.inf)], axis=1)
     up = np.concatenate([b, h], axis=1)
     solver = osqp.OSQP()
     solver.setup(sp.triu(sp.csc_matrix(Q), format="csc"), q[0], C, lo[0], up[0], eps_abs=tol, eps_rel=0.0,
                  polishing=False, warm_starting=warm, verbose=False, max_iter=100000)
-    B = q.shape[0]
+    return solver, q, lo, up
+
+
+def osqp_loop(solver, q, lo, up, starts, warm: bool):
+    """OSQP on each instance (``update(q, l, u)``, then a warm start from the prediction or, with
+    ``warm_starting=False``, OSQP's own zero start at every solve); returns (z, y, iterations)."""
     zs, ys, iters = [], [], []
-    start = time.perf_counter()
-    for i in range(B):
+    for i in range(q.shape[0]):
         solver.update(q=q[i], l=lo[i], u=up[i])
         if warm:
             solver.warm_start(x=starts.z[i].numpy(), y=np.concatenate([starts.nu[i].numpy(), starts.lam[i].numpy()]))
@@ -100,11 +109,20 @@ def osqp_loop(x, starts, tol: float, warm: bool):
         zs.append(res.x)
         ys.append(res.y)
         iters.append(res.info.iter)
-    per = (time.perf_counter() - start) / B
-    z = torch.as_tensor(np.stack(zs))
-    y = torch.as_tensor(np.stack(ys))
-    kkt = qp_kkt_residual(x, z, y[:, p:], y[:, :p])
-    return per, np.array(iters, dtype=float), kkt
+    return np.stack(zs), np.stack(ys), np.array(iters, dtype=float)
+
+
+@dataclass(frozen=True)
+class CountingWarmStartQP(WarmStartQP):
+    """:class:`WarmStartQP` that keeps the polish counts of its last ``init`` (``record["polish_steps"]``), so
+    the safeguarded row counts its own polishes (``Safeguarded`` returns no solver state)."""
+
+    record: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def init(self, problem, y, x):
+        state = super().init(problem, y, x)
+        self.record["polish_steps"] = state.polish_steps.clone()
+        return state
 
 
 def main(argv=None):
@@ -174,24 +192,26 @@ def main(argv=None):
         pred_kkt = cert(fam, pred, x)
         for name, (mdl, solver) in methods.items():
             timings[name] = time_call(lambda mdl=mdl, s=solver: run(mdl, s), repeats=args.repeats)
-        best_name = f"warm (active-set x{args.polish_rounds} + centred)"
-        best = methods[best_name][1]
-        guard = Safeguarded(SemiAmortized(model, best, steps=args.max_steps), cert,
+        # the safeguard's first stage: the active-set row's solver configuration, counting its own polishes
+        counting = CountingWarmStartQP(qp=qp_nofloor, center=args.center, polish=True, polish_tol=tol,
+                                       polish_rounds=args.polish_rounds)
+        guard = Safeguarded(SemiAmortized(model, counting, steps=args.max_steps), cert,
                             fallback=WarmStartQP(warm=False, qp=QP(skip_tol=tol / 10)), tol=tol,
                             fallback_steps=args.max_steps)
         timings["safeguarded (active-set + centred, cold fallback)"] = time_call(lambda: guard.solve(fam, x),
                                                                               repeats=args.repeats)
     t_cold = timings["cold"].median / B
+    timing = f"warm-up + median of {args.repeats}"
     for name, tm in timings.items():
-        sol = tm.result
-        steps = sol.num_steps.float() - (1 if name.startswith("safeguarded") else 0)  # minus the prediction step
-        if isinstance(sol.state, WarmQPState):  # each polish is one KKT factorization: counted as an iteration
-            steps = steps + sol.state.polish_steps.float()
-        if name.startswith("safeguarded"):  # its first stage is the active-set row's solve (same model, same
-            # solver, deterministic), so certified instances cost what they cost there; those that fell back
-            # add the fallback's steps (num_steps counts the prediction step and the refinement steps)
-            first = torch.as_tensor(iters[best_name])
-            steps = torch.where(sol.fell_back, steps + timings[best_name].result.state.polish_steps.float(), first)
+        sol = tm.result  # the last timed call's own solution: its own iterations
+        if name.startswith("safeguarded"):
+            # num_steps counts the prediction step, the first stage's interior-point steps and, where it fell
+            # back, the fallback's; every instance was polished in the first stage (its own count)
+            steps = sol.num_steps.float() - 1 + counting.record["polish_steps"].float()
+        else:
+            steps = sol.num_steps.float()
+            if isinstance(sol.state, WarmQPState):  # each polish is one KKT factorization: counted as an iteration
+                steps = steps + sol.state.polish_steps.float()
         iters[name] = steps.numpy()
         r = cert(fam, sol.y, x)
         per = tm.median / B
@@ -200,6 +220,10 @@ def main(argv=None):
             extra = {"certified_directly": int(sol.certified.sum()), "fell_back": int(sol.fell_back.sum())}
         report.add_row(
             method=name,
+            start="cold (CVXOPT start)" if name == "cold" else "warm (model)",
+            tol=tol,
+            threads=args.threads,
+            timing=f"batched, {timing}",
             ms_per_inst=1e3 * per,
             speedup_vs_cold=t_cold / per,
             iters_mean=float(steps.mean()),
@@ -211,19 +235,24 @@ def main(argv=None):
             break_even_instances=break_even(train_time, t_cold, per) if name != "cold" else float("nan"),
             **extra,
         )
-    # ---- OSQP, one instance at a time ----
+    # ---- OSQP, one instance at a time (the same first k held-out instances, each loop timed on its own) ----
     k = min(args.osqp_instances, B)
     xo = QPData(*(t[:k] for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
     starts = unpack_start(pred[:k], xo)
     t_pred = time_call(lambda: model(x), repeats=args.repeats).median / B
     for label, warm in (("OSQP cold", False), ("OSQP warm (model)", True)):
-        per, it, kkt = osqp_loop(xo, starts, tol, warm)
-        per = per + (t_pred if warm else 0.0)
+        # each timed call sets OSQP up once (fresh adaptive rho: every call the same) and loops over the k
+        tm = time_call(lambda w=warm: osqp_loop(*osqp_setup(xo, tol, w), starts, w), repeats=args.repeats)
+        z, yd, it = tm.result
+        z, yd = torch.as_tensor(z), torch.as_tensor(yd)
+        kkt = qp_kkt_residual(xo, z, yd[:, p:], yd[:, :p])
+        per = tm.median / k + (t_pred if warm else 0.0)
         iters[label] = it
-        report.add_row(method=label, ms_per_inst=1e3 * per, speedup_vs_cold=t_cold / per, iters_mean=float(it.mean()),
-                       iters_median=float(np.median(it)), iters_max=float(it.max()),
-                       iter_ratio_vs_cold=float("nan"), certified=f"{int((kkt <= tol).sum())}/{k}",
-                       successful="", break_even_instances=float("nan"))
+        report.add_row(method=label, start="warm (model)" if warm else "cold (OSQP zero start)", tol=tol,
+                       threads=args.threads, timing=f"loop over {k}, {timing}", ms_per_inst=1e3 * per,
+                       speedup_vs_cold=t_cold / per, iters_mean=float(it.mean()), iters_median=float(np.median(it)),
+                       iters_max=float(it.max()), iter_ratio_vs_cold=float("nan"),
+                       certified=f"{int((kkt <= tol).sum())}/{k}", successful="", break_even_instances=float("nan"))
     print(report.table())
 
     # ---- figure: iteration histograms (interior point) and time per instance ----
