@@ -1,15 +1,23 @@
 """Differentiable QP layers: doubleopt's batched interior point vs qpth and cvxpylayers.
 
-Same random feasible QPs (do.problems.RandomQP, per-instance matrices) for every method; solutions are
-checked to agree within `agree_tol` before anything is timed. Timed: forward + backward of sum(z * w) w.r.t.
-(Q, q, A, b, G, h), median of repeats after a warm-up, threads fixed; the process CPU time is recorded too
-(on a machine shared with other jobs, wall time includes waiting for a core). Ours runs the interior-point
-iterations in the native C kernel where it is available (a row times the same layer with QP(native=False), the
-PyTorch iterations only, in the same run). Then a scaling sweep of our
-layer over n and B, and the float32 accuracy (float32 inputs solved in float64, the default, and natively
+Same random feasible QPs (do.problems.RandomQP, per-instance matrices) for every method, float64; solutions
+are checked to agree within `agree_tol` before anything is timed. Timed: forward + backward of sum(z * w) w.r.t.
+(Q, q, A, b, G, h); every row (cvxpylayers included) is timed the same way: one untimed warm-up call, then the
+median of `repeats` calls, in the same process, with `threads` threads: torch's and BLAS's threads, and
+cvxpylayers' solver thread pool (diffcp's n_jobs_forward / n_jobs_backward, passed through solver_args; its
+default is one thread per CPU). The process CPU time of the same number of calls is recorded too (on a machine
+shared with other jobs, wall time includes waiting for a core). Each row states its accuracy setting (column
+`accuracy`): our KKT tolerance `tol`, qpth's eps (its default, 1e-12), cvxpylayers' SCS tolerance (`cvx_eps`,
+eps_abs = eps_rel, the headline cvxpylayers row) and, in a second row, cvxpylayers at SCS's default accuracy
+(eps_abs = eps_rel = 1e-4 in SCS 3; it does not agree with the others to `agree_tol`: `max_dz` says how far).
+Every solve starts cold (no warm start). `speedup` is the row's time over ours (how many times slower). Ours
+runs the interior-point iterations in the native C kernel where it is available (a row times the same layer
+with QP(native=False), the PyTorch iterations only, in the same run). Then a scaling sweep of our layer over n
+and B, and the float32 accuracy (float32 inputs solved in float64, the default, and natively
 in float32). Run: doubleopt bench qp [-- --quick] [-- --threads 1]
 On a machine loaded by other jobs, OpenMP's default spin-waiting makes 2+ threads far slower than 1 (for
-torch's batched kernels; SCS is single-threaded): use --threads 1 or set OMP_WAIT_POLICY=PASSIVE.
+torch's batched kernels; each SCS solve is single-threaded, diffcp runs `threads` of them at once): use
+--threads 1 or set OMP_WAIT_POLICY=PASSIVE.
 qpth / cvxpylayers are benchmark-only dependencies (pip install --no-deps qpth==0.0.18; cvxpylayers).
 """
 
@@ -38,6 +46,8 @@ class Args:
     scale_n: list[int] = field(default_factory=lambda: [10, 50, 100, 200])  # sweep over n (B = batch)
     scale_b: list[int] = field(default_factory=lambda: [1, 32, 128, 512])  # sweep over B (n = n)
     skip_cvxpylayers: bool = False  # cvxpylayers is slow (seconds per batch)
+    cvx_eps: float = 1e-10  # cvxpylayers' SCS tolerance (eps_abs = eps_rel) of its headline row
+    cvx_max_iters: int = 10000  # cvxpylayers' SCS iteration cap of its headline row
     quick: bool = False  # seconds-long smoke run (tiny sizes)
     seed: int = 0  # problem seed
     out: str = "bench_results/qp"  # output folder
@@ -93,13 +103,24 @@ def cvxpylayers_build(n, m, p):
     return CvxpyLayer(prob, parameters=[Lq, q, A, b, G, h], variables=[z])
 
 
-def cvxpylayers_run(layer, tensors, w):
+def cvxpylayers_args(threads: int, eps: float | None = None, max_iters: int | None = None) -> dict:
+    """cvxpylayers' solver_args: diffcp's thread pool pinned to ``threads`` (forward and backward), and SCS's
+    tolerance (eps_abs = eps_rel = ``eps``) and iteration cap; ``None``: SCS's default."""
+    out: dict = {"n_jobs_forward": threads, "n_jobs_backward": threads}
+    if eps is not None:
+        out.update(eps_abs=eps, eps_rel=eps)
+    if max_iters is not None:
+        out["max_iters"] = max_iters
+    return out
+
+
+def cvxpylayers_run(layer, tensors, w, solver_args: dict):
     Q, q, A, b, G, h = tensors
     leaves = [
         torch.linalg.cholesky(Q).transpose(-1, -2).clone().requires_grad_(),
         *[t.clone().requires_grad_() for t in (q, A, b, G, h)],
     ]
-    (z,) = layer(*leaves, solver_args={"eps": 1e-10, "max_iters": 10000})
+    (z,) = layer(*leaves, solver_args=dict(solver_args))
     (z * w).sum().backward()
     return z.detach(), [None, *[t.grad for t in leaves[1:]]]
 
@@ -123,6 +144,8 @@ def main(argv=None):
     native = bool(sol.stats.get("native", False))
     report.add_row(
         method="doubleopt (KKT adjoint" + (", native kernel)" if native else ", PyTorch iterations: no C compiler)"),
+        accuracy=f"KKT tol {args.tol:g}",
+        threads=args.threads,
         fwd_bwd_s=t_ours.median,
         speedup=1.0,
         cpu_s=c_ours,
@@ -133,18 +156,19 @@ def main(argv=None):
     )
     agree = {}
 
-    def add_row(method, wall, cpu, z, grads, steps=float("nan")):
+    def add_row(method, accuracy, wall, cpu, z, grads, steps=float("nan")):
         """A row against ours: time ratios, and the largest differences of z and of dL/dq."""
-        report.add_row(method=method, fwd_bwd_s=wall, speedup=wall / t_ours.median, cpu_s=cpu,
-                       cpu_speedup=cpu / c_ours, max_dz=float((z - z_ours).abs().max()),
-                       max_dgrad_q=float((grads[1] - g_ours[1]).abs().max()), steps=steps)
+        report.add_row(method=method, accuracy=accuracy, threads=args.threads, fwd_bwd_s=wall,
+                       speedup=wall / t_ours.median, cpu_s=cpu, cpu_speedup=cpu / c_ours,
+                       max_dz=float((z - z_ours).abs().max()), max_dgrad_q=float((grads[1] - g_ours[1]).abs().max()),
+                       steps=steps)
 
     if native:  # the same layer without the C kernel: the PyTorch iterations only
         t_py = time_call(lambda: ours(data, w, args.tol, native=False), warmup=1, repeats=args.repeats)
         c_py = cpu_time(lambda: ours(data, w, args.tol, native=False), args.repeats)
         rows["doubleopt (PyTorch)"] = t_py.median
-        add_row("doubleopt, PyTorch iterations (QP(native=False))", t_py.median, c_py, t_py.result[0],
-                t_py.result[1], float(t_py.result[2].num_steps.double().mean()))
+        add_row("doubleopt, PyTorch iterations (QP(native=False))", f"KKT tol {args.tol:g}", t_py.median, c_py,
+                t_py.result[0], t_py.result[1], float(t_py.result[2].num_steps.double().mean()))
     try:
         z_q, g_q = qpth_run(data, w)
         dz = float((z_q - z_ours).abs().max())
@@ -154,23 +178,34 @@ def main(argv=None):
         t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
         c_q = cpu_time(lambda: qpth_run(data, w), args.repeats)
         rows["qpth"] = t_q.median
-        add_row("qpth 0.0.18 (PDIPM batched)", t_q.median, c_q, z_q, g_q)
+        add_row("qpth 0.0.18 (PDIPM batched)", "eps 1e-12 (default)", t_q.median, c_q, z_q, g_q)
     except ImportError:
         print("qpth not installed (pip install --no-deps qpth==0.0.18); skipped")
     if not args.skip_cvxpylayers:
         try:
             layer = cvxpylayers_build(n, m, p)
-            z_c, g_c = cvxpylayers_run(layer, data, w)
-            dz = float((z_c - z_ours).abs().max())
-            agree["cvxpylayers"] = dz
-            if dz > args.agree_tol:
-                print(f"cvxpylayers disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
-            t_c = time_call(
-                lambda: cvxpylayers_run(layer, data, w), warmup=0, repeats=max(1, args.repeats // 2)
-            )
-            c_c = cpu_time(lambda: cvxpylayers_run(layer, data, w), 1)
-            rows["cvxpylayers"] = t_c.median
-            add_row("cvxpylayers (SCS)", t_c.median, c_c, z_c, g_c)
+            settings = {  # row label -> (accuracy column, solver_args)
+                f"cvxpylayers (SCS eps {args.cvx_eps:g}, n_jobs {args.threads})": (
+                    f"SCS eps_abs = eps_rel = {args.cvx_eps:g}, max_iters {args.cvx_max_iters}",
+                    cvxpylayers_args(args.threads, args.cvx_eps, args.cvx_max_iters),
+                ),
+                f"cvxpylayers (SCS default accuracy, n_jobs {args.threads})": (
+                    "SCS defaults: eps_abs = eps_rel = 1e-4, max_iters 100000",
+                    cvxpylayers_args(args.threads),
+                ),
+            }
+            for i, (label, (accuracy, solver_args)) in enumerate(settings.items()):
+                t_c = time_call(
+                    lambda sa=solver_args: cvxpylayers_run(layer, data, w, sa), warmup=1, repeats=args.repeats
+                )
+                c_c = cpu_time(lambda sa=solver_args: cvxpylayers_run(layer, data, w, sa), args.repeats)
+                z_c, g_c = t_c.result
+                dz = float((z_c - z_ours).abs().max())
+                agree[label] = dz
+                if dz > args.agree_tol:
+                    print(f"{label} disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
+                rows["cvxpylayers" if i == 0 else "cvxpylayers (default eps)"] = t_c.median
+                add_row(label, accuracy, t_c.median, c_c, z_c, g_c)
         except ImportError:
             print("cvxpylayers not installed; skipped")
 
@@ -234,6 +269,13 @@ def main(argv=None):
                 m=m,
                 p=p,
                 note="machine shared with other engineers; absolute times are noisy, ratios are same-run",
+                compared=(
+                    "same QPs, float64, forward + backward, cold starts; every row warm-up + median of repeats; "
+                    "torch / BLAS threads and cvxpylayers' diffcp thread pool (n_jobs_forward / n_jobs_backward) "
+                    "all set to `threads`; each row's accuracy setting in its `accuracy` column"
+                ),
+                threads=args.threads,
+                repeats=args.repeats,
                 load_average_1min=[load_before, os.getloadavg()[0]],
             ),
             "agreement_max_abs_dz": agree,

@@ -14,6 +14,14 @@ def test_qp_bench_quick(tmp_path):
     if importlib.util.find_spec("qpth") is not None:  # a benchmark-only dependency
         assert any(m.startswith("qpth") for m in methods)
         assert data["agreement_max_abs_dz"]["qpth"] < 1e-6
+    assert all(r["accuracy"] and r["threads"] == 1 for r in report.rows)  # each ratio with its setting
+    if importlib.util.find_spec("cvxpylayers") is not None:  # a benchmark-only dependency
+        cvx = [r for r in report.rows if r["method"].startswith("cvxpylayers")]
+        assert [r["accuracy"].split(",")[0] for r in cvx] == [
+            "SCS eps_abs = eps_rel = 1e-10",
+            "SCS defaults: eps_abs = eps_rel = 1e-4",
+        ]
+        assert data["agreement_max_abs_dz"][cvx[0]["method"]] < 1e-4
     for row in data["scaling"]:
         assert row["f32_inputs_max_err"] < 1e-4  # float32 inputs, float64 interior point
     assert (tmp_path / "qp.png").stat().st_size > 0
