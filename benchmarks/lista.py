@@ -6,16 +6,28 @@ learned gamma_k, theta_k; Liu et al. 2019), 16 layers, with firm shrinkage (a le
 layer above which entries pass unshrunk; ``--shrinkage soft --support-selection 0.012`` gives Chen et al.'s
 top-k support selection instead), trained on fresh samples (``do.amortized.fit``) with the layerwise loss:
 the mean over layers of the log squared error to the true codes (``--loss regression``: last layer only).
-On 1000 held-out problems we report the NMSE
-(dB) = 10 log10(sum ||y - y_true||^2 / sum ||y_true||^2) after each layer / iteration, the NMSE that ISTA
-reaches in 500 iterations (the target), the FISTA iterations to reach it, and the wall time of the batch
-for each method to reach it: FISTA via ``do.solve`` (max_steps = those iterations), LISTA/ALISTA as a model
-forward and via ``do.solve(FullyAmortized(model))`` (which also evaluates the certificate).
+Every choice is made on a validation set (``--n-val`` problems, their own seed, separate from the training
+stream and from the held-out test set), then frozen and applied to the ``--n-test`` held-out problems:
+the target NMSE (dB) = 10 log10(sum ||y - y_true||^2 / sum ||y_true||^2) is what ISTA reaches in
+``--ista-iters`` iterations; LISTA/ALISTA's prefix depth is the fewest layers reaching it on the validation
+set; FISTA's stopping rule is a tolerance on its own stationarity measure (the gradient-mapping norm, per
+instance, ``do.solve(..., tol=...)``): the loosest value of ``--tol-grid`` whose solve reaches the target on
+the validation set. On the test set each row reports its own NMSE (and whether it reaches the test set's
+ISTA target) and its own wall time.
 
-Goal: 16 layers reach ISTA-500's NMSE with >= 10x less wall time than FISTA to that NMSE.
-Break-even: training time / (FISTA time - LISTA time per instance).
-Timing: median of ``--repeats`` runs of the whole batch after a warm-up, ``--threads`` torch threads,
-float32; the machine is shared with other jobs.
+What is compared. Headline (``mode = do.solve``): ``do.solve(fam, FISTA(), x, tol=tol_val)`` against
+``do.solve(fam, FullyAmortized(first k_val layers))`` (and the full network): the same entry point and its
+overheads (the amortized solve also evaluates the certificate), the same batch, threads and dtype (float32).
+Secondary (``mode = bare``): bare tensor code for both: the network's forward ``model(x, depth=k_val)``
+against a bare loop of FISTA's ``init``/``step`` that stops when every instance's gradient-mapping norm is
+<= tol_val (no per-instance compaction). Each ratio ``fista_time_ratio`` divides the FISTA time of the same
+mode by the row's time. Both sides start cold (FISTA from 0; the network has no start). ISTA (fixed
+``--ista-iters`` iterations through ``do.solve``) defines the target and is shown for reference.
+Timing: one untimed warm-up call and the median of ``--repeats`` timed calls of the whole batch
+(``doubleopt.bench.time_call``), ``--threads`` torch threads.
+
+Goal: reach ISTA-500's NMSE with >= 10x less wall time than FISTA to that NMSE.
+Break-even: training time / (FISTA time - LISTA time per instance), in the same mode.
 
 Run: ``doubleopt bench lista`` (``-- --quick`` for a seconds-long smoke run).
 """
@@ -25,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 import doubleopt as do
 from doubleopt.amortized import ALISTA, LISTA, FullyAmortized, break_even, fit
@@ -47,11 +60,15 @@ class Args:
     batch_size: int = 64  # training problems per step
     lista_lr: float = 2e-4  # Adam learning rate of LISTA (cosine schedule)
     alista_lr: float = 2e-3  # Adam learning rate of ALISTA
-    n_test: int = 1000  # held-out problems
+    n_test: int = 1000  # held-out test problems (reported; no choice is made on them)
+    n_val: int = 1000  # validation problems (seed + 777): choose the prefix depth and FISTA's tolerance
+    tol_grid: tuple = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)  # FISTA tolerances tried on validation (loosest first)
+    tol_bisections: int = 5  # geometric bisections refining FISTA's tolerance between two grid values
+    fista_max_steps: int = 5000  # FISTA's step cap (the tolerance stops it first)
     ista_iters: int = 500  # ISTA iterations defining the target NMSE
     repeats: int = 5  # timed repeats (median)
     threads: int = 1  # torch threads (fixed; reported)
-    seed: int = 0  # training stream seed (test problems use seed + 12345)
+    seed: int = 0  # training stream seed (validation problems use seed + 777, test problems seed + 12345)
     out: str = "bench_results/lista"  # output folder
 
 
@@ -70,11 +87,57 @@ def iterate_nmse(fam, solver, x, iters: int) -> list[float]:
     return out
 
 
+class Prefix(nn.Module):
+    """The first ``depth`` layers of an unrolled network, as a model ``x -> y`` for ``FullyAmortized``."""
+
+    def __init__(self, model: nn.Module, depth: int):
+        super().__init__()
+        self.model, self.depth = model, depth
+
+    def forward(self, x):
+        return self.model(x, depth=self.depth)
+
+
+def fista_bare(fam, x, tol: float, max_steps: int):
+    """FISTA as bare tensor code: its ``init``/``step`` until every instance's gradient-mapping norm is
+    ``<= tol`` (the whole batch keeps stepping until the last one does); returns ``(y, steps)``."""
+    solver = do.FISTA()
+    y = fam.init(x)
+    state = solver.init(fam, y, x)
+    for k in range(1, max_steps + 1):
+        y, state = solver.step(fam, y, x, state)
+        if bool((solver.stationarity(fam, y, x, state) <= tol).all()):
+            return y, k
+    return y, max_steps
+
+
+def fista_tol_on(fam, x, target: float, args) -> tuple[float, bool]:
+    """FISTA's stopping tolerance chosen on ``x`` (the validation set): the loosest value of ``--tol-grid``
+    whose solve reaches ``target`` NMSE, refined by ``--tol-bisections`` geometric bisections between it and
+    the next looser grid value; ``(tightest grid value, False)`` if no grid value reaches it."""
+
+    def reaches(tol: float) -> bool:
+        sol = do.solve(fam, do.FISTA(), x, max_steps=args.fista_max_steps, tol=tol, throw=False)
+        return nmse_db(sol.y, x.codes) <= target
+
+    grid = sorted(args.tol_grid, reverse=True)
+    ok = next((i for i, tol in enumerate(grid) if reaches(tol)), None)
+    if ok is None:
+        return grid[-1], False
+    good = grid[ok]
+    if ok > 0:  # the target lies between grid[ok - 1] (misses) and grid[ok] (reaches)
+        bad = grid[ok - 1]
+        for _ in range(args.tol_bisections):
+            mid = (good * bad) ** 0.5
+            good, bad = (mid, bad) if reaches(mid) else (good, mid)
+    return good, True
+
+
 def main(argv=None):
     args = parse_args(Args, argv)
     if args.quick:
         args.m, args.n, args.layers, args.lista_steps, args.alista_steps = 50, 100, 4, 30, 30
-        args.n_test, args.ista_iters, args.repeats = 64, 50, 1
+        args.n_test, args.n_val, args.ista_iters, args.repeats, args.fista_max_steps = 64, 64, 50, 1, 500
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     import matplotlib
@@ -83,16 +146,22 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fam = do.problems.Lasso(n_measurements=args.m, n_atoms=args.n, lam=args.lam, sparsity=0.1, noise=0.01)
+    x_val = fam.sample(args.n_val, seed=args.seed + 777)
     x = fam.sample(args.n_test, seed=args.seed + 12345)
     B = args.n_test
 
-    # ---- classical baselines: NMSE per iteration, the target, FISTA's iterations to it ----------------
+    # ---- classical baselines: NMSE per iteration; the target on each set; FISTA's tolerance (validation) ------
     with torch.no_grad():
+        target_val = iterate_nmse(fam, do.ISTA(), x_val, args.ista_iters)[-1]
         ista_curve = iterate_nmse(fam, do.ISTA(), x, args.ista_iters)
         fista_curve = iterate_nmse(fam, do.FISTA(), x, args.ista_iters)
+        fista_tol, tol_ok = fista_tol_on(fam, x_val, target_val, args)
     target = ista_curve[-1]
-    fista_iters = next((k for k, v in enumerate(fista_curve) if v <= target), None)
-    print(f"ISTA-{args.ista_iters} NMSE {target:.2f} dB; FISTA reaches it at iteration {fista_iters}")
+    fista_iters = next((k for k, v in enumerate(fista_curve) if v <= target), None)  # for the plot/record only
+    print(
+        f"ISTA-{args.ista_iters} NMSE: validation {target_val:.2f} dB, test {target:.2f} dB; FISTA tolerance chosen "
+        f"on validation: {fista_tol:g}" + ("" if tol_ok else " (no tolerance of the grid reached the target)")
+    )
 
     # ---- train LISTA and ALISTA (regression to the true codes, fresh problems each step) ------------
     models, fits = {}, {}
@@ -121,65 +190,67 @@ def main(argv=None):
         )
         models[name] = model
 
-    # ---- timing to the target NMSE ----------------------------------------------------------------
+    # ---- every row on the test set: its own solve, its own NMSE, its own time ------------------------
     report = Report("lista", out_dir=args.out)
+    common = {"threads": args.threads, "timing": f"warm-up + median of {args.repeats}"}
+
+    def timed(fn):
+        return time_call(fn, warmup=1, repeats=args.repeats)
+
+    def add(method, mode, stopping, t, y, iters, iters_max, fista_t, train_time=None):
+        err = nmse_db(y, x.codes)
+        report.add_row(
+            method=method,
+            mode=mode,
+            stopping=stopping,
+            iters_or_layers=iters,
+            iters_max=iters_max,
+            nmse_db=err,
+            reaches_target=err <= target,
+            time_s=t,
+            fista_time_ratio=fista_t / t,
+            break_even_instances=break_even(train_time, fista_t / B, t / B) if train_time else float("nan"),
+            **common,
+        )
+
     with torch.no_grad():
-        t_fista = None
-        if fista_iters is not None:
-            k = max(fista_iters, 1)
-            t_fista = time_call(
-                lambda: do.solve(fam, do.FISTA(), x, max_steps=k, tol=0.0, throw=False), repeats=args.repeats
-            ).median
-        t_ista = time_call(
-            lambda: do.solve(fam, do.ISTA(), x, max_steps=args.ista_iters, tol=0.0, throw=False),
-            repeats=max(1, args.repeats // 2),
-        ).median
-        report.add_row(
-            method=f"ISTA-{args.ista_iters}",
-            iters_or_layers=args.ista_iters,
-            nmse_db=target,
-            reaches_target=True,
-            time_s=t_ista,
-            fista_time_ratio=(t_fista or float("nan")) / t_ista,
-            break_even_instances=float("nan"),
-        )
-        report.add_row(
-            method="FISTA",
-            iters_or_layers=fista_iters if fista_iters is not None else -1,
-            nmse_db=fista_curve[fista_iters] if fista_iters is not None else fista_curve[-1],
-            reaches_target=fista_iters is not None,
-            time_s=t_fista or float("nan"),
-            fista_time_ratio=1.0,
-            break_even_instances=float("nan"),
-        )
-        layer_curves = {}
+        fista_solve = timed(lambda: do.solve(fam, do.FISTA(), x, max_steps=args.fista_max_steps, tol=fista_tol,
+                                             throw=False))
+        fista_b = timed(lambda: fista_bare(fam, x, fista_tol, args.fista_max_steps))
+        ista = timed(lambda: do.solve(fam, do.ISTA(), x, max_steps=args.ista_iters, tol=0.0, throw=False))
+        t_fs, t_fb = fista_solve.median, fista_b.median
+        stop = f"tol {fista_tol:g} (validation)"
+        steps_fs = fista_solve.result.num_steps.float()
+        add("FISTA", "do.solve", stop, t_fs, fista_solve.result.y, float(steps_fs.mean()), int(steps_fs.max()), t_fs)
+        add(f"ISTA-{args.ista_iters} (defines the target)", "do.solve", f"fixed {args.ista_iters} iterations",
+            ista.median, ista.result.y, args.ista_iters, args.ista_iters, t_fs)
+        y_fb, k_fb = fista_b.result
+        add("FISTA", "bare", stop + ", whole batch", t_fb, y_fb, k_fb, k_fb, t_fb)
+        layer_curves, val_curves, depth, headline = {}, {}, {}, {}
         for name, model in models.items():
-            outs = model(x, return_all=True)
-            layer_curves[name] = [nmse_db(y, x.codes) for y in outs]
-            t_fwd = time_call(lambda m=model: m(x), repeats=args.repeats).median
-            t_solve = time_call(
-                lambda m=model: do.solve(fam, FullyAmortized(m), x, throw=False), repeats=args.repeats
-            ).median
-            variants = [
-                (f"{name}-{args.layers} (forward)", t_fwd, args.layers),
-                (f"{name}-{args.layers} (do.solve)", t_solve, args.layers),
-            ]
-            k_star = next((k + 1 for k, v in enumerate(layer_curves[name]) if v <= target), None)
-            if k_star is not None and k_star < args.layers:  # the shortest prefix of the network reaching it
-                t_k = time_call(lambda m=model, k=k_star: m(x, depth=k), repeats=args.repeats).median
-                variants.append((f"{name}, first {k_star} layers (forward)", t_k, k_star))
-            for label, t, k in variants:
-                ratio = (t_fista / t) if t_fista else float("nan")
-                report.add_row(
-                    method=label,
-                    iters_or_layers=k,
-                    nmse_db=layer_curves[name][k - 1],
-                    reaches_target=layer_curves[name][k - 1] <= target,
-                    time_s=t,
-                    fista_time_ratio=ratio,
-                    break_even_instances=break_even(fits[name].train_time, (t_fista or 0) / B, t / B),
-                )
+            layer_curves[name] = [nmse_db(y, x.codes) for y in model(x, return_all=True)]
+            val_curves[name] = [nmse_db(y, x_val.codes) for y in model(x_val, return_all=True)]
+            k = next((k + 1 for k, v in enumerate(val_curves[name]) if v <= target_val), None)
+            chosen = f"first {k} of {args.layers} layers (validation)"
+            if k is None:  # no prefix reaches the target on the validation set: the whole network, said so
+                k, chosen = args.layers, "all layers (no prefix reaches the target on validation)"
+            depth[name] = k
+            train_time = fits[name].train_time
+            prefix = FullyAmortized(Prefix(model, k))
+            t = timed(lambda a=prefix: do.solve(fam, a, x, throw=False))
+            add(f"{name}-{k}", "do.solve", chosen, t.median, t.result.y, k, k, t_fs, train_time)
+            headline[f"{name}-{k}"] = (t_fs / t.median, report.rows[-1]["reaches_target"])
+            if k < args.layers:
+                full = FullyAmortized(model)
+                t = timed(lambda a=full: do.solve(fam, a, x, throw=False))
+                add(f"{name}-{args.layers}", "do.solve", "all layers", t.median, t.result.y, args.layers, args.layers,
+                    t_fs, train_time)
+            t = timed(lambda m=model, k=k: m(x, depth=k))
+            add(f"{name}-{k}", "bare", chosen, t.median, t.result, k, k, t_fb, train_time)
     print(report.table())
+    print("headline (both through do.solve, FISTA at its validation tolerance / the validation depth): "
+          + ", ".join(f"{n} {r:.1f}x faster than FISTA" + ("" if ok else " (but does NOT reach the test target)")
+                      for n, (r, ok) in headline.items()))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(range(len(ista_curve)), ista_curve, label="ISTA")
@@ -197,7 +268,13 @@ def main(argv=None):
         {
             "args": vars(args),
             "target_nmse_db": target,
-            "fista_iters_to_target": fista_iters,
+            "target_nmse_db_validation": target_val,
+            "fista_tol_from_validation": fista_tol,
+            "fista_tol_reaches_validation_target": tol_ok,
+            "depth_from_validation": depth,
+            "headline_fista_time_ratio_do_solve": {n: r for n, (r, _) in headline.items()},
+            "validation_layer_curves": val_curves,
+            "fista_iters_to_target_on_test_not_used": fista_iters,
             "ista_curve": ista_curve,
             "fista_curve": fista_curve,
             "layer_curves": layer_curves,
