@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -107,3 +108,10 @@ def test_meta_ot_study_quick_sphere_uses_the_task_defaults(tmp_path):
     summary = json.loads((tmp_path / "results.json").read_text())["summary"]["sphere"]
     assert summary["swap_average"] is True and summary["unrolled_train_steps"] > 0
     assert summary["regression_steps"] == 0
+    # POT is compared like for like: one stopping rule (POT's L2 marginal error) on the same pairs for the rows
+    # with a POT ratio, and no POT ratio on the rows that stop on another rule
+    pot_rows = [r for r in rows if r["stop"].startswith("L2 marginal error")]
+    assert [r["method"] for r in pot_rows][-1] == "POT ot.sinkhorn loop" and len(pot_rows) == 3
+    assert len({(r["stop"], r["pairs"]) for r in pot_rows}) == 1
+    assert all(r["certified"] == f"{r['pairs']}/{r['pairs']}" for r in pot_rows)
+    assert all(math.isnan(r["vs_pot"]) for r in rows if r not in pot_rows)
