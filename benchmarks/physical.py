@@ -214,6 +214,7 @@ def main(argv=None):
     ax.loglog(ns, ours_t, "s-", label=f"doubleopt, 1 LU per step (slope {slope:.2f})")
     for nn, a, b in zip(ns, ours_t, base_t):
         ax.annotate(f"{b / a:.1f}x", (nn, a), textcoords="offset points", xytext=(4, -12))
+    ax.axhline(60, color="gray", ls=":", lw=1, label="60 ms goal (4k)")
     ax.set_xlabel("nodes")
     ax.set_ylabel(f"ms per coupled-learning step (batch {args.batch})")
     ax.set_title(f"Resistor network learning step, float64, {args.threads} threads", fontsize=10)
