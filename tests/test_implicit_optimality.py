@@ -189,3 +189,42 @@ def test_entropic_ot_implicit_hypergradient_matches_finite_differences_along_the
         ar = a.clone().requires_grad_(True)
         cost(ar, adjoint).backward()
         assert abs(float((ar.grad * d).sum() - fd)) < 1e-6 * abs(float(fd))
+
+
+class _SharedScale(do.Problem):
+    """0.5 ||y - s * x||^2 + 0.5 ||y||^2 with a shared parameter s: y* = s x / 2."""
+
+    dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(1.5, dtype=F64))
+
+    def objective(self, y, x):
+        return 0.5 * ((y - self.s * x) ** 2).sum(-1) + 0.5 * (y * y).sum(-1)
+
+
+@pytest.mark.parametrize("adjoint", [do.Implicit(), do.Implicit(do.Cholesky()), do.Neumann(terms=30, scale=0.5)],
+                         ids=["cg", "cholesky", "neumann"])
+def test_a_failed_instance_adds_nothing_to_implicit_gradients(adjoint):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=g, dtype=F64)
+    bad = x.clone()
+    bad[2, 0] = float("nan")
+    grads = []
+    for ctx, keep in ((bad, [0, 1, 3]), (x[[0, 1, 3]], [0, 1, 2])):
+        prob = _SharedScale()
+        ctx = ctx.clone().requires_grad_(True)
+        sol = do.solve(prob, do.LBFGS(), ctx, tol=1e-12, adjoint=adjoint, throw=False)
+        (sol.y[keep] ** 2).sum().backward()
+        grads.append((prob.s.grad.clone(), ctx.grad[keep].clone()))
+        if ctx.shape[0] == 4:
+            assert sol.result[2] == do.RESULTS.nonfinite and torch.all(ctx.grad[2] == 0)
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_truncated_needs_an_integer_k():
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(ValueError, match="integer k"):
+            do.Truncated(bad)

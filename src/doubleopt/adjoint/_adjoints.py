@@ -35,7 +35,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from .._iterate import LoopOutput, iterate
+from .._iterate import LoopOutput, iterate, replace_rows
+from .._solution import RESULTS
 from .._tree import tree_map
 from ..linalg import batched_cg, batched_gmres
 
@@ -67,16 +68,14 @@ class Truncated(AbstractAdjoint):
     k: int = 1
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"Truncated(k) needs k >= 1, got {self.k}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"Truncated(k) needs an integer k >= 1, got {self.k!r}")
 
     def run(self, problem, solver, x, y0, **loop_kwargs):
         with torch.no_grad():
             out = iterate(problem, solver, x, y0, **loop_kwargs)
         if not torch.is_grad_enabled():
             return out
-        from .._solution import RESULTS
-
         frozen = out.result == RESULTS.nonfinite
         kw = dict(
             loop_kwargs,
@@ -180,11 +179,22 @@ class ImplicitBase(AbstractAdjoint):
         if y_own is not None:  # e.g. a QP: differentiated through its KKT conditions by the problem itself
             return replace(out, y=y_own)
         self.check_problem(problem)
+        # instances that failed (non-finite) are differentiated on a finite donor's detached inputs and return
+        # their y* as a constant: their NaN must not reach shared parameters through the backward pass
+        failed = out.result == RESULTS.nonfinite
+        ok = torch.nonzero(~failed).flatten()
+        if bool(failed.any()):
+            if len(ok) == 0:
+                return out
+            donor = int(ok[0])
+            x, y_star = replace_rows(x, failed, donor), replace_rows(y_star, failed, donor)
         with torch.enable_grad():
             F = problem.optimality(y_star, x)
         if not F.requires_grad:  # nothing the objective depends on requires grad
             return out
         y = y_star + _ImplicitCorrection.apply(F, problem, x, y_star, self.inverse_transpose)
+        if bool(failed.any()):
+            y = torch.where(failed[:, None], out.y.detach(), y)
         return replace(out, y=y)
 
 
