@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # Feature packages (each issue adds its line here):
-from . import amortized, bilevel, layers, learned, physical, rl  # noqa: E402  (issues 6, 16, 5, 4, 7, 20)
+from . import amortized, bilevel, distributed, layers, learned, physical, rl  # noqa: E402  (issues 6, 16, 14, 5, 4, 7, 20)
 from .solvers.qp import QP, qp_solve  # noqa: E402  (issue 5: OptNet)
 
-__all__ += ["amortized", "bilevel", "layers", "learned", "physical", "rl", "QP", "qp_solve"]
+__all__ += ["amortized", "bilevel", "distributed", "layers", "learned", "physical", "rl", "QP", "qp_solve"]
