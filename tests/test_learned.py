@@ -385,6 +385,20 @@ def test_bench_lopt_quick_smoke(tmp_path):
     goals = run_study("lopt", ["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "lopt.png").exists() and (tmp_path / "table.md").exists()
     assert set(goals) == {"LSTM (learned)", "MLP (learned)"}
+    # the standard protocol: trained on the training digits, scored on held-out digits, over widths, depths,
+    # activations and horizons (quick: 2 each), with a plain verdict against tuned Adam on every row
+    import json
+
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    standard = [r for r in rows if r["protocol"].startswith("standard")]
+    assert {r["task"] for r in standard} == {"base (1x20 sigmoid, 6 steps)", "width 40", "depth 2x20",
+                                             "activation relu", "horizon 12 steps"}
+    assert all(0.0 <= r["heldout_accuracy"] <= 1.0 for r in standard)
+    learned_rows = [r for r in standard if "learned" in r["optimizer"]]
+    assert all(r["vs_tuned_adam"] in ("loses to tuned Adam", "beats tuned Adam", "ties tuned Adam (within 2 s.e.)")
+               for r in learned_rows)
+    assert all(r["lr_tuned_on"] == "validation rows of the training digits" for r in standard
+               if "learned" not in r["optimizer"])
 
 
 def test_bad_configuration_errors():
