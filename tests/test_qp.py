@@ -349,7 +349,7 @@ def test_contradictory_bounds_are_certified_infeasible_early():
 def test_projected_farkas_ray_is_not_a_certificate_for_feasible_problems():
     """The projected-ray test: a true Farkas ray passes; the multipliers of a feasible problem's solution
     (scaled up as if they diverged) do not."""
-    from doubleopt.solvers.qp import _projected_farkas
+    from doubleopt.solvers.qp.interior_point import _projected_farkas
 
     n = 3
     G = torch.cat([torch.eye(n, dtype=F64), -torch.eye(n, dtype=F64)]).expand(2, 2 * n, n)
@@ -431,7 +431,7 @@ def test_polish_recovers_optimum_from_the_right_active_set(equality):
 
 
 def test_two_sided_rows_merge_in_the_hessian_without_changing_the_solution(monkeypatch):
-    import doubleopt.solvers.qp as qpmod
+    import doubleopt.solvers.qp.reduced_system as qpmod
 
     fam = do.problems.MPCQP(n_states=4, n_inputs=2, horizon=5)
     x = fam.sample(16, seed=0)
