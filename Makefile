@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --no-deps qpth==0.0.18
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,9 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# qpth (benchmark baseline only) pins numpy<2 although it runs on numpy 2, so it is installed without deps.
+# qpth (the OptNet baseline, checked in the tests) pins numpy<2 although it runs on numpy 2, so the set-up
+# installs it without deps.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-deps qpth==0.0.18
 	$(BIN)/doubleopt bench all
 
 lint: $(STAMP)

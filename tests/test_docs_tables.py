@@ -20,6 +20,8 @@ def test_rendering_formats_filters_and_blanks(tmp_path):
     page = "x\n<!-- table: r.json\nwhere: k = 1\nname = {m}\ntime = {t:.2f} s\n-->\nold\n<!-- /table -->\ny"
     out = render_page(page, tmp_path)
     assert "| name | time |\n|---|---|\n| a | 1.23 s |\n<!-- /table -->\ny" in out
+    both = render_page("<!-- table: r.json\nwhere: m in a | b\nname = {m}\n-->\n<!-- /table -->", tmp_path)
+    assert "| a |" in both and "| b |" in both
     assert format_cell("{t:.1f} s ({f.x y:.0f})", rows[1]) == "-"  # NaN anywhere blanks the cell
     assert format_cell("{f.x y:.0f}", rows[1]) == "3"
     with pytest.raises(ValueError, match="no field 'zz'"):

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,19 @@ from doubleopt.solvers import _native
 from doubleopt.solvers.qp import QP
 
 F64 = torch.float64
-needs_native = pytest.mark.skipif(not _native.available(), reason="no C compiler: the native kernel is off")
+_OFF = os.environ.get("DOUBLEOPT_NATIVE", "1") == "0"
+# skipped only where there is no C compiler (or the kernel is turned off): a compiler whose build fails is a failure
+needs_native = pytest.mark.skipif(_native.compiler() is None or _OFF, reason="no C compiler: the native kernel is off")
+
+
+@needs_native
+def test_the_native_kernel_builds_where_a_compiler_is_present():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = _native.available()
+    assert ok, f"a C compiler ({_native.compiler()}) is present but the native QP kernel did not build: " + "; ".join(
+        str(w.message)[:500] for w in caught
+    )
 
 
 def _both(*tensors, **kw):

@@ -67,7 +67,7 @@ def test_this_machines_compiler_says_what_native_means():
     assert "-march=native" not in target and ("-march=" in target or "-target-cpu=" in target)
 
 
-@pytest.mark.skipif(_native.compiler() is None or not _native.available(), reason="no native kernel")
+@pytest.mark.skipif(_native.compiler() is None, reason="no C compiler")
 def test_portable_build_is_cached_under_its_own_key_and_solves(tmp_path, monkeypatch):
     monkeypatch.setenv("DOUBLEOPT_CACHE", str(tmp_path))
     monkeypatch.setattr(_native, "_cpuinfo_key", lambda: None)
@@ -95,7 +95,7 @@ def test_unusable():
     assert _native.unusable(status, iters, warm=True).tolist() == [False, False, False, False, False, True, True]
 
 
-@pytest.mark.skipif(not _native.available(), reason="no native kernel")
+@pytest.mark.skipif(_native.compiler() is None, reason="no C compiler")
 @pytest.mark.parametrize(("code", "what"), [(5, "no memory"), (2, "first factorization")])
 def test_instances_without_an_iterate_go_back_to_pytorch(monkeypatch, code, what):
     x = RandomQP(n=8, m=16, p=2).sample(4, seed=3)

@@ -4,7 +4,7 @@ A table in a ``docs/*.md`` page is a block between two HTML comments; the openin
 (relative to the page) and, one per line, each column as ``header = template``, the template a text with
 ``{field}`` or ``{field:format spec}`` references to a row of the file's ``rows`` (a cell with a NaN or None
 value prints as ``-``). An optional ``where: key = value`` line keeps the rows whose field ``key`` equals
-``value`` (several ``where`` lines: all must hold)::
+``value`` (``where: key in a | b | c``: one of the values; several ``where`` lines: all must hold)::
 
     <!-- table: results/actor_critic/baseline/results.json
     method = {method}
@@ -55,11 +55,11 @@ def format_cell(template: str, row: dict[str, Any]) -> str:
     return "-" if blank else text
 
 
-def _rows(path: Path, where: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def _rows(path: Path, where: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"docs table: results file {path} does not exist")
     rows = json.loads(path.read_text())["rows"]
-    return [r for r in rows if all(str(r.get(k)) == v for k, v in where)]
+    return [r for r in rows if all(str(r.get(k)) in vs for k, vs in where)]
 
 
 def render_table(spec: str, page_dir: Path) -> str:
@@ -70,8 +70,11 @@ def render_table(spec: str, page_dir: Path) -> str:
     source, columns, where = lines[0], [], []
     for ln in lines[1:]:
         if ln.startswith("where:"):
-            key, _, value = ln[len("where:") :].partition("=")
-            where.append((key.strip(), value.strip()))
+            cond = ln[len("where:") :]
+            key, sep, values = cond.partition(" in ")
+            if not sep:
+                key, _, values = cond.partition("=")
+            where.append((key.strip(), [v.strip() for v in values.split("|")] if sep else [values.strip()]))
             continue
         header, sep, template = ln.partition(" = ")
         if not sep:
