@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from doubleopt.bench import Report, conditions, parse_args, set_threads
-from doubleopt.distributed import Comm, init_from_env, shutdown
+from doubleopt.distributed import Comm, exit_worker, init_from_env, shutdown
 
 
 @dataclass
@@ -201,8 +201,10 @@ def run_worker(args: Args) -> None:
             record = meta_worker(args, comm, args.worker.removeprefix("meta-"))
         if comm.is_main:
             Path(args.result).write_text(json.dumps({"processes": comm.world, **record}))
-    finally:
+    except BaseException:
         shutdown(comm)
+        raise
+    exit_worker(comm)
 
 
 # ======================================================================================================

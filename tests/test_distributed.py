@@ -165,6 +165,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     case, out_dir = sys.argv[1], Path(sys.argv[2])
     {"basics": _worker_basics}[case](out_dir)
-    from doubleopt.distributed import shutdown
+    from doubleopt.distributed import exit_worker
 
-    shutdown(init_from_env())  # the group the worker joined
+    exit_worker(init_from_env())  # the group the worker joined

@@ -18,6 +18,7 @@ from ._check import check_same, code_digest, run_identity, tensor_digest
 from ._comm import (
     TORCHRUN_VARIABLES,
     Comm,
+    exit_worker,
     init_from_env,
     launched_by_torchrun,
     shutdown,
@@ -31,6 +32,7 @@ __all__ = [
     "init_from_env",
     "launched_by_torchrun",
     "shutdown",
+    "exit_worker",
     "TORCHRUN_VARIABLES",
     "stream_generator",
     "stream_seed",

@@ -233,13 +233,16 @@ def estimator_counters(trainer) -> dict[str, float | int | None]:
 
 def run(args: argparse.Namespace, callback=None) -> int:
     """Meta-train; under ``torchrun`` joins the process group first and leaves it at the end."""
-    from ..distributed import init_from_env, shutdown
+    from ..distributed import exit_worker, init_from_env, shutdown
 
     comm = init_from_env()
     try:
-        return _run(args, comm, callback)
-    finally:
+        code = _run(args, comm, callback)
+    except BaseException:
         shutdown(comm)
+        raise
+    exit_worker(comm, code)  # under torchrun the process ends here (see exit_worker)
+    return code
 
 
 def _run(args: argparse.Namespace, comm, callback=None) -> int:
