@@ -15,7 +15,7 @@ from .cleaning import (
     corrupt_labels,
     detection_scores,
 )
-from .digits import DigitsContext, DigitsL2, digits_split
+from .digits import DigitsClassifier, DigitsContext, DigitsL2, digits_split
 from .sparse_logistic import FeatureMatrix, SparseLogisticData, SparseLogisticL2, sparse_logistic_split
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "BilevelResult",
     "DigitsL2",
     "DigitsContext",
+    "DigitsClassifier",
     "digits_split",
     "HyperCleaning",
     "CleaningData",

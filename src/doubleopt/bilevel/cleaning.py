@@ -45,9 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._problem import Problem
 from ..problems._data import load_dataset
-from .digits import N_CLASSES, N_FEATURES, DigitsContext
+from .digits import N_CLASSES, N_FEATURES, DigitsClassifier, DigitsContext
 
 DEFAULT_THRESHOLD = 0.5  # an example is flagged as corrupted when its weight sigma(lambda_j) < this
 
@@ -154,7 +153,7 @@ def cleaning_split(
     return CleaningData(ctx(X[tr], noisy), ctx(X[va], t[va]), ctx(Xte[te], tte[te]), mask, t[tr].clone())
 
 
-class HyperCleaning(Problem):
+class HyperCleaning(DigitsClassifier):
     r"""Weighted multinomial logistic regression, one weight :math:`\sigma(\lambda_j)` per training example.
 
     See the module docstring for the objective. ``lam`` (shape ``(n_train,)``) is the ``nn.Parameter`` of
@@ -177,8 +176,6 @@ class HyperCleaning(Problem):
         torch.Size([100])
     """
 
-    dim = N_FEATURES * N_CLASSES + N_CLASSES
-
     def __init__(self, n_train: int, *, l2: float = 1e-2, init: float = 0.0, dtype: torch.dtype = torch.float64):
         super().__init__()
         if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1:
@@ -194,19 +191,6 @@ class HyperCleaning(Problem):
         r"""The example weights :math:`\sigma(\lambda)`, shape ``(n_train,)``."""
         return torch.sigmoid(self.lam)
 
-    def logits(self, y: Tensor, x: DigitsContext) -> Tensor:
-        W = y[:, : N_FEATURES * N_CLASSES].reshape(-1, N_FEATURES, N_CLASSES)
-        b = y[:, N_FEATURES * N_CLASSES :]
-        return x.features @ W + b[:, None, :]
-
-    def cross_entropy(self, y: Tensor, x: DigitsContext) -> Tensor:
-        """Mean (unweighted) cross-entropy of the classifier ``y`` on ``x`` (a scalar, averaged over the batch)."""
-        return -(torch.log_softmax(self.logits(y, x), -1) * x.onehot).sum(-1).mean()
-
-    def accuracy(self, y: Tensor, x: DigitsContext) -> float:
-        """Share of the examples of ``x`` that the classifier ``y`` labels correctly."""
-        with torch.no_grad():
-            return float((self.logits(y, x).argmax(-1) == x.onehot.argmax(-1)).to(torch.float64).mean())
 
     def objective(self, y: Tensor, x: DigitsContext) -> Tensor:
         ce = -(torch.log_softmax(self.logits(y, x), -1) * x.onehot).sum(-1)  # (B, N)

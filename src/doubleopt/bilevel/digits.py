@@ -47,7 +47,28 @@ def digits_split(
     return ctx(perm[:n_train]), ctx(perm[n_train : n_train + n_val])
 
 
-class DigitsL2(Problem):
+class DigitsClassifier(Problem):
+    """Multinomial logistic regression on digits, ``y = (W, b)`` flattened: the logits, the (unweighted) mean
+    cross-entropy and the accuracy that the bilevel digits problems share."""
+
+    dim = N_FEATURES * N_CLASSES + N_CLASSES
+
+    def logits(self, y: Tensor, x: DigitsContext) -> Tensor:
+        W = y[:, : N_FEATURES * N_CLASSES].reshape(-1, N_FEATURES, N_CLASSES)
+        b = y[:, N_FEATURES * N_CLASSES :]
+        return x.features @ W + b[:, None, :]
+
+    def cross_entropy(self, y: Tensor, x: DigitsContext) -> Tensor:
+        """Mean cross-entropy of the classifier ``y`` on ``x`` (a scalar, averaged over the batch too)."""
+        return -(torch.log_softmax(self.logits(y, x), -1) * x.onehot).sum(-1).mean()
+
+    def accuracy(self, y: Tensor, x: DigitsContext) -> float:
+        """Share of the examples of ``x`` that the classifier ``y`` labels correctly."""
+        with torch.no_grad():
+            return float((self.logits(y, x).argmax(-1) == x.onehot.argmax(-1)).to(torch.float64).mean())
+
+
+class DigitsL2(DigitsClassifier):
     """Multinomial logistic regression with log-parametrized L2 weights (see the module docstring).
 
     Args:
@@ -65,20 +86,9 @@ class DigitsL2(Problem):
         torch.Size([64])
     """
 
-    dim = N_FEATURES * N_CLASSES + N_CLASSES
-
     def __init__(self, *, per_feature: bool = True, log_l2: float = -3.0, dtype: torch.dtype = torch.float64):
         super().__init__()
         self.log_l2 = nn.Parameter(torch.full((N_FEATURES if per_feature else 1,), float(log_l2), dtype=dtype))
-
-    def logits(self, y: Tensor, x: DigitsContext) -> Tensor:
-        W = y[:, : N_FEATURES * N_CLASSES].reshape(-1, N_FEATURES, N_CLASSES)
-        b = y[:, N_FEATURES * N_CLASSES :]
-        return x.features @ W + b[:, None, :]
-
-    def cross_entropy(self, y: Tensor, x: DigitsContext) -> Tensor:
-        """Mean cross-entropy of the classifier ``y`` on ``x`` (a scalar, averaged over the batch too)."""
-        return -(torch.log_softmax(self.logits(y, x), -1) * x.onehot).sum(-1).mean()
 
     def objective(self, y: Tensor, x: DigitsContext) -> Tensor:
         ce = -(torch.log_softmax(self.logits(y, x), -1) * x.onehot).sum(-1).mean(-1)
