@@ -228,3 +228,20 @@ def test_truncated_needs_an_integer_k():
     for bad in (0, 1.5, "2", True):
         with pytest.raises(ValueError, match="integer k"):
             do.Truncated(bad)
+
+
+def test_no_graph_when_nothing_requires_grad_even_with_an_autograd_gradient():
+    class Sphere(do.Problem):  # the base class's autograd gradient makes its own leaf from y
+        dim = 3
+
+        def objective(self, y, x):
+            return ((y - x) ** 2).sum(-1)
+
+    x = torch.ones(2, 3, dtype=F64)
+    sol = do.solve(Sphere(), do.LBFGS(), x, tol=1e-10)
+    assert not sol.y.requires_grad
+    xr = x.clone().requires_grad_(True)
+    sol = do.solve(Sphere(), do.LBFGS(), xr, tol=1e-10)
+    assert sol.y.requires_grad
+    sol.y.sum().backward()
+    torch.testing.assert_close(xr.grad, torch.ones_like(xr))

@@ -190,7 +190,7 @@ class ImplicitBase(AbstractAdjoint):
             x, y_star = replace_rows(x, failed, donor), replace_rows(y_star, failed, donor)
         with torch.enable_grad():
             F = problem.optimality(y_star, x)
-        if not F.requires_grad:  # nothing the objective depends on requires grad
+        if not _depends_on_more_than(F, y_star):  # nothing the objective depends on requires grad
             return out
         y = y_star + _ImplicitCorrection.apply(F, problem, x, y_star, self.inverse_transpose)
         if bool(failed.any()):
@@ -240,6 +240,26 @@ class Implicit(ImplicitBase):
 
     def inverse_transpose(self, problem, y, x, u):
         return solve_adjoint(problem, y, x, u, self.solver_for(problem), self.memory)
+
+
+def _depends_on_more_than(F: Tensor, y: Tensor) -> bool:
+    """Whether ``F``'s graph reaches a tensor that requires grad other than (a detached copy of) ``y``: an
+    autograd gradient makes its own leaf from ``y``, which alone is no reason to differentiate."""
+    if not F.requires_grad:
+        return False
+    seen, stack = set(), [F.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # an AccumulateGrad node: a leaf
+        if variable is not None:
+            if variable.data_ptr() != y.data_ptr() or variable.shape != y.shape:
+                return True
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return False
 
 
 class _ImplicitCorrection(torch.autograd.Function):
