@@ -419,6 +419,12 @@ def _status_kib(field: str) -> float | None:
     return None
 
 
+MEMORY_MEASURE = (
+    "peak RSS (VmHWM) of a fresh process during one hypergradient minus its RSS after setup, the peak mark reset "
+    "through /proc/self/clear_refs (ru_maxrss where that is unavailable: then a lower bound)"
+)
+
+
 def reset_peak_rss() -> float:
     """Current RSS (MiB), after resetting the kernel's peak-RSS mark to it (Linux: /proc/self/clear_refs = 5);
     elsewhere the process's peak so far (ru_maxrss), so the difference below is then a lower bound."""
@@ -516,7 +522,7 @@ def study_memory(args, plt):
         {
             "args": asdict(args),
             "L_power_iteration": L,
-            "measure": "ru_maxrss of a fresh process after setup and after the hypergradient (difference)",
+            "measure": MEMORY_MEASURE,
             "conditions": conditions(dtype="float64", batch=1),
         },
         fig,
