@@ -48,16 +48,11 @@ CODE = {int(r): r.name for r in do.RESULTS}
 
 
 # accepted limitations, published under the table (each is also stated where it applies)
-limitation("do.solve (options)", "`do.Truncated(k)` accepts a non-integer or non-numeric `k` (it fails later with a "
-           "TypeError); the check belongs in `adjoint/_adjoints.py` (`Truncated.__post_init__`).")
 limitation("qp_solve", "Under `do.Truncated(k)` converged QP instances take no further step, so the solution carries "
            "no gradient (backward raises); use the default KKT adjoint or `do.Unroll()`.")
 limitation("checkpoints and weights", "A file whose tensor data (not its header) was changed byte by byte still "
            "loads: safetensors carries no checksum of the data. The native kernel's cache, which does, records a "
            "SHA-256 per library.")
-limitation("checkpoints and weights", "`load_weights` of the learned optimizers reports a corrupt file with "
-           "safetensors' own error, which does not name the file (the CLI adds that); `amortized.load_checkpoint` "
-           "names it.")
 limitation("do.solve (lbfgs)", "Unrolled derivatives through hundreds of L-BFGS steps on entropic OT can grow to 1e30 "
            "and more (finite, but sensitive to rounding): compare them in relative terms.")
 
@@ -496,7 +491,8 @@ def test_torch_optimizer(data):
 
 @PROPS
 @given(st.data())
-@pytest.mark.parametrize("kind", ["amortized checkpoint", "learned optimizer weights"])
+@pytest.mark.parametrize("kind", ["amortized checkpoint", "learned optimizer weights", "policy weights",
+                                  "meta-training checkpoint"])
 def test_corrupt_files_are_refused(kind, tmp_path_factory, data):
     import tempfile
     from pathlib import Path
@@ -509,10 +505,21 @@ def test_corrupt_files_are_refused(kind, tmp_path_factory, data):
         good = do.amortized.save_checkpoint(model, folder / "good.safetensors")
         target = torch.nn.Linear(3, 3)
         load = lambda path: do.amortized.load_checkpoint(target, path)  # noqa: E731
-    else:
+    elif kind == "learned optimizer weights":
         good = Path(do.learned.__file__).parent / "weights" / "mlp-digits.safetensors"
         target = do.learned.MLPOptimizer()
         load = target.load_weights
+    elif kind == "policy weights":
+        target = do.learned.PolicyOptimizer(hidden=4)
+        good = folder / "policy.safetensors"
+        target.save_weights(good)
+        load = target.load_weights
+    else:
+        from doubleopt.learned.meta import read_checkpoint
+
+        target = torch.nn.Linear(2, 2)  # nothing to load into: read_checkpoint only reads
+        good = Path(do.learned.__file__).parent / "weights" / "lstm-digits.safetensors"
+        load = read_checkpoint
     raw = Path(good).read_bytes()
     how = data.draw(st.sampled_from(["truncated", "random bytes", "empty", "missing"]), label="corruption")
     bad = folder / "bad.safetensors"
@@ -528,8 +535,8 @@ def test_corrupt_files_are_refused(kind, tmp_path_factory, data):
     with pytest.raises((ValueError, OSError, SafetensorError)) as info:
         load(bad)
     assert_unchanged(before)
-    if kind == "amortized checkpoint" and how != "missing":
-        assert str(bad) in str(info.value) and isinstance(info.value, ValueError)
+    assert str(bad) in str(info.value), f"the error does not name the file: {info.value}"
+    assert isinstance(info.value, FileNotFoundError if how == "missing" else ValueError), repr(info.value)
     if content is not None:
         assert bad.read_bytes() == content  # the file itself is left alone
     record("checkpoints and weights", f"{kind}: {how}", f"{type(info.value).__name__}; model unchanged")

@@ -78,11 +78,7 @@ class LearnedOptimizer(nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> LearnedOptimizer:
         """Load weights saved by :meth:`save_weights`; raise ``ValueError`` naming any mismatched tensor."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = read_safetensors(path, "weights")
         load_checked(self, tensors, source=str(path), file_arch=meta.get("arch"))
         return self
 
@@ -109,6 +105,38 @@ def load_checked(module: LearnedOptimizer, tensors: dict[str, Tensor], *, source
             f"that the model does not have ({len(extra)} unexpected tensors)"
         )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+def read_safetensors(
+    path: str | os.PathLike, what: str = "file", *, tensors: bool = True
+) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """``(metadata, tensors)`` of a safetensors file, read without pickle.
+
+    Every failure names the file: ``FileNotFoundError`` when there is none at ``path`` (or it is a folder), and
+    ``ValueError`` when it is not a readable safetensors file (empty, truncated, corrupt or another format).
+    ``tensors=False`` reads the header only (the metadata) and returns an empty dict of tensors.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
+        >>> atomic_save({"a": torch.ones(2)}, p, {"arch": "demo"})
+        >>> read_safetensors(p, "weights")[0]["arch"]
+        'demo'
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no {what} file at {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(
+            f"cannot read the {what} file {p}: not a valid safetensors file (empty, truncated or corrupt?): {e}"
+        ) from None
+    return meta, out
 
 
 def atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -50,10 +50,9 @@ def load_pretrained(name: str, into: LearnedOptimizer | None = None) -> LearnedO
             f"unknown pretrained optimizer {name!r}; available: {sorted(PRETRAINED)} (or a path to a .safetensors file)"
         )
     if into is None:
-        from safetensors import safe_open
+        from ._base import read_safetensors
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta, _ = read_safetensors(path, "weights", tensors=False)
         arch = meta.get("arch")
         if arch not in _ARCHS:
             raise ValueError(f"{path} does not record a known architecture (arch={arch!r}); pass into=")

@@ -328,11 +328,10 @@ class PolicyOptimizer(LearnedOptimizer):
 
     def load_weights(self, path: str | os.PathLike) -> PolicyOptimizer:
         """:meth:`LearnedOptimizer.load_weights`, with the history length named when it differs."""
-        from safetensors import safe_open
+        from ._base import read_safetensors
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            shape = tuple(f.get_slice("net.0.weight").get_shape()) if "net.0.weight" in f.keys() else None
+        meta, tensors = read_safetensors(path, "weights")
+        shape = tuple(tensors["net.0.weight"].shape) if "net.0.weight" in tensors else None
         if meta.get("arch") == self.arch:
             history = json.loads(meta.get("config", "{}")).get("history")
             if history is not None and history != self.history:

@@ -408,11 +408,9 @@ def load_checkpoint(trainer: ActorCriticTrainer, path: str | os.PathLike) -> Non
     Raises ``ValueError`` naming the difference: another algorithm, another number of agents or seeds,
     another network shape (the mismatched tensor is named), another training configuration.
     """
-    from safetensors import safe_open
+    from ..learned._base import read_safetensors
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta, tensors = read_safetensors(path, "checkpoint")
     if meta.get("algorithm") != trainer.algorithm.name:
         raise ValueError(
             f"checkpoint {path} was written by algorithm {meta.get('algorithm')!r}, this run is "
