@@ -58,7 +58,11 @@ class Report:
         return markdown_table(self.rows)
 
     def save(self, data: dict[str, Any] | None = None, figure: Any = None) -> Path:
+        from .timing import load_average
+
         payload = {"name": self.name, "rows": self.rows, **(data or {})}
+        if isinstance(payload.get("conditions"), dict):
+            payload["conditions"] = {**payload["conditions"], "load_avg_1m_5m_at_end": load_average()}
         _atomic_write(self.dir / "results.json", json.dumps(payload, indent=2, default=float).encode())
         _atomic_write(self.dir / "table.md", (self.table() + "\n").encode())
         if figure is not None:

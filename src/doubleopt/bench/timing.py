@@ -72,9 +72,46 @@ def time_to_epsilon(times: list[float] | torch.Tensor, errors: list[float] | tor
     return float("inf")
 
 
+def source_revision() -> str:
+    """The git commit of the source this study runs from (``+dirty`` with uncommitted changes), or
+    ``doubleopt X.Y.Z`` for an installed copy outside a checkout."""
+    import subprocess
+
+    import doubleopt
+
+    root = os.path.dirname(os.path.abspath(doubleopt.__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return head.stdout.strip()[:12] + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"doubleopt {getattr(doubleopt, '__version__', 'unknown')}"
+
+
+def load_average() -> list[float] | None:
+    """The 1- and 5-minute load averages (runnable processes) when the platform reports them: on a machine
+    with ``cpu_count`` cores, a 1-minute load near the study's own thread count means nothing else ran."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()[:2]]
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        return None
+
+
 def conditions(**extra: Any) -> dict[str, Any]:
-    """The conditions every report records: threads, versions, machine."""
+    """The conditions every report records: when, from which source, threads, machine load, versions.
+
+    ``load_avg_1m_5m`` is read when the study calls this (usually at its start); :meth:`Report.save` adds the
+    load at the end, so a run shared with other work shows it.
+    """
+    import datetime
+
     return {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "source": source_revision(),
+        "load_avg_1m_5m": load_average(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
