@@ -34,7 +34,8 @@ class NonlinearCG(Solver):
 
     Args:
         restart: restart period (``None``: the problem dimension).
-        c1, c2: the strong-Wolfe constants (sufficient decrease, curvature).
+        c1: the strong-Wolfe sufficient-decrease constant.
+        c2: the strong-Wolfe curvature constant.
     """
 
     restart: int | None = None
