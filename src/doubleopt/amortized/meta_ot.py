@@ -50,8 +50,10 @@ class PotentialMLP(nn.Module):
     """MLP ``[n a, m b] -> f`` (inputs scaled to O(1)); ``dtype`` defaults to float64 like the OT families.
 
     Args:
-        n, m: support sizes of the two measures.
-        hidden: width of the hidden layers; layers: number of hidden layers.
+        n: support size of the first measure.
+        m: support size of the second measure.
+        hidden: width of the hidden layers.
+        layers: number of hidden layers.
     """
 
     def __init__(self, n: int, m: int, hidden: int = 512, layers: int = 2, dtype: torch.dtype = torch.float64):
@@ -111,7 +113,7 @@ class SwapAveraged(nn.Module):
 
     Args:
         model: a potential model (``PotentialMLP``) with ``n == m``.
-        family: the :class:`~doubleopt.problems.EntropicOT` family whose cost and :math:`\varepsilon` give
+        family (EntropicOT): the :class:`~doubleopt.problems.EntropicOT` family whose cost and :math:`\varepsilon` give
             :math:`T_a`; its cost must be square and symmetric. It is referenced, not owned (not in
             ``state_dict``; checkpoints hold the model's weights only).
     """
