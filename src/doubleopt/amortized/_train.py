@@ -199,7 +199,8 @@ def fit(
         targets: for ``"regression"`` / ``"layerwise"``: a callable ``x -> y*`` (e.g. known ground truth);
         reference: or a classical solver whose solutions on the fixed training set are computed once and
             cached (needs ``train_size``); instances it does not solve are dropped.
-        val_size, val_every: held-out contexts (seed ``seed + 1``) and how often to evaluate them.
+        val_size: number of held-out contexts (seed ``seed + 1``).
+        val_every: evaluate the held-out contexts every this many steps.
         checkpoint: path of a safetensors file written (atomically) at each validation and at the end.
         time_limit: stop after this many seconds of training.
         seed: seeds the context stream (``torch.Generator``) and minibatch order.
