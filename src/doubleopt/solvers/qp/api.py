@@ -52,11 +52,13 @@ def qp_solve(
     Args:
         start: a warm start (:class:`~doubleopt.problems.QPStart`), e.g. from a previous solution's state.
         solver: a configured :class:`QP` (default ``QP()``).
-        adjoint: ``do.Implicit()`` (default: the OptNet KKT backward, reusing the forward factorization)
-            or ``do.Unroll()`` (backpropagate through the iterations).
+        adjoint (AbstractAdjoint | None): ``do.Implicit()`` (default: the OptNet KKT backward, reusing the
+            forward factorization) or ``do.Unroll()`` (backpropagate through the iterations).
         regularization: solve with ``Q + regularization * I`` (an explicit change of problem; use it for a
             ``Q`` that is not positive semidefinite, which otherwise raises ``ValueError``).
-        max_steps, throw, trace: as in :func:`doubleopt.solve`.
+        max_steps: as in :func:`doubleopt.solve`.
+        throw: as in :func:`doubleopt.solve`.
+        trace: as in :func:`doubleopt.solve`.
         tol: bound on the scaled KKT residual (default 1e-10 when computing in float64, 1e-4 in float32).
             It bounds the complementarity s'lam / m too, so on degenerate instances (a constraint with both
             s and lam near 0) the solution error is about sqrt(tol): use 1e-12 for 1e-6-accurate solutions.
