@@ -129,11 +129,11 @@ def optimize(
 
     Args:
         problem: the inner :class:`~doubleopt.Problem`; ``hyperparams`` are among the tensors it uses.
-        solver: inner solver, e.g. ``do.LBFGS()``.
-        x: inner contexts (batch first).
+        solver (Solver): inner solver, e.g. ``do.LBFGS()``.
+        x (Context): inner contexts (batch first).
         outer_loss: ``y -> scalar`` differentiable in ``y``, the outer objective.
         hyperparams: the tensors to optimize (``requires_grad``).
-        adjoint: how to differentiate the inner solution (default ``do.Implicit()``).
+        adjoint (AbstractAdjoint | None): how to differentiate the inner solution (default ``do.Implicit()``).
         outer_steps: number of outer steps (>= 1).
         outer_lr: learning rate of the outer optimizer (> 0).
         optimizer: a ``torch.optim`` optimizer class, called as ``optimizer(hyperparams, lr=outer_lr)``.
