@@ -58,7 +58,10 @@ def sharded_solve(
     rank's ``wall_time`` and the ``processes`` count.
 
     Args:
-        problem, solver, x, y0: as for :func:`doubleopt.solve`, the whole batch on every rank.
+        problem: as for :func:`doubleopt.solve`.
+        solver: as for :func:`doubleopt.solve`.
+        x: as for :func:`doubleopt.solve`: the whole batch, on every rank.
+        y0: as for :func:`doubleopt.solve`: the whole batch, on every rank.
         comm: the process group (default: :func:`~doubleopt.distributed.init_from_env`, one process outside
             ``torchrun``).
         throw: raise :class:`~doubleopt.SolveError` (on every rank, instance indices of the whole batch) if any
