@@ -29,12 +29,19 @@ class QPLayer(nn.Module):
     r"""A differentiable QP layer.
 
     Args:
-        Q, q, A, b, G, h: default values (shared ``(n, n)``, ``(n,)``, ... or per instance); ``None`` for
-            ``A, b`` / ``G, h`` means no equality / inequality constraints unless given at call time.
+        Q: default ``Q``, shared ``(n, n)`` or per instance ``(B, n, n)``.
+        q: default ``q``, ``(n,)`` or ``(B, n)``.
+        A: default ``A``, ``(p, n)`` or ``(B, p, n)``; ``None`` with ``b``: no equality constraints unless
+            given at call time.
+        b: default ``b``, ``(p,)`` or ``(B, p)``.
+        G: default ``G``, ``(m, n)`` or ``(B, m, n)``; ``None`` with ``h``: no inequality constraints unless
+            given at call time.
+        h: default ``h``, ``(m,)`` or ``(B, m)``.
         learnable: names among ``Q, q, A, b, G, h`` to register as ``nn.Parameter`` (the others are buffers).
         solver: a :class:`~doubleopt.solvers.QP` configuration.
-        adjoint: ``None`` (the KKT adjoint, ``do.Implicit()``) or ``do.Unroll()``.
-        max_steps, tol: interior-point budget and KKT tolerance (default 1e-10, or 1e-4 when computing in float32).
+        adjoint (AbstractAdjoint | None): ``None`` (the KKT adjoint, ``do.Implicit()``) or ``do.Unroll()``.
+        max_steps: interior-point step budget.
+        tol: KKT tolerance (default 1e-10, or 1e-4 when computing in float32).
         throw: raise :class:`~doubleopt.SolveError` if an instance fails (default ``False``: codes are kept in
             ``last_solution``).
         compute_dtype: dtype of the interior point (default float64 even for float32 layers, whose output
