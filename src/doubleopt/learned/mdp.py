@@ -129,10 +129,10 @@ class OptimizationEnv:
         Args:
             generator: drives this reset and the later steps' randomness (minibatches of stochastic tasks).
             mask: ``(B,)`` bool, the instances to reset (default: all).
-            objectives, y0: start the episodes on these objectives (the task's instance data for ``B`` episodes,
-                e.g. contexts of an :class:`~doubleopt.learned.ObjectiveSetTask`) from these iterates ``(B, n)``
-                instead of drawing them (repeated rollouts of one objective, evaluation on a fixed set);
-                both or neither.
+            objectives: start the episodes on these objectives (the task's instance data for ``B`` episodes,
+                e.g. contexts of an :class:`~doubleopt.learned.ObjectiveSetTask`) instead of drawing them
+                (repeated rollouts of one objective, evaluation on a fixed set); given with ``y0`` or not at all.
+            y0: start the episodes from these iterates ``(B, n)``; given with ``objectives`` or not at all.
 
         Returns the observation ``(B, n, 3H)``.
         """
