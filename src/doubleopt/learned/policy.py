@@ -134,7 +134,8 @@ class PolicyFeatures:
             values: ``(R, T + 1)`` objective values of ``R`` runs at iterates ``0..T``.
             grads: ``(R, T + 1, n)`` their gradients.
             iterates: ``(R, T + 1, n)`` the iterates (the steps are their differences).
-            run, t: ``(b,)`` int64: the history of run ``run[j]`` at iterate ``t[j]``.
+            run: ``(b,)`` int64, the runs: entry ``j`` is the history of run ``run[j]`` at iterate ``t[j]``.
+            t: ``(b,)`` int64, the iterates.
 
         Example:
             >>> import torch
