@@ -112,9 +112,11 @@ class ResistorNetwork:
             The outputs are ``output_nodes`` first, then ``output_edges``.
         input_kind: ``"voltage"`` (sources held at the input voltages, Dirichlet) or ``"current"``
             (the inputs are currents injected at the source nodes; needs a ground).
-        k_min, k_max: the range learning keeps conductances in. ``k`` must lie in it: a conductance outside
-            is refused (not clipped), since every learning step would clip it silently (widen the range
-            instead, or clip ``k`` yourself). :meth:`with_k` applies the same rule.
+        k_min: the lower end of the range learning keeps conductances in. ``k`` must lie in
+            ``[k_min, k_max]``: a conductance outside is refused (not clipped), since every learning step
+            would clip it silently (widen the range instead, or clip ``k`` yourself). :meth:`with_k` applies
+            the same rule.
+        k_max: the upper end of that range.
 
     Raises:
         FloatingNodesError: a connected component holds no source / ground node (names the nodes).
