@@ -140,7 +140,8 @@ class StackedAdam:
             members of one agent consecutive, as in :class:`StackedMLP`).
         lr: step size per agent, shape ``(K,)`` (a float is broadcast).
         agents: ``K``.
-        betas, eps: as in ``torch.optim.Adam``.
+        betas (tuple[float, float]): as in ``torch.optim.Adam``.
+        eps (float): as in ``torch.optim.Adam``.
     """
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor | float, agents: int, betas=(0.9, 0.999), eps=1e-8):
