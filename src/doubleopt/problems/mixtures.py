@@ -15,8 +15,9 @@ classes only draw the paper's data and starting points. Cluster means are :math:
 (sizes, dimensions, :math:`c = 1`, :math:`\lambda = 5\cdot 10^{-4}`) are the defaults; the others (``mean_scale``,
 ``noise``, the hidden width) are our choices, documented on each class.
 
-:meth:`init` with a ``generator`` draws random starting points (:math:`N(0, \texttt{init\_scale}^2)` for the
-linear models, Glorot for the network); without one it is the zoo's deterministic default.
+:meth:`~doubleopt.Problem.init` with a ``generator`` draws random starting points
+(:math:`N(0, \texttt{init\_scale}^2)` for the linear models, Glorot for the network); without one it is the zoo's
+deterministic default.
 
 Reference:
     K. Li, J. Malik, "Learning to optimize", ICLR 2017, Sec. 4.
