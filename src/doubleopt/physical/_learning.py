@@ -178,7 +178,8 @@ def learning_step(
 
     Args:
         net: the network (not modified).
-        inputs, targets: ``(B, n_inputs)``, ``(B, n_outputs)`` with ``B >= 1``; any array-like.
+        inputs: ``(B, n_inputs)`` with ``B >= 1``; any array-like.
+        targets: ``(B, n_outputs)``; any array-like.
         rule: :class:`CoupledLearning`, :class:`EquilibriumPropagation` or :class:`ExactGradient`.
         lr: step size, finite and ``>= 0``.
         k: conductances to step from, any array-like ``(E,)`` inside ``[k_min, k_max]`` (default ``net.k``;
@@ -252,14 +253,16 @@ def train(
     """Train the conductances of ``net`` with ``rule`` for ``steps`` steps of size ``lr``.
 
     Args:
-        inputs, targets: the training set, ``B >= 1`` samples.
+        inputs: the training inputs, ``B >= 1`` samples.
+        targets: the training targets.
         steps: number of steps (an integer ``>= 0``).
         lr: step size, finite and ``>= 0``.
         batch_size: samples per step, an integer ``>= 1`` (default: all, full batch; a size ``>= B`` is the
             full batch too); minibatches drawn with ``seed``.
-        eval_inputs, eval_targets: a held-out set (default: the training set) evaluated every ``eval_every``
+        eval_inputs: the inputs of a held-out set (default: the training set) evaluated every ``eval_every``
             (an integer ``>= 1``) steps and after the last.
-        metric: optional ``metric(outputs (B, m) ndarray, targets) -> float`` (e.g. accuracy).
+        eval_targets: the targets of that held-out set.
+        metric (Callable | None): optional ``metric(outputs (B, m) ndarray, targets) -> float`` (e.g. accuracy).
         k0: initial conductances, inside ``[k_min, k_max]`` (default ``net.k``).
 
     Raises:
