@@ -136,6 +136,14 @@ class UpdateRule(Protocol):
 
 @dataclass
 class RuleState:
+    """The state of a :class:`GradientRuleSolver` between steps.
+
+    Attributes:
+        value: ``(B,)`` objective at the current iterate.
+        grad: ``(B, n)`` gradient at the current iterate.
+        rule: the update rule's own state (from :meth:`UpdateRule.init_rule`, then :meth:`UpdateRule.update`).
+    """
+
     value: Tensor
     grad: Tensor
     rule: Any
