@@ -47,6 +47,16 @@ def _sufficient_decrease(value, slope0, t, f_t, slope_t, c1, eps):
 
 @dataclass
 class LineSearchResult:
+    """What :func:`armijo_backtracking` returns, per instance of the batch.
+
+    Attributes:
+        y: ``(B, n)`` the accepted iterates (the starting ones where the search failed).
+        value: ``(B,)`` objective at ``y``.
+        grad: ``(B, n)`` gradient at ``y``.
+        step: ``(B,)`` the accepted step length (0 where the search failed).
+        status: ``(B,)`` ``RESULTS.successful`` or ``RESULTS.line_search_failed``.
+    """
+
     y: Tensor
     value: Tensor
     grad: Tensor
