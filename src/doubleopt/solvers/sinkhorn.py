@@ -50,6 +50,16 @@ from ._base import Solver
 
 @dataclass
 class SinkhornState:
+    r"""The state of :class:`Sinkhorn` between steps (one row per instance).
+
+    Attributes:
+        value: ``(B,)`` the negative dual objective :math:`F(f)`.
+        grad: ``(B, n)`` the row-marginal violation :math:`P\mathbf 1 - a`.
+        g: ``(B, m)`` the c-transform of the potential ``f``.
+        lse_row: ``(B, n)`` :math:`\log \sum_j \exp((g_j - C_{ij})/\varepsilon)`.
+        steps: ``(B,)`` steps taken by each instance (for ``relaxation_after``).
+    """
+
     value: Tensor  # (B,) negative dual objective F(f)
     grad: Tensor  # (B, n) row-marginal violation P 1 - a
     g: Tensor  # (B, m) c-transform of f
