@@ -12,6 +12,13 @@ from .._problem import ProblemFamily
 
 @dataclass
 class QuadraticContext:
+    """Contexts of :class:`Quadratic` (a batch, one row per instance).
+
+    Attributes:
+        A: ``(B, n, n)`` symmetric positive definite matrices.
+        b: ``(B, n)`` linear terms.
+    """
+
     A: Tensor  # (B, n, n) symmetric positive definite
     b: Tensor  # (B, n)
 
