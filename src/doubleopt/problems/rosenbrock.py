@@ -13,6 +13,13 @@ from .._problem import ProblemFamily
 
 @dataclass
 class RosenbrockContext:
+    """Contexts of :class:`Rosenbrock` (a batch, one row per instance).
+
+    Attributes:
+        curvature: ``(B,)`` the coefficient ``c`` (100 in the classic function).
+        start: ``(B, n)`` the starting points :meth:`Rosenbrock.init` returns.
+    """
+
     curvature: Tensor  # (B,) the coefficient c (100 in the classic function)
     start: Tensor  # (B, n) the starting point used by init()
 
