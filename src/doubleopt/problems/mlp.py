@@ -23,6 +23,13 @@ _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu, "tanh": torch.tanh}
 
 @dataclass
 class ClassificationContext:
+    """Contexts of :class:`MLPClassifier`: one minibatch per instance.
+
+    Attributes:
+        inputs: ``(B, N, d)`` the inputs of ``N`` examples.
+        labels: ``(B, N)`` their int64 class indices.
+    """
+
     inputs: Tensor  # (B, N, d)
     labels: Tensor  # (B, N) int64 class indices
 
