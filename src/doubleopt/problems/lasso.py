@@ -17,6 +17,13 @@ from .._problem import ProblemFamily
 
 @dataclass
 class LassoContext:
+    """Contexts of :class:`Lasso` (a batch, one row per instance).
+
+    Attributes:
+        measurements: ``(B, m)`` the measurements.
+        codes: ``(B, n)`` the sparse codes that generated them (for the NMSE).
+    """
+
     measurements: Tensor  # (B, m)
     codes: Tensor  # (B, n) the sparse codes that generated them (for NMSE)
 
