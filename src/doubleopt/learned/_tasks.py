@@ -37,6 +37,13 @@ from ..problems._data import sample_rows
 
 @dataclass
 class LeastSquaresContext:
+    """Contexts of :class:`QuadraticRegression` (a batch, one row per instance).
+
+    Attributes:
+        W: ``(B, m, n)`` the matrices.
+        y: ``(B, m)`` the targets.
+    """
+
     W: Tensor  # (B, m, n)
     y: Tensor  # (B, m)
 
