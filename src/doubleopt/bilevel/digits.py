@@ -27,6 +27,13 @@ N_FEATURES, N_CLASSES = 64, 10
 
 @dataclass
 class DigitsContext:
+    """A labelled set of digits (see :func:`digits_split`; batch size 1).
+
+    Attributes:
+        features: ``(B, N, 64)`` the images' pixels.
+        onehot: ``(B, N, 10)`` one-hot labels (float, so that the context has one dtype).
+    """
+
     features: Tensor  # (B, N, 64)
     onehot: Tensor  # (B, N, 10) one-hot labels (float, so that the context is one dtype)
 
