@@ -17,6 +17,7 @@ from .policy import PolicyOptimizer
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 _ARCHS: dict[str, type[LearnedOptimizer]] = {"lstm": LSTMOptimizer, "mlp": MLPOptimizer, "policy": PolicyOptimizer}
 PRETRAINED = {"lstm-digits": "lstm-digits.safetensors", "mlp-digits": "mlp-digits.safetensors"}
+"""The names :func:`load_pretrained` accepts, each mapped to its weights file in the package's ``weights/``."""
 # Li & Malik (2017): per family, the LSTM / MLP optimizers and the policy trained by meta-gradients, the policy
 # trained by guided policy search and by PPO, all on the family's 90 training objectives (li_malik_task, seed 0)
 LI_MALIK_METHODS = ("lstm-tbptt", "mlp-tbptt", "policy-tbptt", "policy-gps", "policy-ppo")
