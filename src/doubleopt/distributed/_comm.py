@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# what torchrun (torch.distributed.run) sets in every worker's environment
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""The environment variables ``torchrun`` (``torch.distributed.run``) sets in every worker."""
 
 
 def launched_by_torchrun() -> bool:
