@@ -12,6 +12,7 @@ from .algorithms import ALGORITHMS, ActorCritic, ActorUpdate, CriticUpdate
 from .train import TrainConfig
 
 PRESETS = ("fast", "zoo")
+"""The preset names :func:`preset` accepts."""
 
 
 def preset(name: str, algorithm: str) -> tuple[ActorCritic, TrainConfig]:
