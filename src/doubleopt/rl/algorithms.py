@@ -298,4 +298,4 @@ class SAC(ActorCritic):
 
 
 ALGORITHMS: dict[str, type[ActorCritic]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
-"""The algorithms by name (as the ``doubleopt`` command line and :func:`algorithm_from_name` spell them)."""
+"""The algorithms by name (``--algo`` of ``doubleopt rl-train``, :func:`~doubleopt.rl.algorithm_from_name`)."""
