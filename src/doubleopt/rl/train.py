@@ -461,6 +461,14 @@ def load_checkpoint(trainer: ActorCriticTrainer, path: str | os.PathLike) -> Non
 
 
 def algorithm_from_name(name: str, **kwargs) -> ActorCritic:
+    """The algorithm ``name`` (a key of :data:`~doubleopt.rl.ALGORITHMS`: ``"ddpg"``, ``"td3"``, ``"sac"``)
+    configured with ``kwargs``; an unknown name raises a ``ValueError`` listing the available ones.
+
+    Example:
+        >>> from doubleopt.rl import algorithm_from_name
+        >>> algorithm_from_name("td3").name
+        'td3'
+    """
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
     return ALGORITHMS[name](**kwargs)
