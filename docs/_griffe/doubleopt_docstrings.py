@@ -1,0 +1,135 @@
+"""Griffe extension for the API reference: reads doubleopt's docstring conventions as mkdocstrings renders them.
+
+doubleopt's docstrings are Google style with a few reST habits, which the Google parser would otherwise show
+as raw text. Before a docstring is parsed this extension rewrites:
+
+* ``Example:`` section headings to ``Examples:`` (so the ``>>>`` lines render as code, not as an admonition);
+* the roles ``:class:`x```, ``:func:``, ``:meth:``, ``:attr:``, ``:mod:``, ``:data:``, ``:exc:``, ``:obj:``
+  into cross-references: the name is resolved as Python would from the documented object (or taken as a full
+  ``doubleopt.`` path) and links to its entry in the API reference when that entry is rendered, else shows as
+  code. A name that does not resolve to anything in doubleopt (a typo, a renamed function) is a warning, so
+  ``mkdocs build --strict`` fails on it; names under another package (``torch.``, ``gymnasium.``, ...) show
+  as code;
+* ``:math:`x``` and ``.. math::`` blocks into code (the site renders no TeX: it loads nothing from the network).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import griffe
+
+_LOG = griffe.get_logger("griffe_doubleopt_docstrings")
+
+_ROLE = re.compile(r":(?:py:)?(class|func|meth|attr|mod|data|exc|obj):`([^`]+)`")
+_MATH_ROLE = re.compile(r":math:`([^`]+)`")
+_EXAMPLE_HEADING = re.compile(r"^(\s*)Example:\s*$", re.M)
+_MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<first>.*)$")
+_EXTERNAL_ROOTS = {"torch", "numpy", "np", "scipy", "gymnasium", "gym", "stable_baselines3", "sklearn", "qpth",
+                   "cvxpylayers", "ot", "torchopt", "safetensors", "typing", "collections", "dataclasses"}
+
+
+def _math_blocks(text: str) -> str:
+    """``.. math:: expr`` (with indented continuation lines) -> a fenced code block at the same indent."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _MATH_DIRECTIVE.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = m["indent"]
+        body = [m["first"].strip()] if m["first"].strip() else []
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
+            if not lines[i].strip() and (i + 1 >= len(lines) or not lines[i + 1].startswith(indent + " ")):
+                break
+            body.append(lines[i].strip())
+            i += 1
+        while body and not body[-1]:
+            body.pop()
+        out += [f"{indent}```tex", *(f"{indent}{b}" for b in body), f"{indent}```"]
+    return "\n".join(out)
+
+
+def _lookup(obj: griffe.Object, path: str) -> griffe.Object | griffe.Alias | None:
+    """The object at ``path`` (members of a class include inherited ones), or None."""
+    parts = path.split(".")
+    try:
+        cur = obj.modules_collection[parts[0]]
+        for part in parts[1:]:
+            if cur.is_alias:
+                cur = cur.final_target
+            members = cur.all_members if cur.is_class else cur.members
+            cur = members[part]
+    except Exception:  # noqa: BLE001  (a missing member, an alias to a module not loaded: not found)
+        return None
+    return cur
+
+
+def _resolve(obj: griffe.Object, name: str) -> str | None:
+    """The full path ``name`` refers to from ``obj``'s scope, or None."""
+    if name.startswith("doubleopt."):
+        return name if _lookup(obj, name) is not None else None
+    head, _, rest = name.partition(".")
+    base = None
+    scope: griffe.Object | None = obj
+    while scope is not None and base is None:  # a method inherited by an enclosing class (griffe skips those)
+        if scope.is_class and head in scope.all_members:
+            member = scope.all_members[head]
+            base = member.target_path if member.is_alias else member.path
+        scope = scope.parent
+    try:
+        base = base or obj.resolve(head)
+    except Exception:  # noqa: BLE001  (griffe's NameResolutionError and alias errors)
+        return None
+    path = f"{base}.{rest}" if rest else base
+    return path if _lookup(obj, path) is not None else None
+
+
+def _rewrite(obj: griffe.Object, text: str, where: str) -> str:
+    text = _EXAMPLE_HEADING.sub(r"\1Examples:", text)
+    text = _math_blocks(text)
+    text = _MATH_ROLE.sub(lambda m: f"`{m[1]}`", text)
+
+    def role(m: re.Match) -> str:
+        target = re.sub(r"\s+", "", m[2])  # a role may wrap across lines
+        if "<" in target and target.endswith(">"):  # reST "title <target>"
+            target = target[target.index("<") + 1 : -1]
+        short = target.startswith("~")
+        name = target.lstrip("~!.")
+        title = name.rsplit(".", 1)[-1] if short else name
+        code = f"<code>{html.escape(title)}</code>"
+        if name.split(".", 1)[0] in _EXTERNAL_ROOTS:
+            return code
+        path = _resolve(obj, name)
+        if path is None:
+            _LOG.warning(f"{where}: the reference :{m[1]}:`{m[2]}` resolves to nothing in doubleopt")
+            return code
+        return f'<autoref identifier="{path}" optional>{code}</autoref>'
+
+    return _ROLE.sub(role, text)
+
+
+class DoubleoptDocstrings(griffe.Extension):
+    """Rewrites every docstring of the loaded package once it is fully loaded (so names resolve across modules)."""
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        seen: set[int] = set()
+
+        def visit(obj: griffe.Object) -> None:
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if obj.docstring is not None:
+                where = f"{obj.filepath}:{obj.docstring.lineno}" if not obj.is_alias else obj.path
+                obj.docstring.value = _rewrite(obj, obj.docstring.value, where)
+            for member in obj.members.values():
+                if not member.is_alias:
+                    visit(member)
+
+        visit(pkg)
