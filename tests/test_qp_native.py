@@ -1,5 +1,6 @@
 """The QP's native (C) kernel: same answers, codes and gradients as the PyTorch iterations, and its fallbacks."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -187,26 +188,75 @@ def test_build_cache_and_the_off_switch(tmp_path):
     assert len(list(tmp_path.glob("qp_ipm-*.so"))) == 1 and not list(tmp_path.glob("tmp*"))
 
 
-def test_kernel_is_memory_clean_under_address_sanitizer(tmp_path):
-    """The C kernel on awkward sizes (k, m = 1..100, not multiples of the vector width; shared and per-instance
-    matrices) built with AddressSanitizer + UBSan: any out-of-bounds access or undefined behaviour fails."""
-    import shutil
+_SANITIZE = ["-O1", "-g", "-march=native", "-fopenmp-simd", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+
+@functools.lru_cache(maxsize=1)
+def _sanitizer_missing() -> str | None:
+    """Why AddressSanitizer + UBSan programs cannot be built and run here (no compiler, no sanitizer runtime), or
+    ``None`` where they can. Probed on an empty program, so a broken kernel or harness is a failure, never a skip."""
+    import tempfile
+
+    cc = _native.compiler()
+    if cc is None:
+        return "no C compiler"
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
+        with open(src, "w") as f:
+            f.write("int main(void) { return 0; }\n")
+        try:
+            build = subprocess.run([cc, *_SANITIZE, "-o", exe, src], capture_output=True, text=True, timeout=120)
+            if build.returncode != 0:
+                return f"{cc} cannot link -fsanitize=address,undefined (no sanitizer runtime): {build.stderr[-300:]}"
+            run = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as err:
+            return f"the sanitizer probe could not run: {err}"
+        if run.returncode != 0:
+            return f"AddressSanitizer programs do not run here: {run.stderr[-300:]}"
+    return None
+
+
+def _build_harness(tmp_path, *defines: str):
+    """tests/qp_kernel_harness.c (which includes qp_ipm.c) built with AddressSanitizer + UBSan and ``defines``."""
     from pathlib import Path
 
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
+    why = _sanitizer_missing()
+    if why is not None:
+        pytest.skip(why)
     source = Path(_native.__file__).with_name("qp_ipm.c")
     harness = Path(__file__).with_name("qp_kernel_harness.c")
-    exe = tmp_path / "harness"
-    build = subprocess.run([cc, "-O1", "-g", "-march=native", "-fopenmp-simd", "-fsanitize=address,undefined",
-                            "-fno-sanitize-recover=all", f'-DQP_IPM_SOURCE="{source}"', "-o", str(exe), str(harness),
-                            "-lm"], capture_output=True, text=True)
-    if build.returncode != 0 and "sanitize" in build.stderr:
-        pytest.skip(f"no sanitizer runtime: {build.stderr[-300:]}")
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    exe = tmp_path / ("harness" + "".join(d.replace("=", "_") for d in defines))
+    build = subprocess.run([_native.compiler(), *_SANITIZE, f'-DQP_IPM_SOURCE="{source}"', *defines, "-o", str(exe),
+                            str(harness), "-lm"], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr  # the sanitizer runtime exists (probed): a failed build is a bug
+    return exe
+
+
+def test_kernel_is_memory_clean_under_address_sanitizer(tmp_path):
+    """The C kernel on awkward sizes (k, m = 1..100, not multiples of the vector width; shared and per-instance
+    matrices; cold starts, warm starts from the solutions and from a plain interior point, a slice of the batch, an
+    infeasible instance) built with AddressSanitizer + UBSan and the kernel's guard regions (``QP_IPM_SANITIZE``:
+    every scratch vector fenced by poisoned memory inside the one workspace allocation): any out-of-bounds access,
+    including from one scratch vector into the next, or undefined behaviour fails."""
+    exe = _build_harness(tmp_path, "-DQP_IPM_SANITIZE")
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(("bug", "where"), [(1, "solve_iterations"), (2, "transpose_padded"), (3, "polish")])
+def test_the_sanitizer_build_catches_a_one_element_overrun_between_scratch_vectors(tmp_path, bug, where):
+    """The guards are what catches it: a kernel built with a deliberate bug (``QP_IPM_INJECT_OVERRUN``: it reads and
+    writes back element ``n`` of an ``n``-vector: the iterations' ``dl``, the transposed ``F``, the polish's ``up``)
+    is reported by AddressSanitizer with the guards (``use-after-poison`` in that function), and is not without them
+    (the element lies inside the one allocation), so the memory test above cannot pass for want of guards."""
+    guarded = _build_harness(tmp_path, "-DQP_IPM_SANITIZE", f"-DQP_IPM_INJECT_OVERRUN={bug}")
+    run = subprocess.run([str(guarded)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "ERROR: AddressSanitizer: use-after-poison" in run.stderr, run.stdout + run.stderr
+    frame0 = next(ln for ln in run.stderr.splitlines() if ln.strip().startswith("#0 "))
+    assert f" in {where} " in frame0 and "qp_ipm.c" in frame0, run.stderr
+    blind = _build_harness(tmp_path, f"-DQP_IPM_INJECT_OVERRUN={bug}")
+    run = subprocess.run([str(blind)], capture_output=True, text=True, timeout=300)
+    assert "AddressSanitizer" not in run.stderr and run.stdout.strip() == "ok", run.stdout + run.stderr
 
 
 @needs_native

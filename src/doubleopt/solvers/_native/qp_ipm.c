@@ -13,11 +13,41 @@
    3 iterates diverging (left to the caller's infeasibility / unboundedness certificates), 4 non-finite.
    Once the residual is <= polish_below, each iteration first tries the active-set polish (as QP.polish);
    `polished` says which instances ended with it. Each instance also gets the Cholesky factor of its reduced
-   matrix at the returned point (for the caller's state and KKT backward). */
+   matrix at the returned point (for the caller's state and KKT backward).
+
+   Memory: one allocation per call holds every scratch vector (Workspace, carved by workspace_layout). Built with
+   -DQP_IPM_SANITIZE (and -fsanitize=address) each vector is followed by a poisoned guard region, and everything
+   between the vectors is poisoned too, so AddressSanitizer reports an access one element past (or before) any
+   vector, which it could not see inside the one allocation otherwise. -DQP_IPM_INJECT_OVERRUN=<1..3> builds a
+   deliberately broken kernel (one read and write one element past a vector: 1 the iterations' dl, 2 the
+   transposed F, 3 the polish's up) for the test that the guards catch such a bug. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef QP_IPM_SANITIZE
+#include <sanitizer/asan_interface.h> /* ASAN_(UN)POISON_MEMORY_REGION: no-ops without -fsanitize=address */
+#define QP_IPM_GUARD 8                /* doubles of poisoned guard before, between and after the vectors */
+#define QP_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
+#define QP_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
+#else
+#define QP_IPM_GUARD 0
+#define QP_POISON(addr, size) ((void)(addr), (void)(size))
+#define QP_UNPOISON(addr, size) ((void)(addr), (void)(size))
+#endif
+
+#ifdef QP_IPM_INJECT_OVERRUN /* the test's deliberate bug: touch element n of a vector of n (same value back) */
+#define INJECT_OVERRUN(id, v, n)                                                                                  \
+    do {                                                                                                          \
+        if (QP_IPM_INJECT_OVERRUN == (id)) {                                                                      \
+            volatile double *p_ = (v);                                                                            \
+            p_[(n)] = p_[(n)];                                                                                    \
+        }                                                                                                         \
+    } while (0)
+#else
+#define INJECT_OVERRUN(id, v, n) ((void)0)
+#endif
 
 #define ST_CONVERGED 0
 #define ST_BUDGET 1
@@ -126,6 +156,42 @@ typedef struct {
     double *col;      /* 4 k doubles of scratch for the Cholesky */
 } Hessian;
 
+/* Every scratch vector of one call, by name (sizes in the comments), reused by each instance of the call. */
+typedef struct {
+    Hessian hs;                                       /* Ft, DFt: kp x mp; col: 4 k */
+    double *H;                                        /* k x k: the reduced matrix, then its Cholesky factor */
+    double *rd, *du, *e;                              /* k each: dual residual, direction, refinement */
+    double *Fu, *rp, *d, *ta, *t, *Fdu, *dsa, *dla, *dl; /* m each */
+    double *up;                                       /* polish, k */
+    double *dp, *lp, *Fup, *sp, *pFdu;                /* polish, m each */
+} Workspace;
+
+/* n doubles from the allocation at base (NULL: only count): each vector starts 64-byte aligned after a guard of
+   QP_IPM_GUARD doubles; *used counts the doubles taken so far (a multiple of 8) */
+static double *take(double *base, size_t *used, int64_t n) {
+    const size_t off = *used + QP_IPM_GUARD;
+    *used = (off + (size_t)n + 7) / 8 * 8;
+    if (base == NULL) return NULL;
+    QP_UNPOISON(base + off, (size_t)n * sizeof(double));
+    return base + off;
+}
+
+/* Carve w's vectors from base (NULL: only count); returns the doubles the allocation needs (a multiple of 8) */
+static size_t workspace_layout(Workspace *w, double *base, int64_t k, int64_t m) {
+    size_t used = 0;
+    const int64_t nh = w->hs.kp * w->hs.mp;
+    w->hs.Ft = take(base, &used, nh);
+    w->hs.DFt = take(base, &used, nh);
+    w->hs.col = take(base, &used, 4 * k);
+    w->H = take(base, &used, k * k);
+    double **kvec[] = {&w->rd, &w->du, &w->e, &w->up};
+    for (size_t i = 0; i < sizeof(kvec) / sizeof(kvec[0]); ++i) *kvec[i] = take(base, &used, k);
+    double **mvec[] = {&w->Fu, &w->rp, &w->d, &w->ta, &w->t, &w->Fdu, &w->dsa, &w->dla,
+                       &w->dl, &w->dp, &w->lp, &w->Fup, &w->sp, &w->pFdu};
+    for (size_t i = 0; i < sizeof(mvec) / sizeof(mvec[0]); ++i) *mvec[i] = take(base, &used, m);
+    return used + QP_IPM_GUARD; /* a guard after the last vector too */
+}
+
 /* out = F u from the transposed copy: out[i] = sum_a u[a] Ft[a][i], an axpy per column (vectorized over i) */
 static void matvec_ft(const Hessian *hs, int64_t m, int64_t k, const double *u, double *out) {
     for (int64_t i = 0; i < m; ++i) out[i] = 0.0;
@@ -148,6 +214,7 @@ static void transpose_padded(const double *F, int64_t m, int64_t k, Hessian *hs)
     memset(hs->DFt, 0, sizeof(double) * (size_t)(hs->kp * hs->mp));
     for (int64_t i = 0; i < m; ++i)
         for (int64_t a = 0; a < k; ++a) hs->Ft[a * hs->mp + i] = F[i * k + a];
+    INJECT_OVERRUN(2, hs->Ft, hs->kp * hs->mp);
 }
 
 static void form_h(const double *P, const Hessian *hs, const double *d, int64_t m, int64_t k, double shift,
@@ -230,12 +297,15 @@ static double residual(const double *P, const double *c, const double *F, const 
 
 /* Active-set polish (doubleopt.solvers.qp.QP.polish): guess A = {lam > s}, factor H at D = 1_A / sqrt(eps),
    refine the equality-constrained KKT conditions; accept only if the polished point's residual is <= tol.
-   On success (u, s, lam) are replaced and 1 is returned. pw holds k + 5m doubles. */
+   On success (u, s, lam) are replaced and 1 is returned. Uses w's H, rd, rp and polish vectors. */
 static int polish(const Options *o, const double *P, const double *c, const double *F, const double *g,
-                  double shift, double qn, double hn, double *u, double *s, double *lam, const double *Fu, double *H,
-                  double *rd, double *rp, double *pw, const Hessian *hs) {
+                  double shift, double qn, double hn, double *u, double *s, double *lam, const double *Fu,
+                  Workspace *w) {
     const int64_t k = o->k, m = o->m;
-    double *up = pw, *dp = up + k, *lp = dp + m, *Fup = lp + m, *sp = Fup + m, *Fdu = sp + m;
+    const Hessian *hs = &w->hs;
+    double *H = w->H, *rd = w->rd, *rp = w->rp;
+    double *up = w->up, *dp = w->dp, *lp = w->lp, *Fup = w->Fup, *sp = w->sp, *Fdu = w->pFdu;
+    INJECT_OVERRUN(3, up, k);
     const double big = 1.0 / sqrt(2.220446049250313e-16);
     for (int64_t i = 0; i < m; ++i) {
         int act = lam[i] > s[i];
@@ -273,14 +343,15 @@ static int polish(const Options *o, const double *P, const double *c, const doub
     return 1;
 }
 
-/* one instance; work holds k*k + 4k + 14m doubles */
+/* one instance, in w's vectors */
 static int solve_iterations(const Options *o, const double *P, const double *c, const double *F, const double *g,
-                     double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
-                     int64_t *polished, double *work, Hessian *hs) {
+                            double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
+                            int64_t *polished, Workspace *w) {
     const int64_t k = o->k, m = o->m;
-    double *H = work, *rd = H + k * k, *du = rd + k, *e = du + k;
-    double *Fu = e + k, *rp = Fu + m, *d = rp + m, *ta = d + m, *t = ta + m, *Fdu = t + m, *dsa = Fdu + m,
-           *dla = dsa + m, *dl = dla + m, *pw = dl + m;
+    Hessian *hs = &w->hs;
+    double *H = w->H, *rd = w->rd, *du = w->du, *e = w->e;
+    double *Fu = w->Fu, *rp = w->rp, *d = w->d, *ta = w->ta, *t = w->t, *Fdu = w->Fdu, *dsa = w->dsa,
+           *dla = w->dla, *dl = w->dl;
     const double dmax = 1.0 / o->delta;
     *iters = 0;
     *polished = 0;
@@ -312,7 +383,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         *iters = it;
         if (!isfinite(res)) return ST_NONFINITE;
         if (res <= o->tol) return ST_CONVERGED;
-        if (res <= o->polish_below && polish(o, P, c, F, g, shift, qn, hn, u, s, lam, Fu, H, rd, rp, pw, hs)) {
+        if (res <= o->polish_below && polish(o, P, c, F, g, shift, qn, hn, u, s, lam, Fu, w)) {
             *polished = 1;
             return ST_CONVERGED;
         }
@@ -347,6 +418,7 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
         chol_solve(H, k, du);
         matvec_ft(hs, m, k, du, Fdu);
         for (int64_t i = 0; i < m; ++i) dl[i] = d[i] * Fdu[i] + t[i];
+        INJECT_OVERRUN(1, dl, m);
         for (int64_t r = 0; r < o->refine; ++r) { /* e = rd + P du + F' dl (the unreduced operator) */
             matvec(P, k, k, du, e);
             for (int64_t a = 0; a < k; ++a) e[a] = -(e[a] + rd[a]);
@@ -375,15 +447,15 @@ static int solve_iterations(const Options *o, const double *P, const double *c, 
    polished, else at lam / s): the caller's state and KKT backward use it. *lok = 0 where it is not available. */
 static int solve_one(const Options *o, const double *P, const double *c, const double *F, const double *g,
                      double shift, double qn, double hn, double *u, double *s, double *lam, int64_t *iters,
-                     int64_t *polished, double *work, Hessian *hs, double *L, int64_t *lok) {
+                     int64_t *polished, Workspace *w, double *L, int64_t *lok) {
     const int64_t k = o->k, m = o->m;
-    int status = solve_iterations(o, P, c, F, g, shift, qn, hn, u, s, lam, iters, polished, work, hs);
+    int status = solve_iterations(o, P, c, F, g, shift, qn, hn, u, s, lam, iters, polished, w);
     *lok = 0;
     if (status == ST_NONFINITE) return status;
-    double *H = work, *d = work + k * k + 4 * k; /* the iterations' H and m doubles of their scratch */
+    double *H = w->H, *d = w->d;
     const double big = 1.0 / sqrt(2.220446049250313e-16), dmax = 1.0 / o->delta;
     for (int64_t i = 0; i < m; ++i) d[i] = *polished ? (lam[i] > s[i] ? big : 0.0) : fmin(lam[i] / s[i], dmax);
-    if (factor(P, hs, d, m, k, shift, H)) return status;
+    if (factor(P, &w->hs, d, m, k, shift, H)) return status;
     for (int64_t a = 0; a < k; ++a)
         for (int64_t b = 0; b < k; ++b) L[a * k + b] = b <= a ? H[a * k + b] : 0.0;
     *lok = 1;
@@ -398,26 +470,24 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
                       const double *hn, const double *ydiv, const double *zdiv, double *u, double *s,
                       double *lam, int64_t *iters, int64_t *polished, int64_t *status, double *L, int64_t *lok) {
     const int64_t k = o->k, m = o->m;
-    Hessian hs;
-    hs.kp = (k + 3) / 4 * 4;
-    hs.mp = (m + VW - 1) / VW * VW;
-    size_t nwork = (size_t)(k * k + 4 * k + 14 * m + 8), nh = (size_t)(hs.kp * hs.mp);
-    size_t bytes = ((nwork + 2 * nh + 4 * (size_t)k) * sizeof(double) + 63) / 64 * 64;
+    Workspace w;
+    w.hs.kp = (k + 3) / 4 * 4;
+    w.hs.mp = (m + VW - 1) / VW * VW;
+    const size_t bytes = workspace_layout(&w, NULL, k, m) * sizeof(double); /* a multiple of 64 */
     double *buf = (double *)aligned_alloc(64, bytes);
     if (buf == NULL) {
         for (int64_t b = b0; b < b1; ++b) status[b] = ST_NO_MEMORY, iters[b] = 0, polished[b] = 0, lok[b] = 0;
         return;
     }
-    hs.Ft = buf;
-    hs.DFt = buf + nh;
-    hs.col = buf + 2 * nh;
-    double *work = hs.col + 4 * k;
+    QP_POISON(buf, bytes); /* all but the vectors, which workspace_layout unpoisons */
+    workspace_layout(&w, buf, k, m);
     Options ob = *o;
     for (int64_t b = b0; b < b1; ++b) {
         ob.ydiv_limit = ydiv[b];
         ob.zdiv_limit = zdiv[b];
         status[b] = solve_one(&ob, P + b * sP, c + b * k, F + b * sF, g + b * m, shift[b], qn[b], hn[b], u + b * k,
-                              s + b * m, lam + b * m, iters + b, polished + b, work, &hs, L + b * k * k, lok + b);
+                              s + b * m, lam + b * m, iters + b, polished + b, &w, L + b * k * k, lok + b);
     }
+    QP_UNPOISON(buf, bytes);
     free(buf);
 }
