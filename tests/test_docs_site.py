@@ -2,6 +2,7 @@
 or a docstring griffe cannot read (an argument missing from the signature, a role naming nothing) fails."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,21 @@ def test_api_reference_has_every_public_name(built_site, package):
     missing = [name for name in module.__all__
                if name not in documented_elsewhere and f'id="{package}.{name}"' not in html]
     assert not missing, f"{page.relative_to(site)} does not document {missing}"
+
+
+def test_docstring_conventions_render(built_site):
+    """reST roles become links or code, ``Example:`` sections become code, math becomes MathML: no raw markup."""
+    proc, site = built_site
+    assert proc.returncode == 0
+    pages = {p.name: p.read_text() for p in (site / "api").glob("*.html")}
+    leftovers = {name: sorted(set(re.findall(r":(?:class|func|meth|attr|mod|data|math):`", html)))
+                 for name, html in pages.items()}
+    assert not any(leftovers.values()), f"raw reST roles in the API reference: {leftovers}"
+    index = pages["index.html"]
+    solve = index[index.index('id="doubleopt.solve"'):index.index('id="doubleopt.default_tol"')]
+    assert "<math" in solve and "</math>" in solve  # the summary's min_y f(y; x_i)
+    assert 'class="autorefs autorefs-internal"' in solve and 'href="#doubleopt.Solution"' in solve
+    assert "Examples:" in solve and '<span class="gp">&gt;&gt;&gt; </span>' in solve  # doctest prompts as code
 
 
 def test_builds_without_network_assets(built_site):

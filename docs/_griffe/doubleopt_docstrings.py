@@ -10,7 +10,9 @@ as raw text. Before a docstring is parsed this extension rewrites:
   code. A name that does not resolve to anything in doubleopt (a typo, a renamed function) is a warning, so
   ``mkdocs build --strict`` fails on it; names under another package (``torch.``, ``gymnasium.``, ...) show
   as code;
-* ``:math:`x``` and ``.. math::`` blocks into code (the site renders no TeX: it loads nothing from the network).
+* ``:math:`x``` and ``.. math::`` blocks into MathML (by latex2mathml, at build time: browsers render MathML
+  natively, so the site loads no script and nothing from the network); an expression latex2mathml cannot read
+  shows as code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from typing import Any
 
 import griffe
+from latex2mathml.converter import convert as _latex_to_mathml
 
 _LOG = griffe.get_logger("griffe_doubleopt_docstrings")
 
@@ -31,8 +34,19 @@ _EXTERNAL_ROOTS = {"torch", "numpy", "np", "scipy", "gymnasium", "gym", "stable_
                    "cvxpylayers", "ot", "torchopt", "safetensors", "typing", "collections", "dataclasses"}
 
 
+def _mathml(tex: str, *, display: bool) -> str | None:
+    """MathML for the TeX ``tex`` (None if latex2mathml cannot convert it)."""
+    tex = re.sub(r"\\arg(?![a-zA-Z])", r"\\mathrm{arg}\\,", tex)  # latex2mathml has no \arg
+    try:
+        out = _latex_to_mathml(tex, display="block" if display else "inline")
+    except Exception:  # noqa: BLE001  (any parse failure: show the source instead)
+        return None
+    return out.replace("\n", " ")
+
+
 def _math_blocks(text: str) -> str:
-    """``.. math:: expr`` (with indented continuation lines) -> a fenced code block at the same indent."""
+    """``.. math:: expr`` (with indented continuation lines) -> display MathML (or a code block) at the same
+    indent."""
     lines = text.split("\n")
     out: list[str] = []
     i = 0
@@ -52,7 +66,11 @@ def _math_blocks(text: str) -> str:
             i += 1
         while body and not body[-1]:
             body.pop()
-        out += [f"{indent}```tex", *(f"{indent}{b}" for b in body), f"{indent}```"]
+        mathml = _mathml(" ".join(body), display=True)
+        if mathml is None:
+            out += [f"{indent}```tex", *(f"{indent}{b}" for b in body), f"{indent}```"]
+        else:
+            out += ["", f"{indent}{mathml}", ""]
     return "\n".join(out)
 
 
@@ -94,7 +112,7 @@ def _resolve(obj: griffe.Object, name: str) -> str | None:
 def _rewrite(obj: griffe.Object, text: str, where: str) -> str:
     text = _EXAMPLE_HEADING.sub(r"\1Examples:", text)
     text = _math_blocks(text)
-    text = _MATH_ROLE.sub(lambda m: f"`{m[1]}`", text)
+    text = _MATH_ROLE.sub(lambda m: _mathml(m[1], display=False) or f"`{m[1]}`", text)
 
     def role(m: re.Match) -> str:
         target = re.sub(r"\s+", "", m[2])  # a role may wrap across lines
