@@ -1,10 +1,10 @@
-"""Learned optimizers (issue 4): coordinatewise LSTM and per-parameter MLP update rules, meta-training by
+"""Learned optimizers: coordinatewise LSTM and per-parameter MLP update rules, meta-training by
 truncated backpropagation through time, antithetic ES and PES, a ``torch.optim`` adapter and shipped weights;
-the optimizer as a policy (issue 15, Li & Malik): :class:`PolicyOptimizer`, the optimization MDP as a batched
+the optimizer as a policy (Li & Malik): :class:`PolicyOptimizer`, the optimization MDP as a batched
 environment (:class:`OptimizationEnv`) and its ``gymnasium`` adapter, the paper's tasks (:func:`li_malik_task`).
 
 A learned optimizer is an ``nn.Module`` whose :meth:`~LearnedOptimizer.as_solver` returns a solver that
-:func:`doubleopt.solve` runs like any other (DESIGN principle 7).
+:func:`doubleopt.solve` runs like any other.
 """
 
 from ._base import LearnedOptimizer, LearnedSolver
