@@ -1,5 +1,5 @@
 """Beyond one process: data-parallel meta-training and sharded batched solves on ``torch.distributed``, launched
-with ``torchrun`` (issue 14).
+with ``torchrun``.
 
 * :class:`Comm` (from :func:`init_from_env`): rank, world size and the collectives doubleopt uses; with one
   process every collective is the identity, so the same code runs with and without ``torchrun``.
