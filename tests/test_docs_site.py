@@ -78,6 +78,19 @@ def test_docstring_conventions_render(built_site):
     assert "Examples:" in solve and '<span class="gp">&gt;&gt;&gt; </span>' in solve  # doctest prompts as code
 
 
+def test_api_reference_has_no_development_history(built_site):
+    """The API reference is user documentation: no issue numbers, no "session" (as tests/test_docs.py for pages)."""
+    proc, site = built_site
+    assert proc.returncode == 0
+    hits = {}
+    for page in (site / "api").glob("*.html"):
+        text = re.sub(r"<[^>]+>", " ", page.read_text())
+        found = re.findall(r"\bissues? \d+\b|\bsessions?\b", text, flags=re.I)
+        if found:
+            hits[page.name] = found
+    assert not hits, f"development history in the API reference: {hits}"
+
+
 def test_builds_without_network_assets(built_site):
     """No page loads fonts or scripts from another host (the site reads offline)."""
     proc, site = built_site
