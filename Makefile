@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(BIN)/doubleopt bench all
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests examples
 
 clean:
 	rm -rf $(VENV) bench_results

@@ -1,4 +1,4 @@
-"""The OptNet Sudoku study (benchmarks/sudoku.py): puzzle generator, representability, smoke run."""
+"""The OptNet Sudoku study (doubleopt.bench.studies.sudoku): puzzle generator, representability, smoke run."""
 
 import json
 

@@ -1,14 +1,14 @@
 """The ``doubleopt`` command.
 
 Sub-commands: ``demo`` (the main job on built-in defaults: the amortization demo; ``--kind solvers`` for the
-comparison of every classical solver), ``bench [NAME ...]`` (registered studies under
-``benchmarks/``), plus commands that feature packages register (``train-lopt``, ...): a module listed in
+comparison of every classical solver), ``bench [NAME ...]`` (the studies of
+:mod:`doubleopt.bench.studies`), plus commands that feature packages register (``train-lopt``, ...): a module listed in
 ``_PLUGINS`` that exposes ``register(subparsers)`` adds its own sub-command.
 
 User mistakes end in one line on stderr and exit code 2, never a traceback. Where the line is drawn
 (:func:`is_user_error`): argparse's own errors (flag syntax, the ``type=`` converters below: a count that
 must be positive, a finite rate), a ``ValueError`` raised by a ``raise`` statement in doubleopt's own code or
-in a study under ``benchmarks/`` (the argument checks of the library, which name the argument), a file-system
+in a study (the argument checks of the library, which name the argument), a file-system
 error (``OSError``: missing file, folder in place of a file, no permission) and a safetensors error (a corrupt
 or truncated weights / checkpoint file). Anything else (a ``ValueError`` raised inside a dependency, tuple
 unpacking, ``TypeError``, ``RuntimeError``, ...) is a bug of ours and keeps its traceback;
@@ -90,7 +90,7 @@ def _finite_float(text: str) -> float:
 
 
 # ---- the user-error boundary ---------------------------------------------------------------------------------
-_OUR_DIRS = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "benchmarks")
+_OUR_DIRS = (Path(__file__).resolve().parent,)  # the package, its studies (doubleopt.bench.studies) included
 
 
 def _safetensors_error() -> tuple[type[BaseException], ...]:

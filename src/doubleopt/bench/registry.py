@@ -1,46 +1,52 @@
-"""The study registry: every ``benchmarks/NAME.py`` with a ``main(argv)`` is the study ``NAME``."""
+"""The study registry: every module ``doubleopt.bench.studies.NAME`` with a ``main(argv)`` is the study ``NAME``.
+
+The studies ship inside the package, so an installed wheel lists and runs the same studies as a source checkout.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
+import pkgutil
+from types import ModuleType
 from typing import Any
 
+from . import studies as _studies
 
-def benchmarks_dir() -> Path:
-    """``benchmarks/`` of the source checkout (editable install), else of the working directory."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "benchmarks"
-        if cand.is_dir() and (parent / "pyproject.toml").exists():
-            return cand
-    return Path.cwd() / "benchmarks"
+PACKAGE = _studies.__name__
 
 
-def find_studies() -> dict[str, Path]:
-    """Map study name -> file for every ``benchmarks/*.py`` that defines ``main``."""
+def study_names() -> list[str]:
+    """The modules of :mod:`doubleopt.bench.studies` (not ``_private``), sorted; each is imported only when used."""
+    return sorted(m.name for m in pkgutil.iter_modules(_studies.__path__) if not m.name.startswith("_"))
+
+
+def find_studies() -> dict[str, ModuleType]:
+    """Map study name -> module for every module of :mod:`doubleopt.bench.studies` that defines ``main``.
+
+    Example:
+        >>> "solvers" in find_studies()
+        True
+    """
     out = {}
-    d = benchmarks_dir()
-    if d.is_dir():
-        for p in sorted(d.glob("*.py")):
-            if not p.name.startswith("_") and "def main(" in p.read_text():
-                out[p.stem] = p
+    for name in study_names():
+        module = importlib.import_module(f"{PACKAGE}.{name}")
+        if callable(getattr(module, "main", None)):
+            out[name] = module
     return out
 
 
-def load_study(name: str):
-    studies = find_studies()
-    if name not in studies:
-        raise SystemExit(f"unknown study {name!r}; available: {', '.join(studies) or '(none found)'}")
-    spec = importlib.util.spec_from_file_location(f"doubleopt_study_{name}", studies[name])
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses (with postponed annotations) look their module up here
-    spec.loader.exec_module(module)
+def load_study(name: str) -> ModuleType:
+    """The module of study ``name`` (``doubleopt.bench.studies.NAME``); a ``ValueError`` naming the available
+    studies for an unknown name."""
+    names = study_names()
+    if name not in names:
+        raise ValueError(f"unknown study {name!r}; available: {', '.join(names) or '(none found)'}")
+    module = importlib.import_module(f"{PACKAGE}.{name}")
+    if not callable(getattr(module, "main", None)):
+        raise ValueError(f"{PACKAGE}.{name} is not a study (it has no main(argv))")
     return module
 
 
 def run_study(name: str, argv: list[str] | None = None) -> Any:
-    """Run ``benchmarks/NAME.py``'s ``main(argv)``."""
+    """Run study ``name``'s ``main(argv)`` (``doubleopt.bench.studies.NAME``)."""
     return load_study(name).main(argv or [])

@@ -39,7 +39,7 @@ class _LinearFamily(ProblemFamily):
 
     def linear(self, y: Tensor, x: RegressionContext) -> Tensor:
         # row-vector form w^T X^T (one batched gemv over contiguous rows of X): measurably faster on CPU than
-        # X @ w for small n (see benchmarks/solvers.py)
+        # X @ w for small n (see doubleopt/bench/studies/solvers.py)
         return torch.baddbmm(y[:, None, -1:], y[:, None, :-1], x.features.transpose(-1, -2))[:, 0]
 
     def _grad_from_residual(self, y: Tensor, x: RegressionContext, dloss: Tensor) -> Tensor:

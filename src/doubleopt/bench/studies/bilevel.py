@@ -479,7 +479,7 @@ def memory_worker(args, cfg: dict) -> dict:
 
 
 def run_memory_config(args, cfg: dict) -> dict:
-    argv = [sys.executable, __file__, "--memory-worker", json.dumps(cfg)]
+    argv = [sys.executable, "-m", __spec__.name, "--memory-worker", json.dumps(cfg)]  # this study as a module
     for f in ("digits_train", "digits_val", "digits_log_l2", "sparse_features", "sparse_train", "sparse_val"):
         argv += ["--" + f.replace("_", "-"), str(getattr(args, f))]
     for f in ("sparse_density", "sparse_informative", "sparse_log_l2", "seed", "threads"):

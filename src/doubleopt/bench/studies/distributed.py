@@ -1,10 +1,11 @@
 """Data-parallel scaling on torch.distributed: meta-training throughput (TBPTT, ES, PES) and sharded solves with 1
 and 2 processes, the communication share of a meta-step, and a scaling model built from the measured costs.
 
-Each measurement is a ``torchrun --standalone --nproc-per-node N`` launch of this file (``--worker CASE``), one
-torch thread per process, gloo on CPU. The global work is the same for 1 and 2 processes (TBPTT: the batch is drawn
-as ``--shards`` random streams in both; ES/PES: ``--pairs`` antithetic pairs), so the weights agree (checked here)
-and the ratio of meta-steps per second is the speed-up.
+Each measurement is a ``torchrun --standalone --nproc-per-node N`` launch of this module
+(``-m doubleopt.bench.studies.distributed --worker CASE``), one torch thread per process, gloo on CPU. The global
+work is the same for 1 and 2 processes (TBPTT: the batch is drawn as ``--shards`` random streams in both; ES/PES:
+``--pairs`` antithetic pairs), so the weights agree (checked here) and the ratio of meta-steps per second is the
+speed-up.
 
 * meta-step time: median over ``--steps`` timed meta-steps after ``--warmup`` (rank 0's clock; the processes
   synchronize at every all_reduce);
@@ -217,8 +218,8 @@ def launch(args: Args, case: str, nproc: int, tmp: Path) -> dict:
     for k, v in own.items():
         flag = "--" + k.replace("_", "-")
         argv += [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
-           *argv, "--worker", case, "--result", str(result)]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+           __spec__.name, *argv, "--worker", case, "--result", str(result)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     print(f"-- {case}, {nproc} process(es)", flush=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
