@@ -104,3 +104,28 @@ def test_make_docs_target_builds_into_site():
     makefile = (ROOT / "Makefile").read_text()
     assert "\ndocs: $(STAMP)\n" in makefile and "mkdocs build --strict --site-dir site" in makefile
     assert "site/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_docstring_extension_rewrites_and_flags_broken_references(tmp_path, caplog):
+    """The griffe extension turns roles into cross-references, ``Example:`` into ``Examples:`` and math into
+    MathML, and warns (so the strict build fails) on a role that names nothing."""
+    import logging
+
+    griffe = pytest.importorskip("griffe")
+    pkg = tmp_path / "toypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        '"""Toy."""\n\n\nclass Thing:\n    """A thing."""\n\n    def step(self):\n        """One step."""\n\n\n'
+        'def run(t):\n    """Run :meth:`Thing.step` on :class:`~toypkg.Thing` to reach :math:`\\\\min_y f(y)`;\n'
+        '    see :func:`no_such_function`.\n\n    Example:\n        >>> 1 + 1\n        2\n    """\n'
+    )
+    ext = griffe.load_extensions(f"{ROOT / 'docs/_griffe/doubleopt_docstrings.py'}:DoubleoptDocstrings")
+    with caplog.at_level(logging.WARNING):
+        module = griffe.load("toypkg", search_paths=[str(tmp_path)], extensions=ext)
+    text = module["run"].docstring.value
+    assert '<autoref identifier="toypkg.Thing.step" optional><code>Thing.step</code></autoref>' in text
+    assert '<autoref identifier="toypkg.Thing" optional><code>Thing</code></autoref>' in text
+    assert "<math" in text and ":math:" not in text
+    assert "\n    Examples:\n" in f"\n{text}" or "\nExamples:\n" in text
+    broken = [r.getMessage() for r in caplog.records if "no_such_function" in r.getMessage()]
+    assert broken and "resolves to nothing" in broken[0]

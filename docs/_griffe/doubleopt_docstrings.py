@@ -5,8 +5,8 @@ as raw text. Before a docstring is parsed this extension rewrites:
 
 * ``Example:`` section headings to ``Examples:`` (so the ``>>>`` lines render as code, not as an admonition);
 * the roles ``:class:`x```, ``:func:``, ``:meth:``, ``:attr:``, ``:mod:``, ``:data:``, ``:exc:``, ``:obj:``
-  into cross-references: the name is resolved as Python would from the documented object (or taken as a full
-  ``doubleopt.`` path) and links to its entry in the API reference when that entry is rendered, else shows as
+  into cross-references: the name is resolved as Python would from the documented object (or as a full path
+  such as ``doubleopt.solve``) and links to its entry in the API reference when that entry is rendered, else shows as
   code. A name that does not resolve to anything in doubleopt (a typo, a renamed function) is a warning, so
   ``mkdocs build --strict`` fails on it; names under another package (``torch.``, ``gymnasium.``, ...) show
   as code;
@@ -91,7 +91,7 @@ def _lookup(obj: griffe.Object, path: str) -> griffe.Object | griffe.Alias | Non
 
 def _resolve(obj: griffe.Object, name: str) -> str | None:
     """The full path ``name`` refers to from ``obj``'s scope, or None."""
-    if name.startswith("doubleopt."):
+    if "." in name and name.split(".", 1)[0] in obj.modules_collection.members:  # a full path
         return name if _lookup(obj, name) is not None else None
     head, _, rest = name.partition(".")
     base = None
@@ -126,7 +126,7 @@ def _rewrite(obj: griffe.Object, text: str, where: str) -> str:
             return code
         path = _resolve(obj, name)
         if path is None:
-            _LOG.warning(f"{where}: the reference :{m[1]}:`{m[2]}` resolves to nothing in doubleopt")
+            _LOG.warning(f"{where}: the reference :{m[1]}:`{m[2]}` resolves to nothing")
             return code
         return f'<autoref identifier="{path}" optional>{code}</autoref>'
 
