@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench docs lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,docs]'
 	$(BIN)/python -m pip install --quiet --no-deps qpth==0.0.18
 	touch $(STAMP)
 
@@ -26,8 +26,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/doubleopt bench all
 
+# The documentation site (MkDocs + Material, API reference from the docstrings) into site/; --strict fails on any
+# broken link, cross-reference or docstring warning. Open site/index.html, or serve it: $(BIN)/mkdocs serve
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 
 clean:
-	rm -rf $(VENV) bench_results
+	rm -rf $(VENV) bench_results site
