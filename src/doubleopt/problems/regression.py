@@ -19,6 +19,14 @@ from ._data import load_dataset, sample_rows
 
 @dataclass
 class RegressionContext:
+    """Contexts of the regression families (:class:`LogisticRegression`, :class:`RidgeRegression`,
+    :class:`RobustRegression`): one dataset per instance.
+
+    Attributes:
+        features: ``(B, N, d)`` the features of ``N`` points.
+        targets: ``(B, N)`` their targets (labels in {0, 1} for logistic regression).
+    """
+
     features: Tensor  # (B, N, d)
     targets: Tensor  # (B, N) (labels in {0, 1} for logistic regression)
 
