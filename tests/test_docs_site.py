@@ -119,6 +119,8 @@ def test_docstring_extension_rewrites_and_flags_broken_references(tmp_path, capl
         'def run(t):\n    """Run :meth:`Thing.step` on :class:`~toypkg.Thing` to reach :math:`\\\\min_y f(y)`;\n'
         '    see :func:`no_such_function`.\n\n    Example:\n        >>> 1 + 1\n        2\n    """\n'
     )
+    (pkg / "helpers.py").write_text('"""Helpers."""\n')
+    (pkg / "sub.py").write_text('"""Builds on :mod:`.helpers`."""\n')
     ext = griffe.load_extensions(f"{ROOT / 'docs/_griffe/doubleopt_docstrings.py'}:DoubleoptDocstrings")
     with caplog.at_level(logging.WARNING):
         module = griffe.load("toypkg", search_paths=[str(tmp_path)], extensions=ext)
@@ -126,6 +128,8 @@ def test_docstring_extension_rewrites_and_flags_broken_references(tmp_path, capl
     assert '<autoref identifier="toypkg.Thing.step" optional><code>Thing.step</code></autoref>' in text
     assert '<autoref identifier="toypkg.Thing" optional><code>Thing</code></autoref>' in text
     assert "<math" in text and ":math:" not in text
-    assert "\n    Examples:\n" in f"\n{text}" or "\nExamples:\n" in text
+    sibling = '<autoref identifier="toypkg.helpers" optional><code>helpers</code></autoref>'
+    assert sibling in module["sub"].docstring.value  # :mod:`.helpers`, relative to the package
+    assert "\nExamples:\n    >>> 1 + 1\n" in text
     broken = [r.getMessage() for r in caplog.records if "no_such_function" in r.getMessage()]
     assert broken and "resolves to nothing" in broken[0]

@@ -89,13 +89,22 @@ def _lookup(obj: griffe.Object, path: str) -> griffe.Object | griffe.Alias | Non
     return cur
 
 
-def _resolve(obj: griffe.Object, name: str) -> str | None:
-    """The full path ``name`` refers to from ``obj``'s scope, or None."""
+def _resolve(obj: griffe.Object, name: str, *, relative: bool = False) -> str | None:
+    """The full path ``name`` refers to from ``obj``'s scope, or None. ``relative`` (a reST ``.name``): a member
+    of ``obj`` or of one of its parents, the nearest first (``:mod:`.api``` in a package's submodule: the
+    sibling module)."""
+    if relative:
+        scope: griffe.Object | None = obj
+        while scope is not None:
+            if _lookup(obj, f"{scope.path}.{name}") is not None:
+                return f"{scope.path}.{name}"
+            scope = scope.parent
+        return None
     if "." in name and name.split(".", 1)[0] in obj.modules_collection.members:  # a full path
         return name if _lookup(obj, name) is not None else None
     head, _, rest = name.partition(".")
     base = None
-    scope: griffe.Object | None = obj
+    scope = obj
     while scope is not None and base is None:  # a method inherited by an enclosing class (griffe skips those)
         if scope.is_class and head in scope.all_members:
             member = scope.all_members[head]
@@ -119,12 +128,14 @@ def _rewrite(obj: griffe.Object, text: str, where: str) -> str:
         if "<" in target and target.endswith(">"):  # reST "title <target>"
             target = target[target.index("<") + 1 : -1]
         short = target.startswith("~")
-        name = target.lstrip("~!.")
+        name = target.lstrip("~!")
+        relative = name.startswith(".")
+        name = name.lstrip(".")
         title = name.rsplit(".", 1)[-1] if short else name
         code = f"<code>{html.escape(title)}</code>"
         if name.split(".", 1)[0] in _EXTERNAL_ROOTS:
             return code
-        path = _resolve(obj, name)
+        path = _resolve(obj, name, relative=relative)
         if path is None:
             _LOG.warning(f"{where}: the reference :{m[1]}:`{m[2]}` resolves to nothing")
             return code
