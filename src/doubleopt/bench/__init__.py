@@ -7,6 +7,7 @@ timed in the same process.
 
 from .registry import find_studies, run_study
 from .report import Report, markdown_table
+from .seeding import generator, seed_all
 from .timing import Timing, conditions, parse_args, set_threads, time_call, time_to_epsilon
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "parse_args",
     "Report",
     "markdown_table",
+    "seed_all",
+    "generator",
     "find_studies",
     "run_study",
 ]
