@@ -22,3 +22,19 @@ def test_study_arguments_get_their_comment_as_help():
         parse_args(Args, ["--help"])
     assert "training steps (10% of the budget) (default: 3)" in " ".join(out.getvalue().split())
     assert "a smoke run" in out.getvalue()
+
+
+def test_study_help_shows_the_args_docstring_dedented():
+    @dataclasses.dataclass
+    class Args:
+        """What the study compares.
+
+        Under which conditions: same tolerance, same threads.
+        """
+
+        steps: int = 3  # training steps
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        parse_args(Args, ["--help"])
+    assert "\nWhat the study compares.\n\nUnder which conditions: same tolerance, same threads.\n" in out.getvalue()

@@ -143,7 +143,8 @@ def parse_args(args_cls: type[T], argv: list[str] | None = None, description: st
     Each field's help text is its ``#`` comment in the dataclass source; ``--help`` shows it with the default.
     """
     parser = argparse.ArgumentParser(
-        description=description or args_cls.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description or inspect.cleandoc(args_cls.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     helps = field_help(args_cls)
     for f in dataclasses.fields(args_cls):
