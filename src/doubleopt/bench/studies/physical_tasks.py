@@ -13,12 +13,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import doubleopt.physical as ph
-from doubleopt.bench import Report, conditions, parse_args, set_threads
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads
 
 
 @dataclass
 class Args:
-    """Coupled learning vs EP vs exact gradient: learning curves on three tasks and error vs network size."""
+    """Coupled learning vs equilibrium propagation vs exact gradient descent on resistor networks.
+
+    Learning curves on three tasks (allosteric, 3 -> 2 linear regression, Iris) at ``--n-nodes`` nodes, and the
+    final regression test cost vs network size (``--sizes``). What is compared: the three learning rules, each
+    from the same network and the same initial conductances (cold), the same plain clipped step
+    k <- clip(k - lr * g, k_min, k_max), the same number of steps, full batch, float64, the same threads; each
+    rule with its own best learning rate of ``--lr-grid`` (by final training cost). Accuracy and cost only: no
+    timings. Seeds: ``--seed`` builds every network and data split (the task builders' NumPy streams) and the
+    training order; the global generators are seeded with it too.
+    """
 
     n_nodes: int = 200  # network size for the learning curves
     steps: int = 1000  # training steps per run
@@ -43,8 +52,9 @@ def make_tasks(n_nodes: int, seed: int) -> list[ph.Task]:
 
 
 def best_run(
-    task: ph.Task, rule, lrs: list[float], steps: int, eval_every: int
+    task: ph.Task, rule, lrs: list[float], steps: int, eval_every: int, seed: int
 ) -> tuple[float, ph.TrainResult]:
+    """The run with the lowest final training cost over the learning rates ``lrs``: ``(lr, result)``."""
     best = None
     for lr in lrs:
         res = ph.train(
@@ -54,6 +64,7 @@ def best_run(
             rule,
             steps=steps,
             lr=lr,
+            seed=seed,
             eval_inputs=task.x_test,
             eval_targets=task.t_test,
             metric=task.metric,
@@ -65,52 +76,67 @@ def best_run(
     return best[1], best[2]
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.n_nodes, args.steps, args.lr_grid, args.sizes, args.size_steps = 60, 60, [30.0], [40, 80], 40
-    set_threads(args.threads)
-    report = Report("physical_tasks", out_dir=args.out)
-    rules = {
+def learning_rules(args: Args) -> dict:
+    """The three rules compared (coupled learning, symmetric EP, the exact gradient), by row name."""
+    return {
         "coupled": ph.CoupledLearning(args.eta),
         "ep": ph.EquilibriumPropagation(args.beta, symmetric=True),
         "exact": ph.ExactGradient(),
     }
+
+
+def run_curves(args: Args, rules: dict, report: Report) -> dict[tuple[str, str], ph.TrainResult]:
+    """Learning curves: every rule on every task at ``--n-nodes`` nodes; one row per (task, rule)."""
     curves = {}
     for task in make_tasks(args.n_nodes, args.seed):
         for name, rule in rules.items():
-            lr, res = best_run(task, rule, args.lr_grid, args.steps, args.eval_every)
+            lr, res = best_run(task, rule, args.lr_grid, args.steps, args.eval_every, args.seed)
             curves[(task.name, name)] = res
             row = {
                 "study": "curves",
                 "task": task.name,
                 "rule": name,
                 "nodes": args.n_nodes,
+                "steps": args.steps,
                 "lr": lr,
                 "cost_init": res.eval_cost[0],
                 "test_cost_final": res.eval_cost[-1],
+                # the task's metric (Iris: test accuracy); None for the tasks scored by cost alone
+                "metric": task.metric_name or None,
+                "test_metric_final": res.eval_metric[-1] if task.metric is not None else None,
             }
             if task.metric is not None:
                 row[f"test_{task.metric_name}"] = res.eval_metric[-1]
             report.add_row(**row)
             print(row, flush=True)
+    return curves
+
+
+def run_size_sweep(args: Args, rules: dict, report: Report) -> dict[str, list[float]]:
+    """Regression test cost after ``--size-steps`` steps for each size of ``--sizes``; one row per (size, rule)."""
     size_err = {name: [] for name in rules}
     for n in args.sizes:
         task = ph.regression_task(n, n_inputs=3, n_outputs=2, seed=args.seed)
         for name, rule in rules.items():
-            lr, res = best_run(task, rule, args.lr_grid, args.size_steps, args.size_steps)
+            lr, res = best_run(task, rule, args.lr_grid, args.size_steps, args.size_steps, args.seed)
             size_err[name].append(res.eval_cost[-1])
             report.add_row(
                 study="size",
                 task="regression",
                 rule=name,
                 nodes=n,
+                steps=args.size_steps,
                 lr=lr,
                 cost_init=res.eval_cost[0],
                 test_cost_final=res.eval_cost[-1],
+                metric=None,
+                test_metric_final=None,
             )
             print(report.rows[-1], flush=True)
+    return size_err
 
+
+def plot(args: Args, rules: dict, curves: dict, size_err: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +159,24 @@ def main(argv=None):
     ax[3].set_ylabel(f"test cost after {args.size_steps} steps")
     ax[3].set_title("regression: error vs network size")
     ax[3].legend(fontsize=8)
-    path = report.save({"args": vars(args), "conditions": conditions(dtype="float64")}, fig)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.n_nodes, args.steps, args.lr_grid, args.sizes, args.size_steps = 60, 60, [30.0], [40, 80], 40
+    set_threads(args.threads)
+    # seeds: --seed builds the networks and data (passed to the task builders) and the training order
+    # (do.physical.train's seed); the global generators are seeded with it as well (nothing draws from them)
+    seed_all(args.seed)
+    cond = conditions(dtype="float64")
+    report = Report("physical_tasks", out_dir=args.out)
+    rules = learning_rules(args)
+    curves = run_curves(args, rules, report)
+    size_err = run_size_sweep(args, rules, report)
+    fig = plot(args, rules, curves, size_err)
+    path = report.save({"args": vars(args), "conditions": cond}, fig)
     print(report.table())
     print(f"results in {path}")
     return report
