@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from doubleopt.bench import find_studies
 from doubleopt.cli import main
@@ -47,6 +48,18 @@ def test_solver_demo_quick(tmp_path, capsys):
     assert (tmp_path / "demo.png").exists()
 
 
-def test_python_dash_m_doubleopt_help():
-    r = subprocess.run([sys.executable, "-m", "doubleopt", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "doubleopt" in r.stdout
+def test_python_dash_m_doubleopt_is_the_doubleopt_command():
+    """``python -m doubleopt ARGS`` and the console script ``doubleopt ARGS`` print the same and exit the same:
+    help, the study list, and a user error (one line, exit code 2)."""
+    script = Path(sys.executable).with_name("doubleopt")
+    assert script.is_file(), f"the console script is not installed next to {sys.executable}"
+    for argv in (["--help"], ["bench"], ["bench", "no-such-study"]):
+        by_module = subprocess.run([sys.executable, "-m", "doubleopt", *argv], capture_output=True, text=True)
+        by_script = subprocess.run([str(script), *argv], capture_output=True, text=True)
+        assert (by_module.returncode, by_module.stdout, by_module.stderr) == (
+            by_script.returncode,
+            by_script.stdout,
+            by_script.stderr,
+        ), argv
+    assert by_module.returncode == 2 and "unknown study 'no-such-study'" in by_module.stderr
+    assert "Traceback" not in by_module.stderr

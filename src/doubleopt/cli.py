@@ -8,9 +8,10 @@ comparison of every classical solver), ``bench [NAME ...]`` (the studies of
 User mistakes end in one line on stderr and exit code 2, never a traceback. Where the line is drawn
 (:func:`is_user_error`): argparse's own errors (flag syntax, the ``type=`` converters below: a count that
 must be positive, a finite rate), a ``ValueError`` raised by a ``raise`` statement in doubleopt's own code or
-in a study (the argument checks of the library, which name the argument), a file-system
-error (``OSError``: missing file, folder in place of a file, no permission) and a safetensors error (a corrupt
-or truncated weights / checkpoint file). Anything else (a ``ValueError`` raised inside a dependency, tuple
+in a study (the argument checks of the library, which name the argument), a file-system error (``OSError``:
+missing file, folder in place of a file, no permission), a safetensors error (a corrupt or truncated weights /
+checkpoint file) and a study's missing baseline (:class:`~doubleopt.bench.baselines.MissingBaseline`: it names the
+package and the command that installs it). Anything else (a ``ValueError`` raised inside a dependency, tuple
 unpacking, ``TypeError``, ``RuntimeError``, ...) is a bug of ours and keeps its traceback;
 ``DOUBLEOPT_TRACEBACK=1`` shows the traceback of user errors too.
 """
@@ -121,7 +122,9 @@ def _raised_by_our_check(exc: BaseException) -> bool:
 def is_user_error(exc: BaseException) -> bool:
     """Whether the CLI reports ``exc`` as one line (a user mistake) instead of a traceback (a bug); see the module
     docstring for where the line is drawn."""
-    if isinstance(exc, (OSError, *_safetensors_error())):
+    from .bench.baselines import MissingBaseline
+
+    if isinstance(exc, (OSError, MissingBaseline, *_safetensors_error())):
         return True
     return type(exc) is ValueError and _raised_by_our_check(exc)
 

@@ -29,6 +29,7 @@ import torch
 import doubleopt as do
 import doubleopt.rl as rl
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench.baselines import require
 
 SOLVED = -160.0  # the goal's mean evaluation return
 
@@ -66,11 +67,15 @@ def time_to_solved(result: rl.RunResult) -> float:
     return math.inf
 
 
+SB3 = "the TD3 baseline of the actor_critic study (--study baseline)"
+
+
 def sb3_td3_zoo(seed: int, steps: int, eval_episodes: int, eval_seed: int) -> tuple[list[float], float]:
     """One Stable-Baselines3 TD3 run with the RL Zoo's Pendulum-v1 settings; (returns per episode, seconds)."""
     import gymnasium as gym
-    from stable_baselines3 import TD3
-    from stable_baselines3.common.noise import NormalActionNoise
+
+    TD3 = require("stable_baselines3", SB3).TD3
+    NormalActionNoise = require("stable_baselines3.common.noise", SB3).NormalActionNoise
 
     env = gym.make("Pendulum-v1")
     model = TD3(
@@ -393,6 +398,8 @@ def main(argv=None):
     args = parse_args(Args, argv)
     if args.study not in STUDIES:
         raise SystemExit(f"unknown study {args.study!r}; available: {', '.join(STUDIES)}")
+    if args.study == "baseline":
+        require("stable_baselines3", SB3)  # the baseline first: if it is missing, the study stops before training
     if args.quick:
         args.steps, args.seeds, args.sb3_seeds = 600, args.seeds[:2], args.sb3_seeds[:1]
     set_threads(args.threads)

@@ -47,8 +47,8 @@ Studies (``--studies``):
   optimality function: the ``torch.func.grad`` gradient of the same objective, as torchopt's examples write
   it); errors against Cholesky, wall time of the hypergradient at each rtol, peak memory (fresh processes, as
   above). The headline ratio is taken at the loosest rtol at which both are within 1e-6 of the reference.
-  torchopt 0.7.3 installs and imports with our torch (the ``bench`` extra); without it the study stops with
-  that message.
+  torchopt 0.7.3 installs and imports with our torch (the ``bench`` extra); without it the study stops at its
+  start with one line naming the extra.
 
 Timing: ``--threads`` torch threads (1), one untimed warm-up call, median of ``--repeats`` calls.
 
@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import json
 import os
 import resource
@@ -74,6 +73,7 @@ import torch
 
 import doubleopt as do
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench.baselines import require
 from doubleopt.bilevel import DigitsL2, digits_split
 from doubleopt.bilevel.digits import DigitsContext
 from doubleopt.bilevel.sparse_logistic import SparseLogisticL2, sparse_logistic_split
@@ -701,11 +701,15 @@ def global_weight_search(args, budget: float, test) -> tuple[list[dict], list[di
 
 
 # ================================================================== study d: against torchopt (or higher)
+TORCHOPT = "the implicit-hypergradient baseline of the bilevel study (--studies torchopt)"
+
+
 def torchopt_hypergradient(prob, train, outer, y_star, rtol: float) -> torch.Tensor:
     """torchopt.diff.implicit.custom_root with solve_cg(rtol) on the same problem and solution."""
     from torch.func import functional_call
-    from torchopt.diff.implicit import custom_root
-    from torchopt.linear_solve import solve_cg
+
+    custom_root = require("torchopt.diff.implicit", TORCHOPT).custom_root
+    solve_cg = require("torchopt.linear_solve", TORCHOPT).solve_cg
 
     def optimality(w, log_l2):  # the gradient of the inner objective (torch.func, as torchopt's examples write it)
         return torch.func.grad(lambda v: functional_call(prob, {"log_l2": log_l2}, (v, train)).sum())(w)
@@ -723,8 +727,7 @@ def torchopt_hypergradient(prob, train, outer, y_star, rtol: float) -> torch.Ten
 
 def study_torchopt(args, plt):
     report = Report("bilevel_torchopt", out_dir=Path(args.out) / "torchopt")
-    if importlib.util.find_spec("torchopt") is None:
-        raise SystemExit("the torchopt study needs torchopt (pip install 'doubleopt[bench]')")
+    torchopt = require("torchopt", TORCHOPT)
     args_inner = args.torchopt_inner_tol
     prob, train, val = make_digits(args)
     outer = lambda y: prob.cross_entropy(y, val)  # noqa: E731
@@ -732,8 +735,6 @@ def study_torchopt(args, plt):
         y_star = do.solve(prob, do.LBFGS(), train, tol=args_inner, max_steps=20000).y.detach()
     s = Setup("digits", prob, train, val, outer, y_star, float("nan"), 0.0, {})
     ref = hypergradient(s, do.Implicit(do.Cholesky()), do.LBFGS(), y_star, tol=args_inner)
-    import torchopt
-
     times = {}
     for rtol in args.torchopt_rtols:
         fns = {
@@ -806,6 +807,8 @@ def main(argv=None):
     unknown = [s for s in args.studies if s not in STUDIES]
     if unknown:
         raise ValueError(f"unknown studies {unknown}; choose from {list(STUDIES)}")
+    if "torchopt" in args.studies:
+        require("torchopt", TORCHOPT)  # the baseline first: if it is missing, the study stops before any work
     import matplotlib
 
     matplotlib.use("Agg")

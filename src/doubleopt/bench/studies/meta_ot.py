@@ -71,6 +71,7 @@ from doubleopt.amortized import (
 )
 from doubleopt.amortized.meta_ot import SwapAveraged
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench.baselines import require
 from doubleopt.solvers import Sinkhorn
 
 
@@ -149,10 +150,13 @@ def plan_errors(P: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, flo
     return float(np.abs(r).sum()), float(np.linalg.norm(r))
 
 
+POT = "the Sinkhorn baseline of the meta_ot study"
+
+
 def pot_loop(fam, x, target: float, max_steps: int, repeats: int):
     """``ot.sinkhorn`` per pair, stopped at L2 marginal error <= ``pot_threshold``; warm-up pass + median of
     ``repeats`` passes. Returns (the Timing of a pass, achieved L1 errors, achieved L2 errors, iterations)."""
-    import ot
+    ot = require("ot", POT)
 
     C = fam.cost.numpy()
     a, b = x.a.numpy(), x.b.numpy()
@@ -244,6 +248,7 @@ def pot_comparison(args, fam, x, model, target: float) -> list[dict]:
 
 def main(argv=None):
     args = parse_args(Args, argv)
+    require("ot", POT)  # the baseline first: if it is missing, the study stops before training
     if args.quick:
         args.train_steps, args.n_test, args.pot_pairs, args.hidden, args.targets = 20, 16, 4, 32, (1e-2,)
         args.curve_steps, args.repeats, args.batch_size = 20, 1, 16

@@ -18,7 +18,8 @@ in float32). Run: doubleopt bench qp [-- --quick] [-- --threads 1]
 On a machine loaded by other jobs, OpenMP's default spin-waiting makes 2+ threads far slower than 1 (for
 torch's batched kernels; each SCS solve is single-threaded, diffcp runs `threads` of them at once): use
 --threads 1 or set OMP_WAIT_POLICY=PASSIVE.
-qpth / cvxpylayers are benchmark-only dependencies (pip install --no-deps qpth==0.0.18; cvxpylayers).
+The baselines are not dependencies of doubleopt: cvxpylayers comes with pip install 'doubleopt[bench]', qpth with
+pip install --no-deps qpth==0.0.18; the study stops at its start, naming the one that is missing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 import doubleopt as do
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench.baselines import require
 
 
 @dataclass
@@ -76,8 +78,13 @@ def ours(tensors, w, tol=1e-12, native=None):
     return sol.y.detach(), [t.grad for t in leaves], sol
 
 
+QPTH = "the OptNet baseline of the qp study"
+CVXPYLAYERS = "the cvxpylayers baseline of the qp study (--skip-cvxpylayers runs without it)"
+
+
 def qpth_run(tensors, w):
-    from qpth.qp import QPFunction, QPSolvers
+    qpth = require("qpth.qp", QPTH)
+    QPFunction, QPSolvers = qpth.QPFunction, qpth.QPSolvers
 
     leaves = [t.clone().requires_grad_() for t in tensors]
     Q, q, A, b, G, h = leaves  # qpth's argument order is (Q, p, G, h, A, b)
@@ -87,8 +94,8 @@ def qpth_run(tensors, w):
 
 
 def cvxpylayers_build(n, m, p):
-    import cvxpy as cp
-    from cvxpylayers.torch import CvxpyLayer
+    cp = require("cvxpy", CVXPYLAYERS)
+    CvxpyLayer = require("cvxpylayers.torch", CVXPYLAYERS).CvxpyLayer
 
     Lq, q, A, b, G, h = (
         cp.Parameter((n, n)),
@@ -127,6 +134,9 @@ def cvxpylayers_run(layer, tensors, w, solver_args: dict):
 
 def main(argv=None):
     args = parse_args(Args, argv)
+    require("qpth.qp", QPTH)  # the baselines first: a missing one stops the study before any timing
+    if not args.skip_cvxpylayers:
+        require("cvxpylayers.torch", CVXPYLAYERS)
     if args.quick:
         args.batch, args.n, args.m, args.p, args.repeats = 8, 10, 20, 3, 1
         args.scale_n, args.scale_b = [5, 10], [1, 8]
@@ -169,45 +179,39 @@ def main(argv=None):
         rows["doubleopt (PyTorch)"] = t_py.median
         add_row("doubleopt, PyTorch iterations (QP(native=False))", f"KKT tol {args.tol:g}", t_py.median, c_py,
                 t_py.result[0], t_py.result[1], float(t_py.result[2].num_steps.double().mean()))
-    try:
-        z_q, g_q = qpth_run(data, w)
-        dz = float((z_q - z_ours).abs().max())
-        agree["qpth"] = dz
-        if dz > args.agree_tol:
-            print(f"qpth disagrees: max |dz| = {dz:.2e} > {args.agree_tol}; timing anyway but flagged")
-        t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
-        c_q = cpu_time(lambda: qpth_run(data, w), args.repeats)
-        rows["qpth"] = t_q.median
-        add_row("qpth 0.0.18 (PDIPM batched)", "eps 1e-12 (default)", t_q.median, c_q, z_q, g_q)
-    except ImportError:
-        print("qpth not installed (pip install --no-deps qpth==0.0.18); skipped")
+    z_q, g_q = qpth_run(data, w)
+    dz = float((z_q - z_ours).abs().max())
+    agree["qpth"] = dz
+    if dz > args.agree_tol:
+        print(f"qpth disagrees: max |dz| = {dz:.2e} > {args.agree_tol}; timing anyway but flagged")
+    t_q = time_call(lambda: qpth_run(data, w), warmup=1, repeats=args.repeats)
+    c_q = cpu_time(lambda: qpth_run(data, w), args.repeats)
+    rows["qpth"] = t_q.median
+    add_row("qpth 0.0.18 (PDIPM batched)", "eps 1e-12 (default)", t_q.median, c_q, z_q, g_q)
     if not args.skip_cvxpylayers:
-        try:
-            layer = cvxpylayers_build(n, m, p)
-            settings = {  # row label -> (accuracy column, solver_args)
-                f"cvxpylayers (SCS eps {args.cvx_eps:g}, n_jobs {args.threads})": (
-                    f"SCS eps_abs = eps_rel = {args.cvx_eps:g}, max_iters {args.cvx_max_iters}",
-                    cvxpylayers_args(args.threads, args.cvx_eps, args.cvx_max_iters),
-                ),
-                f"cvxpylayers (SCS default accuracy, n_jobs {args.threads})": (
-                    "SCS defaults: eps_abs = eps_rel = 1e-4, max_iters 100000",
-                    cvxpylayers_args(args.threads),
-                ),
-            }
-            for i, (label, (accuracy, solver_args)) in enumerate(settings.items()):
-                t_c = time_call(
-                    lambda sa=solver_args: cvxpylayers_run(layer, data, w, sa), warmup=1, repeats=args.repeats
-                )
-                c_c = cpu_time(lambda sa=solver_args: cvxpylayers_run(layer, data, w, sa), args.repeats)
-                z_c, g_c = t_c.result
-                dz = float((z_c - z_ours).abs().max())
-                agree[label] = dz
-                if dz > args.agree_tol:
-                    print(f"{label} disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
-                rows["cvxpylayers" if i == 0 else "cvxpylayers (default eps)"] = t_c.median
-                add_row(label, accuracy, t_c.median, c_c, z_c, g_c)
-        except ImportError:
-            print("cvxpylayers not installed; skipped")
+        layer = cvxpylayers_build(n, m, p)
+        settings = {  # row label -> (accuracy column, solver_args)
+            f"cvxpylayers (SCS eps {args.cvx_eps:g}, n_jobs {args.threads})": (
+                f"SCS eps_abs = eps_rel = {args.cvx_eps:g}, max_iters {args.cvx_max_iters}",
+                cvxpylayers_args(args.threads, args.cvx_eps, args.cvx_max_iters),
+            ),
+            f"cvxpylayers (SCS default accuracy, n_jobs {args.threads})": (
+                "SCS defaults: eps_abs = eps_rel = 1e-4, max_iters 100000",
+                cvxpylayers_args(args.threads),
+            ),
+        }
+        for i, (label, (accuracy, solver_args)) in enumerate(settings.items()):
+            t_c = time_call(
+                lambda sa=solver_args: cvxpylayers_run(layer, data, w, sa), warmup=1, repeats=args.repeats
+            )
+            c_c = cpu_time(lambda sa=solver_args: cvxpylayers_run(layer, data, w, sa), args.repeats)
+            z_c, g_c = t_c.result
+            dz = float((z_c - z_ours).abs().max())
+            agree[label] = dz
+            if dz > args.agree_tol:
+                print(f"{label} disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
+            rows["cvxpylayers" if i == 0 else "cvxpylayers (default eps)"] = t_c.median
+            add_row(label, accuracy, t_c.median, c_c, z_c, g_c)
 
     # scaling sweeps (ours) and float32 vs float64 accuracy
     scaling = []

@@ -49,6 +49,7 @@ import doubleopt as do
 from doubleopt.amortized import FullyAmortized, KKTResidual, Safeguarded, SemiAmortized, break_even, fit
 from doubleopt.amortized.qp_warmstart import PrimalDualQP, QPWarmStartNet, WarmQPState, WarmStartQP
 from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench.baselines import require
 from doubleopt.problems.qp import QPData, qp_kkt_residual, unpack_start
 from doubleopt.solvers.qp import QP
 
@@ -81,10 +82,14 @@ class Args:
     out: str = "bench_results/qp_warmstart"  # output folder
 
 
+OSQP = "the OSQP baseline of the qp_warmstart study"
+
+
 def osqp_setup(x, tol: float, warm: bool):
     """An OSQP solver for the family (its matrices are shared: set up once) and its per-instance data."""
-    import osqp
     import scipy.sparse as sp
+
+    osqp = require("osqp", OSQP)
 
     Q, A, G = x.Q[0].numpy(), x.A[0].numpy(), x.G[0].numpy()
     q, b, h = x.q.numpy(), x.b.numpy(), x.h.numpy()
@@ -127,6 +132,7 @@ class CountingWarmStartQP(WarmStartQP):
 
 def main(argv=None):
     args = parse_args(Args, argv)
+    require("osqp", OSQP)  # the baseline first: if it is missing, the study stops before training
     if args.quick:
         args.n_assets, args.train_size, args.train_steps, args.n_test, args.hidden = 8, 256, 30, 64, 32
         args.osqp_instances, args.repeats, args.batch_size = 16, 1, 64
