@@ -17,7 +17,6 @@ in random order while the solution stays unique (checked against all 288 grids),
 hints; test puzzles never occur in the training set. The OptNet layer is trained with Adam and with the
 pretrained learned optimizers (``--optimizers adam lstm-digits mlp-digits``: do.learned.TorchOptimizer +
 do.learned.load_pretrained, meta-trained on a digits MLP, used as they are).
-is also trained with the pretrained learned optimizer (do.learned.TorchOptimizer + load_pretrained).
 
 Run: doubleopt bench sudoku [-- --quick]; writes bench_results/sudoku/{results.json,table.md,sudoku.png}.
 """
@@ -32,11 +31,27 @@ import torch
 from torch import nn
 
 import doubleopt as do
-from doubleopt.bench import Report, conditions, parse_args, set_threads
+from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads
 
 
 @dataclass
 class Args:
+    """OptNet Sudoku (4x4): a QP layer that learns the rules as equality constraints vs MLP baselines.
+
+    What is compared: board accuracy (all 16 cells right) on held-out puzzles that never occur in the training
+    set, for the OptNet layer trained by Adam and by pretrained learned optimizers, against an MLP of about the
+    same number of parameters and a much larger MLP (``--mlp-big-hidden``), all trained with Adam. Every run
+    sees the same data, in the same batch order (one shuffle stream, the same for every run), from a cold start
+    (random initialization); float64, ``--threads`` threads. The OptNet layer's interior point solves to the KKT
+    tolerance ``--qp-tol``; failed solves are counted. Accuracy is the published figure; wall times are
+    recorded but not compared.
+
+    Seeds (all from ``--seed``, set once at the top of ``main``): the global generators (``seed_all``), the
+    puzzles (``seed``), the OptNet layer's initial A (``seed + 1``, the same for every trainer), the batch
+    order of every run (``seed + 2``), the matched MLP's initial weights (``seed + 3``) and the large MLP's
+    (``seed + 4``).
+    """
+
     n_train: int = 1000  # training puzzles
     n_test: int = 500  # held-out puzzles (none of them in the training set)
     min_hints: int = 4  # fewest hints a puzzle keeps (4 is the minimum for a unique 4x4 solution)
@@ -159,10 +174,19 @@ class OptNetSudoku(nn.Module):
 
 
 def mlp_baseline(n_params: int, generator: torch.Generator, hidden: int | None = None) -> nn.Sequential:
-    """64 -> hidden -> 64 with hidden chosen so the parameter count is about ``n_params`` (or given)."""
+    """64 -> hidden -> 64 with hidden chosen so the parameter count is about ``n_params`` (or given).
+
+    Initialized as ``nn.Linear`` does by default (weights and biases uniform in +-1/sqrt(fan_in)), drawn from
+    ``generator`` instead of torch's global generator.
+    """
     hidden = hidden or max(1, round((n_params - 64) / 129))
-    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 64)).double()
+    mlp = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 64)).double()
+    with torch.no_grad():
+        for layer in (mlp[0], mlp[2]):
+            bound = layer.in_features**-0.5
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+    return mlp
 
 
 def board_accuracy(scores: torch.Tensor, solutions: torch.Tensor) -> tuple[float, float]:
@@ -172,117 +196,141 @@ def board_accuracy(scores: torch.Tensor, solutions: torch.Tensor) -> tuple[float
     return float(right.all(-1).double().mean()), float(right.double().mean())
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.n_train, args.n_test, args.epochs, args.mlp_epochs, args.batch = 60, 40, 2, 5, 30
-        args.mlp_big_hidden = 32
-    set_threads(args.threads)
-    gen = torch.Generator().manual_seed(args.seed)
+@dataclass
+class Data:
+    """The training puzzles (one-hot ``X_tr``), their solutions (digits ``Y_tr``, one-hot ``Yoh_tr``) and the
+    held-out puzzles ``X_te`` with their solutions ``Y_te``."""
+
+    X_tr: torch.Tensor
+    Y_tr: torch.Tensor
+    Yoh_tr: torch.Tensor
+    X_te: torch.Tensor
+    Y_te: torch.Tensor
+
+
+def build_data(args: Args, gen: torch.Generator) -> Data:
+    """Puzzles with unique solutions; the test set holds only puzzles that never occur in the training set."""
     grids = all_grids()
     assert len(grids) == 288, len(grids)
-    # puzzles: the test set holds only puzzles that never occur in the training set
     pz, sol = make_puzzles(args.n_train + 2 * args.n_test, grids, args.min_hints, args.max_hints, gen)
     train_keys = {tuple(r) for r in pz[: args.n_train].tolist()}
     fresh = torch.tensor([tuple(r) not in train_keys for r in pz[args.n_train :].tolist()])
     test_idx = (torch.nonzero(fresh).flatten() + args.n_train)[: args.n_test]
-    X_tr, Y_tr = one_hot(pz[: args.n_train]), sol[: args.n_train]
-    X_te, Y_te = one_hot(pz[test_idx]), sol[test_idx]
-    Yoh_tr = one_hot(Y_tr)
-    rank_true = int(torch.linalg.matrix_rank(sudoku_constraints()))
-    print(f"{len(X_tr)} training / {len(X_te)} held-out puzzles, hints {args.min_hints}..{args.max_hints}; "
-          f"true constraint rank {rank_true}")
+    Y_tr = sol[: args.n_train]
+    return Data(one_hot(pz[: args.n_train]), Y_tr, one_hot(Y_tr), one_hot(pz[test_idx]), sol[test_idx])
 
+
+def train(name: str, model: nn.Module, loss_fn, opt, epochs: int, data: Data, batch: int, order: torch.Generator):
+    """``epochs`` passes over the training set in batches of ``batch`` (shuffled by ``order``); after each
+    epoch the train/test board accuracy. Returns the curves, ``wall_s`` and ``failed_solves_total``."""
     from tqdm.auto import tqdm
 
-    def train(name, model, loss_fn, opt, epochs):
-        curves = {"epoch": [], "train_loss": [], "train_board_acc": [], "test_board_acc": [],
-                  "test_cell_acc": [], "failed_solves": []}
-        t0 = time.perf_counter()
-        failed_total = 0
-        bar = tqdm(range(epochs), desc=name)
-        for epoch in bar:
-            perm = torch.randperm(len(X_tr), generator=gen)
-            losses, failed = [], 0
-            for i in range(0, len(X_tr), args.batch):
-                idx = perm[i : i + args.batch]
-                out = model(X_tr[idx])
-                loss = loss_fn(out, idx)
-                opt.zero_grad()
-                loss.backward()
-                try:
-                    opt.step()
-                except FloatingPointError as e:  # the learned optimizer refuses a non-finite update
-                    print(f"{name}: {e}; stopping this run")
-                    curves["diverged"] = True
-                    break
-                losses.append(float(loss.detach()))
-                if isinstance(model, OptNetSudoku):
-                    failed += int((~model.qp.last_solution.successful).sum())
-            with torch.no_grad():
-                tr_acc = board_accuracy(model(X_tr), Y_tr)[0]
-                te_acc, te_cell = board_accuracy(model(X_te), Y_te)
-                if isinstance(model, OptNetSudoku):
-                    failed += int((~model.qp.last_solution.successful).sum())
-            failed_total += failed
-            for k, v in zip(curves, (epoch + 1, sum(losses) / max(1, len(losses)), tr_acc, te_acc, te_cell, failed)):
-                curves[k].append(v)
-            bar.set_postfix(loss=f"{curves['train_loss'][-1]:.4f}", test_board=f"{te_acc:.3f}")
-            if curves.get("diverged"):
+    curves = {"epoch": [], "train_loss": [], "train_board_acc": [], "test_board_acc": [],
+              "test_cell_acc": [], "failed_solves": []}
+    t0 = time.perf_counter()
+    failed_total = 0
+    bar = tqdm(range(epochs), desc=name)
+    for epoch in bar:
+        perm = torch.randperm(len(data.X_tr), generator=order)
+        losses, failed = [], 0
+        for i in range(0, len(data.X_tr), batch):
+            idx = perm[i : i + batch]
+            out = model(data.X_tr[idx])
+            loss = loss_fn(out, idx)
+            opt.zero_grad()
+            loss.backward()
+            try:
+                opt.step()
+            except FloatingPointError as e:  # the learned optimizer refuses a non-finite update
+                print(f"{name}: {e}; stopping this run")
+                curves["diverged"] = True
                 break
-        curves["wall_s"] = time.perf_counter() - t0
-        curves["failed_solves_total"] = failed_total
-        return curves
+            losses.append(float(loss.detach()))
+            if isinstance(model, OptNetSudoku):
+                failed += int((~model.qp.last_solution.successful).sum())
+        with torch.no_grad():
+            tr_acc = board_accuracy(model(data.X_tr), data.Y_tr)[0]
+            te_acc, te_cell = board_accuracy(model(data.X_te), data.Y_te)
+            if isinstance(model, OptNetSudoku):
+                failed += int((~model.qp.last_solution.successful).sum())
+        failed_total += failed
+        for k, v in zip(curves, (epoch + 1, sum(losses) / max(1, len(losses)), tr_acc, te_acc, te_cell, failed)):
+            curves[k].append(v)
+        bar.set_postfix(loss=f"{curves['train_loss'][-1]:.4f}", test_board=f"{te_acc:.3f}")
+        if curves.get("diverged"):
+            break
+    curves["wall_s"] = time.perf_counter() - t0
+    curves["failed_solves_total"] = failed_total
+    return curves
 
-    runs = {}
-    n_optnet = None
+
+def run_optnet(args: Args, data: Data, runs: dict) -> int:
+    """The OptNet layer trained by each of ``--optimizers`` from the same initial A (seed + 1) and the same batch
+    order (seed + 2); adds to ``runs`` and returns the layer's parameter count."""
+    n_optnet = 0
     for which in args.optimizers:
-        torch.manual_seed(args.seed)
-        model = OptNetSudoku(args.p, args.eps, args.qp_tol, torch.Generator().manual_seed(args.seed + 1))
+        model = OptNetSudoku(args.p, args.eps, args.qp_tol, generator(args.seed + 1))
         n_optnet = sum(p.numel() for p in model.parameters())
 
         def mse(out, idx):
-            return ((out - Yoh_tr[idx]) ** 2).mean()
+            return ((out - data.Yoh_tr[idx]) ** 2).mean()
 
         if which == "adam":
             opt = torch.optim.Adam(model.parameters(), lr=args.lr_optnet)
-            label = "OptNet (Adam)"
+            label, trainer = "OptNet (Adam)", f"Adam, lr {args.lr_optnet:g}"
         else:  # a pretrained learned optimizer (load_pretrained raises a clear error for unknown names)
             lopt = do.learned.load_pretrained(which).double()
             opt = do.learned.TorchOptimizer(model.named_parameters(), lopt, lr=args.lopt_lr)
             label = f"OptNet (learned optimizer {which})"
-        runs[label] = (train(label, model, mse, opt, args.epochs), n_optnet)
+            trainer = f"learned optimizer {which}, update multiplier {args.lopt_lr:g}"
+        curves = train(label, model, mse, opt, args.epochs, data, args.batch, generator(args.seed + 2))
+        runs[label] = (curves, n_optnet, trainer)
+    return n_optnet
 
-    mlp = mlp_baseline(n_optnet or args.p * 64 + 64, gen)
-    n_mlp = sum(p.numel() for p in mlp.parameters())
+
+def run_mlps(args: Args, data: Data, n_optnet: int, runs: dict) -> None:
+    """The MLP baselines (cross-entropy per cell, Adam): one of about the OptNet layer's size (seed + 3) and,
+    unless ``--mlp-big-hidden 0``, a large one (seed + 4); the same batch order (seed + 2) as every run."""
 
     def ce(out, idx):
-        return nn.functional.cross_entropy(out.reshape(-1, 4), Y_tr[idx].reshape(-1))
+        return nn.functional.cross_entropy(out.reshape(-1, 4), data.Y_tr[idx].reshape(-1))
 
+    trainer = f"Adam, lr {args.lr_mlp:g}"
+    mlp = mlp_baseline(n_optnet or args.p * 64 + 64, generator(args.seed + 3))
     adam = torch.optim.Adam(mlp.parameters(), lr=args.lr_mlp)
-    runs["MLP (Adam)"] = (train("MLP (Adam)", mlp, ce, adam, args.mlp_epochs), n_mlp)
+    curves = train("MLP (Adam)", mlp, ce, adam, args.mlp_epochs, data, args.batch, generator(args.seed + 2))
+    runs["MLP (Adam)"] = (curves, sum(p.numel() for p in mlp.parameters()), trainer)
     if args.mlp_big_hidden:
-        big = mlp_baseline(0, gen, hidden=args.mlp_big_hidden)
+        big = mlp_baseline(0, generator(args.seed + 4), hidden=args.mlp_big_hidden)
         label = f"MLP {args.mlp_big_hidden} hidden (Adam)"
         adam = torch.optim.Adam(big.parameters(), lr=args.lr_mlp)
-        runs[label] = (train(label, big, ce, adam, args.mlp_epochs), sum(p.numel() for p in big.parameters()))
+        curves = train(label, big, ce, adam, args.mlp_epochs, data, args.batch, generator(args.seed + 2))
+        runs[label] = (curves, sum(p.numel() for p in big.parameters()), trainer)
 
-    report = Report("sudoku", out_dir=args.out)
-    for label, (c, n_par) in runs.items():
-        report.add_row(method=label, params=n_par, epochs=c["epoch"][-1] if c["epoch"] else 0,
-                       train_board_acc=c["train_board_acc"][-1] if c["epoch"] else float("nan"),
-                       test_board_acc=c["test_board_acc"][-1] if c["epoch"] else float("nan"),
-                       test_cell_acc=c["test_cell_acc"][-1] if c["epoch"] else float("nan"),
+
+def add_rows(report: Report, runs: dict, n_test: int) -> None:
+    """One row per run: its last epoch's accuracies, epochs to 95% held-out boards, failed QP solves."""
+    nan = float("nan")
+    for label, (c, n_par, trainer) in runs.items():
+        done = bool(c["epoch"])
+        report.add_row(method=label, trainer=trainer, params=n_par, epochs=c["epoch"][-1] if done else 0,
+                       train_board_acc=c["train_board_acc"][-1] if done else nan,
+                       test_board_acc=c["test_board_acc"][-1] if done else nan,
+                       test_boards_right=round(c["test_board_acc"][-1] * n_test) if done else None,
+                       n_test=n_test,
+                       test_cell_acc=c["test_cell_acc"][-1] if done else nan,
                        epochs_to_95=next((e for e, a in zip(c["epoch"], c["test_board_acc"]) if a >= 0.95), None),
                        failed_solves=c["failed_solves_total"], wall_s=c["wall_s"])
 
+
+def plot(runs: dict):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, (c, _) in runs.items():
+    for label, (c, _, _) in runs.items():
         (line,) = axes[0].plot(c["epoch"], c["test_board_acc"], "-", lw=2, label=f"{label} test")
         axes[0].plot(c["epoch"], c["train_board_acc"], "--", color=line.get_color(), label=f"{label} train")
         axes[1].loglog(c["epoch"], c["train_loss"], "-", lw=2, label=label)
@@ -292,9 +340,35 @@ def main(argv=None):
     axes[1].set(xlabel="epoch", ylabel="training loss (OptNet: MSE, MLP: CE)", title="training loss")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    report.save({"conditions": conditions(dtype="float64", n_train=len(X_tr), n_test=len(X_te)),
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.n_train, args.n_test, args.epochs, args.mlp_epochs, args.batch = 60, 40, 2, 5, 30
+        args.mlp_big_hidden = 32
+    set_threads(args.threads)
+    seed_all(args.seed)  # the derived streams (seed + 1 .. + 4) are built where used; see Args
+    started = conditions(dtype="float64")
+
+    # ---- data ----
+    data = build_data(args, generator(args.seed))
+    rank_true = int(torch.linalg.matrix_rank(sudoku_constraints()))
+    print(f"{len(data.X_tr)} training / {len(data.X_te)} held-out puzzles, hints {args.min_hints}..{args.max_hints}; "
+          f"true constraint rank {rank_true}")
+
+    # ---- the OptNet layer (each trainer), then the MLP baselines ----
+    runs: dict[str, tuple[dict, int, str]] = {}
+    n_optnet = run_optnet(args, data, runs)
+    run_mlps(args, data, n_optnet, runs)
+
+    # ---- report ----
+    report = Report("sudoku", out_dir=args.out)
+    add_rows(report, runs, len(data.X_te))
+    report.save({"conditions": {**started, "n_train": len(data.X_tr), "n_test": len(data.X_te)},
                  "args": vars(args), "true_constraint_rank": rank_true,
-                 "curves": {k: c for k, (c, _) in runs.items()}}, fig)
+                 "curves": {k: c for k, (c, _, _) in runs.items()}}, plot(runs))
     print(report.table())
     return report
 
