@@ -41,11 +41,24 @@ from torch import nn
 
 import doubleopt as do
 from doubleopt.amortized import ALISTA, LISTA, FullyAmortized, break_even, fit
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads, time_call
 
 
 @dataclass
 class Args:
+    """LISTA / ALISTA (learned unrolled ISTA) vs FISTA to the NMSE ISTA reaches in ``--ista-iters`` iterations.
+
+    What is compared: the wall time to the same target NMSE on the same held-out batch (``--n-test``
+    problems, float32, ``--threads`` threads, cold: FISTA starts from 0, the networks have no start). Headline:
+    both through ``do.solve`` (FISTA with its stopping tolerance chosen on the validation set, the network's
+    prefix depth chosen on the validation set); secondary: both as bare tensor code. Each row reports its own
+    NMSE, whether it reaches the test target, and its own time (one warm-up, median of ``--repeats``).
+
+    Seeds (from ``--seed``, set once at the top of ``main``): the global generators (the networks' initial
+    weights), the training stream (``fit``'s seed), the validation problems (``seed + 777``) and the held-out
+    test problems (``seed + 12345``).
+    """
+
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
     m: int = 250  # measurements
     n: int = 500  # atoms (code dimension)
@@ -133,37 +146,35 @@ def fista_tol_on(fam, x, target: float, args) -> tuple[float, bool]:
     return good, True
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.m, args.n, args.layers, args.lista_steps, args.alista_steps = 50, 100, 4, 30, 30
-        args.n_test, args.n_val, args.ista_iters, args.repeats, args.fista_max_steps = 64, 64, 50, 1, 500
-    set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    import matplotlib
+@dataclass
+class Baselines:
+    """The classical side: the target NMSE on each set, the curves, and FISTA's tolerance (validation)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    target: float  # ISTA-k NMSE on the test set
+    target_val: float  # ... on the validation set
+    ista_curve: list[float]
+    fista_curve: list[float]
+    fista_tol: float
+    tol_ok: bool
 
-    fam = do.problems.Lasso(n_measurements=args.m, n_atoms=args.n, lam=args.lam, sparsity=0.1, noise=0.01)
-    x_val = fam.sample(args.n_val, seed=args.seed + 777)
-    x = fam.sample(args.n_test, seed=args.seed + 12345)
-    B = args.n_test
 
-    # ---- classical baselines: NMSE per iteration; the target on each set; FISTA's tolerance (validation) ------
+def classical_baselines(fam, x, x_val, args: Args) -> Baselines:
+    """NMSE per iteration of ISTA and FISTA; the target on each set; FISTA's tolerance chosen on validation."""
     with torch.no_grad():
         target_val = iterate_nmse(fam, do.ISTA(), x_val, args.ista_iters)[-1]
         ista_curve = iterate_nmse(fam, do.ISTA(), x, args.ista_iters)
         fista_curve = iterate_nmse(fam, do.FISTA(), x, args.ista_iters)
         fista_tol, tol_ok = fista_tol_on(fam, x_val, target_val, args)
-    target = ista_curve[-1]
-    fista_iters = next((k for k, v in enumerate(fista_curve) if v <= target), None)  # for the plot/record only
+    b = Baselines(ista_curve[-1], target_val, ista_curve, fista_curve, fista_tol, tol_ok)
     print(
-        f"ISTA-{args.ista_iters} NMSE: validation {target_val:.2f} dB, test {target:.2f} dB; FISTA tolerance chosen "
+        f"ISTA-{args.ista_iters} NMSE: validation {target_val:.2f} dB, test {b.target:.2f} dB; FISTA tolerance chosen "
         f"on validation: {fista_tol:g}" + ("" if tol_ok else " (no tolerance of the grid reached the target)")
     )
+    return b
 
-    # ---- train LISTA and ALISTA (regression to the true codes, fresh problems each step) ------------
+
+def train_networks(fam, args: Args) -> tuple[dict, dict]:
+    """LISTA and ALISTA trained on fresh problems each step (``fit``, seed ``--seed``): ``(models, fits)``."""
     models, fits = {}, {}
     for name, cls, steps, lr in [
         ("LISTA", LISTA, args.lista_steps, args.lista_lr),
@@ -189,9 +200,13 @@ def main(argv=None):
             val_every=max(steps // 10, 1),
         )
         models[name] = model
+    return models, fits
 
-    # ---- every row on the test set: its own solve, its own NMSE, its own time ------------------------
-    report = Report("lista", out_dir=args.out)
+
+def test_rows(fam, x, x_val, base: Baselines, models: dict, fits: dict, args: Args, report: Report) -> dict:
+    """Every row on the test set: its own solve, its own NMSE, its own time. Returns the layer curves (test and
+    validation), the chosen depths and the headline ratios."""
+    B = x.codes.shape[0]
     common = {"threads": args.threads, "timing": f"warm-up + median of {args.repeats}"}
 
     def timed(fn):
@@ -206,14 +221,16 @@ def main(argv=None):
             iters_or_layers=iters,
             iters_max=iters_max,
             nmse_db=err,
-            reaches_target=err <= target,
+            reaches_target=err <= base.target,
             time_s=t,
             fista_time_ratio=fista_t / t,
             break_even_instances=break_even(train_time, fista_t / B, t / B) if train_time else float("nan"),
             **common,
         )
 
+    fista_tol = base.fista_tol
     with torch.no_grad():
+        # ---- the classical rows: FISTA (do.solve and bare), ISTA (defines the target) ----
         fista_solve = timed(lambda: do.solve(fam, do.FISTA(), x, max_steps=args.fista_max_steps, tol=fista_tol,
                                              throw=False))
         fista_b = timed(lambda: fista_bare(fam, x, fista_tol, args.fista_max_steps))
@@ -226,11 +243,12 @@ def main(argv=None):
             ista.median, ista.result.y, args.ista_iters, args.ista_iters, t_fs)
         y_fb, k_fb = fista_b.result
         add("FISTA", "bare", stop + ", whole batch", t_fb, y_fb, k_fb, k_fb, t_fb)
+        # ---- the networks: the prefix depth chosen on validation, through do.solve and bare ----
         layer_curves, val_curves, depth, headline = {}, {}, {}, {}
         for name, model in models.items():
             layer_curves[name] = [nmse_db(y, x.codes) for y in model(x, return_all=True)]
             val_curves[name] = [nmse_db(y, x_val.codes) for y in model(x_val, return_all=True)]
-            k = next((k + 1 for k, v in enumerate(val_curves[name]) if v <= target_val), None)
+            k = next((k + 1 for k, v in enumerate(val_curves[name]) if v <= base.target_val), None)
             chosen = f"first {k} of {args.layers} layers (validation)"
             if k is None:  # no prefix reaches the target on the validation set: the whole network, said so
                 k, chosen = args.layers, "all layers (no prefix reaches the target on validation)"
@@ -247,41 +265,76 @@ def main(argv=None):
                     t_fs, train_time)
             t = timed(lambda m=model, k=k: m(x, depth=k))
             add(f"{name}-{k}", "bare", chosen, t.median, t.result, k, k, t_fb, train_time)
-    print(report.table())
-    print("headline (both through do.solve, FISTA at its validation tolerance / the validation depth): "
-          + ", ".join(f"{n} {r:.1f}x faster than FISTA" + ("" if ok else " (but does NOT reach the test target)")
-                      for n, (r, ok) in headline.items()))
+    return {"layer_curves": layer_curves, "val_curves": val_curves, "depth": depth, "headline": headline}
+
+
+def plot(base: Baselines, layer_curves: dict, args: Args, B: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(range(len(ista_curve)), ista_curve, label="ISTA")
-    ax.plot(range(len(fista_curve)), fista_curve, label="FISTA")
+    ax.plot(range(len(base.ista_curve)), base.ista_curve, label="ISTA")
+    ax.plot(range(len(base.fista_curve)), base.fista_curve, label="FISTA")
     for name, curve in layer_curves.items():
         ax.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=f"{name} (layers)")
-    ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"ISTA-{args.ista_iters} NMSE")
+    ax.axhline(base.target, color="gray", ls="--", lw=0.8, label=f"ISTA-{args.ista_iters} NMSE")
     ax.set_xscale("symlog", linthresh=20)
     ax.set_xlim(left=0)
     ax.set_xlabel("iterations / layers")
     ax.set_ylabel("NMSE (dB), held-out")
     ax.set_title(f"sparse coding {args.m}x{args.n}, B={B} held-out problems")
     ax.legend(fontsize=8)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.m, args.n, args.layers, args.lista_steps, args.alista_steps = 50, 100, 4, 30, 30
+        args.n_test, args.n_val, args.ista_iters, args.repeats, args.fista_max_steps = 64, 64, 50, 1, 500
+    set_threads(args.threads)
+    seed_all(args.seed)  # the derived seeds (training stream, validation and test problems): see Args
+    B = args.n_test
+    started = conditions(dtype="float32", batch=B)
+
+    # ---- data: validation (seed + 777) and held-out test (seed + 12345) problems ----
+    fam = do.problems.Lasso(n_measurements=args.m, n_atoms=args.n, lam=args.lam, sparsity=0.1, noise=0.01)
+    x_val = fam.sample(args.n_val, seed=args.seed + 777)
+    x = fam.sample(args.n_test, seed=args.seed + 12345)
+
+    # ---- the baseline (target, FISTA's tolerance), then ours (LISTA, ALISTA), then every row on the test set ----
+    base = classical_baselines(fam, x, x_val, args)
+    fista_iters = next((k for k, v in enumerate(base.fista_curve) if v <= base.target), None)  # plot/record only
+    models, fits = train_networks(fam, args)
+    report = Report("lista", out_dir=args.out)
+    res = test_rows(fam, x, x_val, base, models, fits, args, report)
+    headline = res["headline"]
+    print(report.table())
+    print("headline (both through do.solve, FISTA at its validation tolerance / the validation depth): "
+          + ", ".join(f"{n} {r:.1f}x faster than FISTA" + ("" if ok else " (but does NOT reach the test target)")
+                      for n, (r, ok) in headline.items()))
+
+    # ---- report ----
     path = report.save(
         {
             "args": vars(args),
-            "target_nmse_db": target,
-            "target_nmse_db_validation": target_val,
-            "fista_tol_from_validation": fista_tol,
-            "fista_tol_reaches_validation_target": tol_ok,
-            "depth_from_validation": depth,
+            "target_nmse_db": base.target,
+            "target_nmse_db_validation": base.target_val,
+            "fista_tol_from_validation": base.fista_tol,
+            "fista_tol_reaches_validation_target": base.tol_ok,
+            "depth_from_validation": res["depth"],
             "headline_fista_time_ratio_do_solve": {n: r for n, (r, _) in headline.items()},
-            "validation_layer_curves": val_curves,
+            "validation_layer_curves": res["val_curves"],
             "fista_iters_to_target_on_test_not_used": fista_iters,
-            "ista_curve": ista_curve,
-            "fista_curve": fista_curve,
-            "layer_curves": layer_curves,
+            "ista_curve": base.ista_curve,
+            "fista_curve": base.fista_curve,
+            "layer_curves": res["layer_curves"],
             "train_time_s": {k: v.train_time for k, v in fits.items()},
-            "conditions": conditions(dtype="float32", batch=B, note="shared machine: other jobs running"),
+            "conditions": started,
         },
-        fig,
+        plot(base, res["layer_curves"], args, B),
     )
     print(f"wrote {path}")
     return report.rows
