@@ -132,4 +132,4 @@ def test_docstring_extension_rewrites_and_flags_broken_references(tmp_path, capl
     assert sibling in module["sub"].docstring.value  # :mod:`.helpers`, relative to the package
     assert "\nExamples:\n    >>> 1 + 1\n" in text
     broken = [r.getMessage() for r in caplog.records if "no_such_function" in r.getMessage()]
-    assert broken and "resolves to nothing" in broken[0]
+    assert broken and "resolves to nothing" in broken[0] and "__init__.py:13:" in broken[0]  # the role's line

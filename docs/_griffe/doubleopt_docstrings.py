@@ -118,10 +118,8 @@ def _resolve(obj: griffe.Object, name: str, *, relative: bool = False) -> str | 
     return path if _lookup(obj, path) is not None else None
 
 
-def _rewrite(obj: griffe.Object, text: str, where: str) -> str:
+def _rewrite(obj: griffe.Object, text: str, filepath: object, lineno: int | None) -> str:
     text = _EXAMPLE_HEADING.sub(r"\1Examples:", text)
-    text = _math_blocks(text)
-    text = _MATH_ROLE.sub(lambda m: _mathml(m[1], display=False) or f"`{m[1]}`", text)
 
     def role(m: re.Match) -> str:
         target = re.sub(r"\s+", "", m[2])  # a role may wrap across lines
@@ -137,11 +135,14 @@ def _rewrite(obj: griffe.Object, text: str, where: str) -> str:
             return code
         path = _resolve(obj, name, relative=relative)
         if path is None:
-            _LOG.warning(f"{where}: the reference :{m[1]}:`{m[2]}` resolves to nothing")
+            line = "?" if lineno is None else lineno + text.count("\n", 0, m.start())
+            _LOG.warning(f"{filepath}:{line}: the reference :{m[1]}:`{m[2]}` resolves to nothing")
             return code
         return f'<autoref identifier="{path}" optional>{code}</autoref>'
 
-    return _ROLE.sub(role, text)
+    text = _ROLE.sub(role, text)  # first: the warnings' line numbers count the docstring's own lines
+    text = _math_blocks(text)
+    return _MATH_ROLE.sub(lambda m: _mathml(m[1], display=False) or f"`{m[1]}`", text)
 
 
 class DoubleoptDocstrings(griffe.Extension):
@@ -155,8 +156,7 @@ class DoubleoptDocstrings(griffe.Extension):
                 return
             seen.add(id(obj))
             if obj.docstring is not None:
-                where = f"{obj.filepath}:{obj.docstring.lineno}" if not obj.is_alias else obj.path
-                obj.docstring.value = _rewrite(obj, obj.docstring.value, where)
+                obj.docstring.value = _rewrite(obj, obj.docstring.value, obj.filepath, obj.docstring.lineno)
             for member in obj.members.values():
                 if not member.is_alias:
                     visit(member)
