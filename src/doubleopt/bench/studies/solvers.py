@@ -24,11 +24,25 @@ import scipy.optimize
 import torch
 
 import doubleopt as do
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads, time_call
 
 
 @dataclass
 class Args:
+    """Batched solvers vs per-instance loops on B L2-regularized logistic regressions (float64).
+
+    What is compared: (1) doubleopt's batched L-BFGS vs SciPy's L-BFGS-B in a Python loop, both to the same
+    final gradient 2-norm ``--tol`` (NumPy closed-form objective and gradient for SciPy), also swept over the
+    problem sizes ``--sizes``; (2) doubleopt's batched Adam vs torch.optim.Adam in a loop over all B instances,
+    same lr and number of steps (identical math), timed once with autograd gradients on both sides and once with
+    the analytic gradient on both sides. Both sides start cold from the same point, run with the same
+    ``--threads`` threads in the same process; each time is one warm-up then the median of ``--repeats`` (wall
+    and process CPU time).
+
+    Seeds: ``--seed`` draws the problem batch (``fam.sample(seed=...)``) and seeds the global generators; nothing
+    else is random.
+    """
+
     batch: int = 256  # number of problem instances B
     n_features: int = 10  # features per problem (the solution has n_features + 1 entries)
     n_points: int = 200  # data points per problem
@@ -116,17 +130,9 @@ def lbfgs_vs_scipy(args: Args, n_features: int, n_points: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.batch, args.adam_steps, args.repeats, args.sizes = 16, 30, 1, ["3x50"]
-    set_threads(args.threads)
-    load_before = os.getloadavg()
-    report = Report("solvers", out_dir=args.out)
-
-    # ---- L-BFGS: batched vs SciPy loop -------------------------------------------------------------
+def lbfgs_rows(args: Args, report: Report) -> tuple[dict, list[dict]]:
+    """The L-BFGS comparison at the main size (two rows) and the size sweep: ``(main comparison, sweep)``."""
     main_cmp = lbfgs_vs_scipy(args, args.n_features, args.n_points)
-    agree = main_cmp["max_abs_diff"]
     report.add_row(
         method="doubleopt LBFGS (batched)",
         time_s=main_cmp["ours_s"],
@@ -148,15 +154,18 @@ def main(argv: list[str] | None = None) -> dict:
         nf, npts = map(int, size.lower().split("x"))
         same = (nf, npts) == (args.n_features, args.n_points)
         sweep.append(main_cmp if same else lbfgs_vs_scipy(args, nf, npts))
+    return main_cmp, sweep
 
+
+def adam_rows(args: Args, report: Report) -> dict[str, dict]:
+    """Batched Adam vs a torch.optim.Adam loop, with the same gradient method on both sides (autograd, then
+    analytic): two rows per method; returns ``{method: {"speedup", "max_abs_diff"}}``."""
     fam = do.problems.LogisticRegression(
         n_features=args.n_features, n_points=args.n_points, l2=args.l2, dtype=torch.float64
     )
     x = fam.sample(args.batch, seed=args.seed)
     y0 = fam.init(x)
-    n = fam.dim
 
-    # ---- Adam: batched vs torch.optim loop, same gradient method on both sides ---------------------------
     class AutogradLogistic(type(fam)):
         """The same problem with its gradient by autograd (the base class's smooth_value_and_grad)."""
 
@@ -183,14 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
             out.append(p.detach())
         return torch.stack(out)
 
-    adam_rows = {}
+    rows = {}
     for grad_method, problem in (("autograd", fam_autograd), ("analytic", fam)):
         ours_t, ours_c = timed(
             lambda pr=problem: do.solve(pr, adam, x, max_steps=args.adam_steps, tol=0.0, throw=False), args.repeats
         )
         ref_t, ref_c = timed(lambda a=grad_method == "analytic": torch_loop(a), args.repeats)
         agree_gm = float((ours_t.result.y.detach() - ref_t.result).abs().max())
-        adam_rows[grad_method] = {"speedup": ref_t.median / ours_t.median, "max_abs_diff": agree_gm}
+        rows[grad_method] = {"speedup": ref_t.median / ours_t.median, "max_abs_diff": agree_gm}
         for name, t, c, y, speed, cspeed in (
             ("doubleopt Adam (batched)", ours_t, ours_c, ours_t.result.y, ref_t.median / ours_t.median, ref_c / ours_c),
             ("torch.optim.Adam (loop)", ref_t, ref_c, ref_t.result, 1.0, 1.0),
@@ -203,27 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
                 speedup=speed,
                 cpu_speedup=cspeed,
             )
-    adam_agree = max(r["max_abs_diff"] for r in adam_rows.values())
+    return rows
 
-    cond = conditions(
-        dtype="float64",
-        batch=args.batch,
-        n=n,
-        n_points=args.n_points,
-        tol=args.tol,
-        load_average_before=[round(v, 2) for v in load_before],
-        load_average_after=[round(v, 2) for v in os.getloadavg()],
-    )
-    data = {
-        "conditions": cond,
-        "lbfgs_max_abs_diff_vs_scipy": agree,
-        "adam_max_abs_diff_vs_torch": adam_agree,
-        "lbfgs_speedup": main_cmp["speedup"],
-        "lbfgs_cpu_speedup": main_cmp["cpu_speedup"],
-        "adam_speedup": adam_rows["autograd"]["speedup"],
-        "adam_speedup_analytic": adam_rows["analytic"]["speedup"],
-        "lbfgs_sweep": sweep,
-    }
+
+def plot(args: Args, report: Report, data: dict, sweep: list[dict], load_before):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,7 +239,45 @@ def main(argv: list[str] | None = None) -> dict:
     ax2.set_ylabel("batched L-BFGS speedup vs SciPy loop")
     ax2.set_title(f"B={args.batch}, tol={args.tol:g}, load avg {load_before[0]:.1f}", fontsize=9)
     fig.tight_layout()
-    report.save(data, fig)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.batch, args.adam_steps, args.repeats, args.sizes = 16, 30, 1, ["3x50"]
+    set_threads(args.threads)
+    seed_all(args.seed)  # the problem batch is drawn with fam.sample(seed=args.seed); nothing else is random
+    load_before = os.getloadavg()
+    report = Report("solvers", out_dir=args.out)
+
+    # ---- L-BFGS: batched vs SciPy loop; then Adam: batched vs torch.optim loop, same gradient method ----
+    main_cmp, sweep = lbfgs_rows(args, report)
+    adam = adam_rows(args, report)
+
+    # ---- report ----
+    agree = main_cmp["max_abs_diff"]
+    adam_agree = max(r["max_abs_diff"] for r in adam.values())
+    cond = conditions(
+        dtype="float64",
+        batch=args.batch,
+        n=args.n_features + 1,
+        n_points=args.n_points,
+        tol=args.tol,
+        load_average_before=[round(v, 2) for v in load_before],
+        load_average_after=[round(v, 2) for v in os.getloadavg()],
+    )
+    data = {
+        "conditions": cond,
+        "lbfgs_max_abs_diff_vs_scipy": agree,
+        "adam_max_abs_diff_vs_torch": adam_agree,
+        "lbfgs_speedup": main_cmp["speedup"],
+        "lbfgs_cpu_speedup": main_cmp["cpu_speedup"],
+        "adam_speedup": adam["autograd"]["speedup"],
+        "adam_speedup_analytic": adam["analytic"]["speedup"],
+        "lbfgs_sweep": sweep,
+    }
+    report.save(data, plot(args, report, data, sweep, load_before))
     print(report.table())
     if sweep:
         from doubleopt.bench.report import markdown_table
