@@ -35,11 +35,24 @@ import torch
 import doubleopt as do
 from doubleopt.amortized import FullyAmortized, SemiAmortized, break_even
 from doubleopt.amortized.vae import DigitsVAE, ELBOProblem, EncoderModel, elbo, elbo_context, train_vae
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads, time_call
 
 
 @dataclass
 class Args:
+    """Amortized inference in a digits VAE: encoder vs per-instance Adam on the ELBO vs encoder + Adam refinement.
+
+    What is compared (every row): ELBO on all held-out digits (scored with fresh noise samples) against wall time
+    per instance, on the same batch with the same objective (-ELBO, the same fixed noise) and gradient method
+    (autograd through the decoder), float32, the same ``--threads`` threads. Per-instance Adam starts cold (the
+    prior), semi-amortized Adam warm (the encoder's output). Each row is its own batched solve, timed as one
+    warm-up and the median of ``--repeats``; no row reuses another's time or iteration count.
+
+    Seeds (from ``--seed``, set once at the top of ``main``): the global generators (the VAE's initial weights),
+    VAE training (``train_vae``'s seed), the fixed inference noise (``seed + 1``) and the scoring noise
+    (``seed + 2``).
+    """
+
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
     latent: int = 8  # latent dimension d
     hidden: int = 128  # hidden width of encoder and decoder
@@ -58,26 +71,21 @@ class Args:
     out: str = "bench_results/vae"  # output folder
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.train_steps, args.hidden, args.steps, args.semi_steps = 100, 32, (5, 20), (2, 5)
-        args.eval_samples, args.repeats = 16, 1
-    set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def train(args: Args) -> tuple[DigitsVAE, torch.Tensor, float]:
+    """The VAE trained on the digits train split: ``(vae in eval mode, test images, training time in s)``."""
     train_images, _ = do.problems.load_dataset("digits", "train")
     test_images, _ = do.problems.load_dataset("digits", "test")
     vae = DigitsVAE(latent=args.latent, hidden=args.hidden)
-
     start = time.perf_counter()
     train_vae(vae, train_images, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     train_time = time.perf_counter() - start
     vae.eval()
+    return vae, test_images, train_time
+
+
+def inference_rows(args: Args, vae: DigitsVAE, test_images: torch.Tensor, report: Report):
+    """The encoder row, then one row per budget K of per-instance Adam (cold) and of semi-amortized Adam (warm).
+    Returns ``(encoder time per instance, encoder ELBO, {method: [(time per instance, ELBO, K)]})``."""
     problem = ELBOProblem(vae.decoder)
     x = elbo_context(test_images, args.samples, args.latent, seed=args.seed + 1)
     fresh = elbo_context(test_images, args.eval_samples, args.latent, seed=args.seed + 2).noise
@@ -87,7 +95,6 @@ def main(argv=None):
         with torch.no_grad():
             return float(elbo(vae.decoder, test_images, y[:, :d], y[:, d:], fresh).mean())
 
-    report = Report("vae", out_dir=args.out)
     encoder = EncoderModel(vae)
     timing = f"warm-up + median of {args.repeats}"
     common = {"grad": "autograd", "threads": args.threads, "timing": timing}
@@ -116,15 +123,14 @@ def main(argv=None):
     for name, pts in points.items():
         for t, e, K in pts:
             report.add_row(method=name, start=starts[name], K=K, elbo=e, ms_per_instance=1e3 * t, **common)
-    best = max(e for pts in points.values() for _, e, _ in pts)
-    gap = best - elbo_enc
-    match = next((t for t, e, _ in points["per-instance Adam"] if e >= elbo_enc - args.match_tol), None)
-    n_star = break_even(train_time, match, t_enc) if match is not None else float("inf")
-    print(report.table())
-    print(
-        f"amortization gap {gap:.2f} nats/image; per-instance Adam matches the encoder after "
-        f"{'never' if match is None else f'{1e3 * match:.2f} ms/instance'}; break-even {n_star:.0f} instances"
-    )
+    return t_enc, elbo_enc, points
+
+
+def plot(args: Args, t_enc: float, elbo_enc: float, points: dict, gap: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([1e3 * t_enc], [elbo_enc], color="k", zorder=3, label="amortized (encoder)")
@@ -135,17 +141,44 @@ def main(argv=None):
     ax.set_xscale("log")
     ax.set_xlabel("wall time per instance (ms), batch of held-out digits")
     ax.set_ylabel("ELBO (nats / image, fresh samples)")
-    ax.set_title(f"amortized inference, digits VAE (d={d}); amortization gap {gap:.2f} nats")
+    ax.set_title(f"amortized inference, digits VAE (d={args.latent}); amortization gap {gap:.2f} nats")
     ax.legend(fontsize=8)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.train_steps, args.hidden, args.steps, args.semi_steps = 100, 32, (5, 20), (2, 5)
+        args.eval_samples, args.repeats = 16, 1
+    set_threads(args.threads)
+    seed_all(args.seed)  # the derived seeds (training, inference and scoring noise): see Args
+    started = conditions(dtype="float32")
+
+    # ---- train the VAE; then every row on the held-out images ----
+    vae, test_images, train_time = train(args)
+    report = Report("vae", out_dir=args.out)
+    t_enc, elbo_enc, points = inference_rows(args, vae, test_images, report)
+
+    # ---- summary: amortization gap and break-even ----
+    best = max(e for pts in points.values() for _, e, _ in pts)
+    gap = best - elbo_enc
+    match = next((t for t, e, _ in points["per-instance Adam"] if e >= elbo_enc - args.match_tol), None)
+    n_star = break_even(train_time, match, t_enc) if match is not None else float("inf")
+    print(report.table())
+    print(
+        f"amortization gap {gap:.2f} nats/image; per-instance Adam matches the encoder after "
+        f"{'never' if match is None else f'{1e3 * match:.2f} ms/instance'}; break-even {n_star:.0f} instances"
+    )
     path = report.save(
         {
             "args": vars(args),
             "train_time_s": train_time,
             "amortization_gap_nats": gap,
             "break_even_instances": n_star,
-            "conditions": conditions(dtype="float32", batch=B, note="shared machine: other jobs running"),
+            "conditions": {**started, "batch": test_images.shape[0]},
         },
-        fig,
+        plot(args, t_enc, elbo_enc, points, gap),
     )
     print(f"wrote {path}")
     return report.rows
