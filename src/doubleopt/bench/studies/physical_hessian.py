@@ -18,12 +18,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import doubleopt.physical as ph
-from doubleopt.bench import Report, conditions, parse_args, set_threads
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads
 
 
 @dataclass
 class Args:
-    """Physical vs learning Hessian spectra; are soft physical modes stiff learning directions?"""
+    """Physical vs learning Hessian spectra of resistor networks: are soft physical modes stiff learning directions?
+
+    What is compared: for each network of ``--seeds`` (a regression task, ``--n-nodes`` nodes), the Spearman
+    correlation between the physical stiffness lambda_i of each mode and the learning stiffness q_i along the
+    conductance direction that changes it, after ``--steps`` full-batch steps of ``--rule`` (learning rate
+    ``--lr``) against two controls on the same network: before training (the same initial conductances) and the
+    direction's edges shuffled. Exact Hessians (adjoint formula) and their Gauss-Newton part, float64, dense
+    eigendecompositions; no timings.
+
+    Seeds: each seed of ``--seeds`` builds its network and data (``regression_task``) and the shuffled control
+    (``mode_alignment``); training is full batch and deterministic; the global generators are seeded with the
+    first seed (nothing draws from them).
+    """
 
     n_nodes: int = 100  # network size (dense eigendecompositions: keep it small)
     n_inputs: int = 3  # voltage sources of the regression task
@@ -45,54 +57,50 @@ RULES = {
 }
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.n_nodes, args.seeds, args.steps, args.n_train = 40, [0], 200, 16
-    set_threads(args.threads)
-    report = Report("physical_hessian", out_dir=args.out)
-    rule = RULES[args.rule]
+def analyse(args: Args, seed: int, rule) -> tuple[dict, list[dict]]:
+    """Train the network of ``seed`` and compare the Hessians before and after: ``(row, spectra for the plot)``."""
+    task = ph.regression_task(args.n_nodes, args.n_inputs, args.n_outputs, n_train=args.n_train, seed=seed)
+    net, x, t = task.network, task.x_train, task.t_train
+    res = ph.train(net, x, t, rule, steps=args.steps, lr=args.lr, eval_every=args.steps, progress=True)
+    row = {"seed": seed, "cost_init": res.eval_cost[0], "cost_trained": res.eval_cost[-1]}
     curves = []
-    for seed in args.seeds:
-        task = ph.regression_task(
-            args.n_nodes, args.n_inputs, args.n_outputs, n_train=args.n_train, seed=seed
-        )
-        net, x, t = task.network, task.x_train, task.t_train
-        res = ph.train(net, x, t, rule, steps=args.steps, lr=args.lr, eval_every=args.steps, progress=True)
-        row = {"seed": seed, "cost_init": res.eval_cost[0], "cost_trained": res.eval_cost[-1]}
-        for tag, k in (("init", net.k), ("trained", res.k)):
-            H = ph.learning_hessian(net, x, t, k=k, method="exact")
-            G = ph.learning_hessian(net, x, t, k=k)
-            a = ph.mode_alignment(net, H, k=k, seed=seed)
-            a_gn = ph.mode_alignment(net, G, k=k, seed=seed)
-            ev = np.linalg.eigvalsh(H)
-            row |= {
-                f"rho_{tag}": a.spearman,
-                f"soft_stiff_{tag}": a.soft_stiff_ratio,
-                f"rho_shuffled_{tag}": a.shuffled_spearman,
-                f"rho_gn_{tag}": a_gn.spearman,
-                f"gn_rel_err_{tag}": float(np.abs(H - G).max() / np.abs(H).max()),
-                f"lambda_min_{tag}": float(a.phys_eigvals[0]),
-                f"n_stiff_learning_{tag}": int((ev > 1e-3 * ev[-1]).sum()),
-            }
-            curves.append({"seed": seed, "tag": tag, "phys": a.phys_eigvals, "q": a.q, "learn": ev})
-        report.add_row(**row)
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    for tag, k in (("init", net.k), ("trained", res.k)):
+        H = ph.learning_hessian(net, x, t, k=k, method="exact")
+        G = ph.learning_hessian(net, x, t, k=k)
+        a = ph.mode_alignment(net, H, k=k, seed=seed)
+        a_gn = ph.mode_alignment(net, G, k=k, seed=seed)
+        ev = np.linalg.eigvalsh(H)
+        row |= {
+            f"rho_{tag}": a.spearman,
+            f"soft_stiff_{tag}": a.soft_stiff_ratio,
+            f"rho_shuffled_{tag}": a.shuffled_spearman,
+            f"rho_gn_{tag}": a_gn.spearman,
+            f"gn_rel_err_{tag}": float(np.abs(H - G).max() / np.abs(H).max()),
+            f"lambda_min_{tag}": float(a.phys_eigvals[0]),
+            f"n_stiff_learning_{tag}": int((ev > 1e-3 * ev[-1]).sum()),
+        }
+        curves.append({"seed": seed, "tag": tag, "phys": a.phys_eigvals, "q": a.q, "learn": ev})
+    return row, curves
 
-    rows = report.rows
+
+def verdict(rows: list[dict]) -> tuple[bool, str]:
+    """Does the relation hold on every network (rho < -0.3, below the shuffled control, soft/stiff ratio > 3)?"""
     rho_t = np.array([r["rho_trained"] for r in rows])
     rho_i = np.array([r["rho_init"] for r in rows])
     rho_s = np.array([r["rho_shuffled_trained"] for r in rows])
     ratio_t = np.array([r["soft_stiff_trained"] for r in rows])
     holds = bool((rho_t < -0.3).all() and (rho_t < rho_s).all() and (ratio_t > 3).all())
-    verdict = (
+    text = (
         f"{'HOLDS' if holds else 'DOES NOT HOLD'}: Spearman rho(lambda_phys, q_learn) trained "
         f"{rho_t.mean():+.2f} (range {rho_t.min():+.2f}..{rho_t.max():+.2f}) vs untrained "
         f"{rho_i.mean():+.2f} vs shuffled control {rho_s.mean():+.2f}; soft/stiff decile ratio of q trained "
         f"{np.median(ratio_t):.0f}x (median), untrained "
         f"{np.median([r['soft_stiff_init'] for r in rows]):.0f}x"
     )
+    return holds, text
 
+
+def plot(args: Args, rows: list[dict], curves: list[dict], title: str):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,13 +132,32 @@ def main(argv=None):
     ax[2].set_ylabel("learning stiffness q_i along d lambda_i / dk")
     ax[2].set_title(f"rho trained {rows[0]['rho_trained']:+.2f}, init {rows[0]['rho_init']:+.2f}")
     ax[2].legend(fontsize=8)
-    fig.suptitle(verdict, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.n_nodes, args.seeds, args.steps, args.n_train = 40, [0], 200, 16
+    set_threads(args.threads)
+    seed_all(args.seeds[0])  # every network's own randomness comes from its seed of --seeds: see Args
+    started = conditions(dtype="float64")
+    report = Report("physical_hessian", out_dir=args.out)
+    rule = RULES[args.rule]
+    curves = []
+    for seed in args.seeds:
+        row, spectra = analyse(args, seed, rule)
+        curves += spectra
+        report.add_row(**row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    holds, text = verdict(report.rows)
     path = report.save(
-        {"args": vars(args), "conditions": conditions(dtype="float64"), "verdict": verdict, "holds": holds},
-        fig,
+        {"args": vars(args), "conditions": started, "verdict": text, "holds": holds},
+        plot(args, report.rows, curves, text),
     )
     print(report.table())
-    print(verdict)
+    print(text)
     print(f"results in {path}")
     return report
 
