@@ -313,20 +313,34 @@ def test_polish_finish_rejects_a_wrong_active_set():
     assert int(sol.num_steps.min()) > 1  # the first polishes (from the cold start) were rejected
 
 
-def test_loop_compaction_carries_the_qp_constants():
-    """The loop gathers the unfinished instances with ``QP.take_context``: the null-space constants come
-    along (no second QR), shared matrices stay shared views."""
+def test_loop_compaction_carries_the_qp_constants(monkeypatch):
+    """The per-solve constants live in the state (``consts``, with ``rows``): when the loop gathers the unfinished
+    instances (``tree_index`` of the state, ``QP.take_context`` of the data) they come along, gathered once, so
+    a whole solve, compaction and backward included, computes the null space (the QR) exactly once; shared
+    matrices stay shared views."""
+    import doubleopt.solvers.qp.reduced_system as qpmod
+    from doubleopt._tree import tree_index
+
     x = RandomQP(n=8, m=16, p=2).sample(8, seed=1)
     solver = do.solvers.QP()
-    c = solver._consts(x)
+    st = solver.init(do.problems.QPProblem(), solver.cold_start(x), x)
+    c = st.consts
     idx = torch.tensor([1, 5])
-    xs = solver.take_context(x, idx)
-    cs = xs._cache["consts"][1]
+    sub = tree_index(st, idx)
+    cs = sub.constants()
     torch.testing.assert_close(cs.ns.N, c.ns.N[idx])
-    assert solver._consts(xs) is cs  # a cache hit
+    assert sub.consts is c and sub.constants() is cs  # the subset is gathered once, not at every step
+    assert st.constants() is c
     xsh = do.problems.qp.make_qp_data(x.Q[0], x.q, x.A[0], x.b, x.G[0], x.h)
-    sub = solver.take_context(xsh, idx)
-    assert sub.G.stride(0) == 0 and sub.q.shape[0] == 2
+    subx = solver.take_context(xsh, idx)
+    assert subx.G.stride(0) == 0 and subx.q.shape[0] == 2
+    calls = []
+    real = qpmod._null_space
+    monkeypatch.setattr(qpmod, "_null_space", lambda *a: calls.append(1) or real(*a))
+    q = x.q.clone().requires_grad_(True)
+    sol = do.qp_solve(x.Q, q, x.A, x.b, x.G, x.h, solver=do.solvers.QP(native=False, compact_below=0.9))
+    sol.y.sum().backward()
+    assert len(calls) == 1 and sol.summary() == "8 successful" and bool(torch.isfinite(q.grad).all())
 
 
 def test_contradictory_bounds_are_certified_infeasible_early():

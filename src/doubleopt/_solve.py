@@ -11,9 +11,9 @@ from torch import Tensor
 from ._iterate import replace_rows
 from ._problem import Context, Problem, batch_size, count_evaluations
 from ._solution import RESULTS, Solution, SolveError
+from ._solver import Solver
 from ._tree import tree_tensors
 from .adjoint import AbstractAdjoint, Implicit
-from .solvers import Solver
 
 _DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 

@@ -73,9 +73,11 @@ and
    \nabla_Q = \tfrac12(w_z z^\top + z w_z^\top),\ \nabla_A = \nu w_z^\top + w_\nu z^\top,\
    \nabla_G = \lambda w_z^\top + \hat w z^\top.
 
-Layout: :mod:`.interior_point` (the solver and its state), :mod:`.reduced_system` (per-solve constants, null
-space, the reduced matrix and its solves, dtype guards), :mod:`.kkt_backward` (the OptNet adjoint),
-:mod:`.api` (:func:`qp_solve`).
+Layout, each module building only on those before it: :mod:`.reduced_system` (the per-solve constants
+:class:`~.reduced_system.QPConstants`, null space, the reduced matrix, its factorization and solves, the cold
+start, dtype guards), :mod:`.kkt_backward` (the OptNet adjoint), :mod:`.problem` (the data, ``QPProblem`` with
+its cold start and KKT hook, the KKT certificate; re-exported by :mod:`doubleopt.problems.qp`),
+:mod:`.interior_point` (the solver and its state), :mod:`.api` (:func:`qp_solve`).
 
 ``do.Implicit()`` uses it through :meth:`~doubleopt.problems.QPProblem.implicit_solution` (the same
 implicit-function theorem as for unconstrained problems, applied to the KKT map instead of
@@ -92,7 +94,8 @@ References:
 from .api import QP_DEFAULT_TOL, qp_solve
 from .interior_point import QP, QPState
 from .kkt_backward import kkt_adjoint_solve, qp_kkt_differentiable
-from .reduced_system import QPGuards, qp_guards, take_qp_data
+from .problem import take_qp_data
+from .reduced_system import QPConstants, QPGuards, qp_guards
 
 __all__ = [
     "QP",
@@ -101,6 +104,7 @@ __all__ = [
     "QP_DEFAULT_TOL",
     "qp_kkt_differentiable",
     "kkt_adjoint_solve",
+    "QPConstants",
     "QPGuards",
     "qp_guards",
     "take_qp_data",

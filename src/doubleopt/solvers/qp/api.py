@@ -7,19 +7,23 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from ..._solution import SolveError
-from ...problems.qp import QPData, QPProblem, QPStart, make_qp_data
-from .interior_point import QP
+from ..._solution import Solution, SolveError
+from ..._solve import solve
+from .. import _native
+from .interior_point import QP, QPState
+from .problem import QPProblem, QPStart, make_qp_data
 
 QP_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
-def _count_native_steps(sol, data: QPData):
-    """``num_steps`` = the native kernel's iterations (if it ran) + the loop's steps."""
-    native_steps = data._cache.pop("native_steps", None)
-    if native_steps is None:
+def _report_native(sol: Solution) -> Solution:
+    """``num_steps`` = the native kernel's iterations (``state.native_steps``, where it ran) + the loop's steps;
+    ``stats["native"]`` and ``stats["native_steps"]`` (per instance) say that it ran."""
+    st = sol.state
+    if not isinstance(st, QPState) or st.native_steps is None:
         return sol
-    return replace(sol, num_steps=sol.num_steps + native_steps, stats={**sol.stats, "native": True})
+    steps = st.native_steps.to(sol.num_steps.device)
+    return replace(sol, num_steps=sol.num_steps + steps, stats={**sol.stats, "native": True, "native_steps": steps})
 
 
 def qp_solve(
@@ -77,8 +81,6 @@ def qp_solve(
         >>> sol.y.round(decimals=6) + 0.0  # (+ 0.0 turns a rounded -0. into 0.)
         tensor([[0., 1., 0.]], dtype=torch.float64)
     """
-    from ..._solve import solve
-
     if not regularization >= 0 or regularization == float("inf"):
         raise ValueError(f"regularization must be a finite number >= 0, got {regularization}")
     if regularization > 0:
@@ -100,22 +102,20 @@ def qp_solve(
     if solver.skip_tol is None:
         solver = replace(solver, skip_tol=tol)
     if solver.native is None:
-        from .._native import available
-
-        solver = replace(solver, native=available() and not trace)  # a trace records the PyTorch steps
+        solver = replace(solver, native=_native.available() and not trace)  # a trace records the PyTorch steps
     if solver.native_budget is None:  # the kernel's iterations and the loop's steps share max_steps
         solver = replace(solver, native_budget=max_steps - 1)
     if start is not None:
         y0 = data.start.z
     else:  # QP.init picks the start: the native kernel's own, or the PyTorch cold start where it does not apply
         y0 = data.q.new_zeros(data.q.shape)
-        data._cache["start_placeholder"] = True
+        solver = replace(solver, own_start=True)
     try:
         sol = solve(problem, solver, data, y0, adjoint=adjoint, max_steps=max_steps, tol=tol, throw=throw,
                     trace=trace)
     except SolveError as err:
-        raise SolveError(_count_native_steps(err.solution, data)) from None
-    sol = _count_native_steps(sol, data)
+        raise SolveError(_report_native(err.solution)) from None
+    sol = _report_native(sol)
     if cdt != in_dtype:
         sol = replace(sol, y=sol.y.to(in_dtype), value=sol.value.to(in_dtype))
     return sol

@@ -8,26 +8,27 @@ import torch
 from torch import Tensor
 
 from ..._solution import RESULTS
+from ..._solver import Solver
 from ..._tree import tree_index, tree_index_copy, tree_where
-from ...problems.qp import QPData, QPProblem, QPStart
-from .._base import Solver
+from .. import _native
+from .problem import QPData, QPProblem, QPStart, take_qp_data
 from .reduced_system import (
     _NATIVE_BUDGET,
+    QPConstants,
     _chol_solve,
-    _Consts,
-    _consts,
-    _consts_key,
     _hessian,
     _inf,
     _kkt_solve,
     _ls_multipliers,
     _mtv,
     _mv,
-    _shared,
     _step_to_boundary,
-    _take_consts,
+    cholesky_shifted,
+    cold_start,
+    default_shift,
+    factor,
+    qp_constants,
     qp_guards,
-    take_qp_data,
 )
 
 
@@ -39,6 +40,11 @@ class QPState:
     ``L, W, LM`` are the factorization at the current point, reused by the next step's predictor and
     corrector and by the backward pass: Schur mode ``H = L L^T``, ``W = H^{-1} A^T``, ``M = LM LM^T``;
     null-space mode ``N^T H N = L L^T`` (``L`` is ``(n-p) x (n-p)``; ``W``, ``LM`` empty).
+
+    ``consts`` (:class:`~doubleopt.solvers.qp.reduced_system.QPConstants`) are computed once by ``init`` and
+    carried unchanged; ``rows`` maps each row of the state to its instance there, so the loop's gathers (loop
+    compaction, the replacement of failed rows) stay consistent with them. ``start`` and ``native_steps`` are
+    what :meth:`QP.init` chose and ran; :func:`qp_solve` reports them (``Solution.stats``).
     """
 
     value: Tensor  # (B,) objective 1/2 z'Qz + q'z
@@ -54,6 +60,14 @@ class QPState:
     L: Tensor  # (B, n, n)
     W: Tensor  # (B, n, p); (B, n, 0) in null-space mode
     LM: Tensor  # (B, p, p); (B, 0, 0) in null-space mode
+    consts: QPConstants  # the solve's constants (for every instance of the batch init saw)
+    rows: Tensor  # (B,) int64: the instance of ``consts`` each row is (the loop gathers and swaps rows)
+    start: Tensor  # (B, n) the primal point the iterations started from (init's choice)
+    native_steps: Tensor | None  # (B,) int64: iterations the native kernel ran in init; None if it did not run
+
+    def constants(self) -> QPConstants:
+        """The constants of this state's instances (``consts`` itself unless the rows were gathered)."""
+        return self.consts.rows_for(self.rows)
 
 
 
@@ -106,6 +120,11 @@ class QP(Solver):
             also call :meth:`initial_iterate`). ``DOUBLEOPT_NATIVE=0`` turns it off everywhere.
         native_budget: iteration budget of the kernel (default 100; :func:`qp_solve` passes ``max_steps``);
             an instance that spends it stops with ``max_steps_reached``.
+        own_start: :meth:`init` ignores the given start ``y`` when the context carries no warm start
+            (``QPData.start``) and starts from its own: the native kernel's solution where the kernel runs, else
+            :meth:`cold_start` computed with the solve's constants (one QR, not two). :func:`qp_solve` sets it;
+            ``do.solve`` then passes a placeholder instead of calling ``QPProblem.init``. Default ``False``: start
+            from ``y`` (``QPProblem.init``, the same cold start, unless ``do.solve`` gets a ``y0``).
 
     Example:
         >>> import torch, doubleopt as do
@@ -128,6 +147,7 @@ class QP(Solver):
     polish_rounds: int = 2
     native: bool | None = None
     native_budget: int | None = None
+    own_start: bool = False
 
     def __post_init__(self):
         if self.equality not in ("auto", "schur", "nullspace"):
@@ -141,10 +161,12 @@ class QP(Solver):
     def _delta(self, x: QPData) -> float:
         if self.shift is not None:
             return float(self.shift)
-        return float(torch.finfo(x.q.dtype).eps) ** 0.75
+        return default_shift(x.q.dtype)
 
-    def _consts(self, x: QPData) -> _Consts:
-        return _consts(x, self._delta(x), self.equality)
+    def constants(self, x: QPData) -> QPConstants:
+        """The per-solve constants of ``x`` for this configuration (shift, equality mode); :meth:`init` computes
+        them once and carries them in the state."""
+        return qp_constants(x, self._delta(x), self.equality)
 
     def _polish_below(self, x: QPData) -> float:
         if self.polish_below is not None:
@@ -152,51 +174,14 @@ class QP(Solver):
         return 1e-6 if x.q.dtype == torch.float64 else 1e-2
 
     def _cholesky(self, H: Tensor, shift: Tensor):
-        """Cholesky of ``H + shift I`` (``H`` fresh, shifted in place); larger shifts where it fails."""
-        H.diagonal(dim1=-2, dim2=-1).add_(shift[:, None])
-        L, info = torch.linalg.cholesky_ex(H)
-        ok = info == 0
-        if bool(ok.all()):  # the common case: one synchronization, no fix-up
-            return L, ok
-        # rare (ill-conditioned H near the solution, mostly float32): larger shifts, on the failed instances only
-        eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-        bad = torch.nonzero(~ok).flatten()
-        Hb, extra = H.index_select(0, bad), shift.index_select(0, bad)
-        Lb, okb = eye.expand_as(Hb), torch.zeros_like(bad, dtype=torch.bool)
-        for _ in range(3):
-            extra = extra * 1e3
-            L2, info2 = torch.linalg.cholesky_ex(Hb + extra[:, None, None] * eye)
-            Lb = torch.where(okb[:, None, None], Lb, L2)
-            okb = okb | (info2 == 0)
-            if bool(okb.all()):
-                break
-        Lb = torch.where(okb[:, None, None], Lb, eye.expand_as(Lb))
-        return L.index_copy(0, bad, Lb), ok.index_copy(0, bad, okb)
+        """Cholesky of ``H + shift I`` (:func:`~.reduced_system.cholesky_shifted`)."""
+        return cholesky_shifted(H, shift)
 
-    def _factor(self, c: _Consts, x: QPData, d: Tensor):
-        """Factor the reduced KKT matrix at scaling ``d``: ``(L, W, LM, ok)`` (see :func:`_kkt_solve`).
+    def _factor(self, c: QPConstants, x: QPData, d: Tensor):
+        """Factor the reduced KKT matrix at scaling ``d`` (:func:`~.reduced_system.factor`)."""
+        return factor(c, x, d, self._delta(x))
 
-        Null-space mode: ``N' (Qs + G' D G) N + shift I`` (``k x k``). Schur mode: ``H = Qs + G' D G + shift I``
-        and the Schur complement ``M = A H^{-1} A' + shift I``.
-        """
-        B, n = x.q.shape
-        if c.ns is not None:
-            paired = c.pairs is not None and c.pairs.Gr is not None
-            Gh, dh = (c.pairs.Gr, c.pairs.weights(d)) if paired else (c.ns.Gr, d)
-            L, ok = self._cholesky(_hessian(c.ns.Qr, Gh, dh, c.table("ns", Gh)), c.shift)
-            return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok  # U, R stay in the constants
-        Gh, dh = (c.pairs.G, c.pairs.weights(d)) if c.pairs is not None else (x.G, d)
-        L, ok = self._cholesky(_hessian(c.Qs, Gh, dh, c.table("full", Gh)), c.shift)
-        if x.p == 0:
-            return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok
-        At = x.A.transpose(-1, -2)
-        W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
-        M = x.A @ W
-        mscale = M.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(qp_guards(M.dtype).min_scale)
-        LM, ok2 = self._cholesky(M, self._delta(x) * mscale)
-        return L, W, LM, ok & ok2
-
-    def _newton(self, st: QPState, x: QPData, c: _Consts, rin: Tensor, t: Tensor, refine: int = 0,
+    def _newton(self, st: QPState, x: QPData, c: QPConstants, rin: Tensor, t: Tensor, refine: int = 0,
                 pre: dict | None = None, need_dz: bool = True):
         """The Newton direction for ``t = (lam * r_i - r_c) / s``: ``(dz, ds, dlam, dnu)``.
 
@@ -243,10 +228,12 @@ class QP(Solver):
             dl = dl + st.d * Gddz
         return dz, -rin - Gdz, dl, dnu
 
-    def _state(self, z: Tensor, x: QPData, c: _Consts, s, lam, nu, status, Gz: Tensor | None = None,
-               factored: tuple | None = None) -> QPState:
+    def _state(self, z: Tensor, x: QPData, c: QPConstants, s, lam, nu, status, carry: QPState | tuple,
+               Gz: Tensor | None = None, factored: tuple | None = None) -> QPState:
         """The state at ``(z, s, lam, nu)``: residuals, objective, factorization (``Gz`` if already known;
-        ``factored = (d, L, W, LM, ok)`` if the factorization at scaling ``d`` is already known)."""
+        ``factored = (d, L, W, LM, ok)`` if the factorization at scaling ``d`` is already known).
+        ``carry``: the previous state, or ``(consts, rows, start, native_steps)``, whose bookkeeping
+        fields the new state keeps."""
         Qz = _mv(c.Qs, z)
         value = 0.5 * (z * Qz).sum(-1) + (x.q * z).sum(-1)
         rd = Qz + x.q
@@ -276,9 +263,11 @@ class QP(Solver):
                 res = torch.maximum(res, (s * lam).sum(-1) / x.m)
             status = self._certificates(z, x, c, lam, nu, status)
             status = torch.where(ok | (status != 0), status, int(RESULTS.linear_solver_failed))
-        return QPState(value, rd, s, lam, nu, Gz, req, res.detach(), d, status, L, W, LM)
+        if isinstance(carry, QPState):
+            carry = (carry.consts, carry.rows, carry.start, carry.native_steps)
+        return QPState(value, rd, s, lam, nu, Gz, req, res.detach(), d, status, L, W, LM, *carry)
 
-    def _certificates(self, z, x: QPData, c: _Consts, lam, nu, status) -> Tensor:
+    def _certificates(self, z, x: QPData, c: QPConstants, lam, nu, status) -> Tensor:
         r"""Infeasibility / unboundedness certificates, evaluated only for instances whose iterates diverge.
 
         Once the multipliers exceed ``1e3`` times the data's scale (before ``divergence``), the normalized
@@ -329,23 +318,26 @@ class QP(Solver):
 
     # ---- the solver protocol ------------------------------------------------------------------------
     def init(self, problem, y, x: QPData) -> QPState:
+        """The first state: the solve's constants (:meth:`constants`, computed here once), the start (``y``; with
+        ``own_start`` and no warm start in ``x``, :meth:`cold_start`; with the native kernel, its solution) and
+        the slacks and multipliers there."""
         B, n = x.q.shape
-        c = self._consts(x)
+        c = self.constants(x)
         status = torch.zeros(B, dtype=torch.int64, device=y.device)
-        if self.uses_native(x):
+        if self.uses_native(x, c):
             return self._native_init(x, c, status)
-        if x._cache.get("start_placeholder", False) and x.start is None:  # qp_solve left the start to init
+        if self.own_start and x.start is None:  # y is a placeholder (qp_solve): the cold start, with these constants
             with torch.no_grad():
-                y = self.cold_start(x)
-            x._cache["start"] = y
+                y = cold_start(x, c, self._delta(x))
         z = y
+        carry = (c, c.identity_rows(), z, None)
         if x.start is not None:
             st = x.start
             s = st.s if st.s is not None else (x.h - _mv(x.G, z) if x.m > 0 else z.new_zeros(B, 0))
             s = s.clamp_min(self.warm_start_floor)
             lam = st.lam.clamp_min(self.warm_start_floor) if st.lam is not None else torch.ones_like(s)
             nu = st.nu if st.nu is not None else z.new_zeros(B, x.p)
-            return self._state(z, x, c, s, lam, nu, status)
+            return self._state(z, x, c, s, lam, nu, status, carry)
         # primal start y (QPProblem.init: the CVXOPT cold start); slacks and multipliers as in CVXOPT:
         # s = h - Gz, lam = -s, both shifted to be > 0
         if x.m > 0:
@@ -357,33 +349,31 @@ class QP(Solver):
             lam = torch.where(a_d >= 0, lam + 1 + a_d, lam)
         else:
             s = lam = z.new_zeros(B, 0)
-        return self._state(z, x, c, s, lam, z.new_zeros(B, x.p), status)
+        return self._state(z, x, c, s, lam, z.new_zeros(B, x.p), status, carry)
 
-    def uses_native(self, x: QPData) -> bool:
-        """Whether :meth:`init` solves ``x`` with the native kernel (see ``native``)."""
+    def uses_native(self, x: QPData, c: QPConstants | None = None) -> bool:
+        """Whether :meth:`init` solves ``x`` with the native kernel (see ``native``; ``c``: the constants of ``x``,
+        if already computed)."""
         if not self.native or self.skip_tol is None:
             return False
         if x.q.dtype != torch.float64 or x.m == 0 or x.q.device.type != "cpu" or torch.is_grad_enabled():
             return False
-        if x.p > 0 and self._consts(x).ns is None:
+        if x.p > 0 and (c if c is not None else self.constants(x)).ns is None:
             return False
-        from .._native import available
-
-        if not available():
+        if not _native.available():
             if self.native:
                 raise RuntimeError("QP(native=True), but the native QP kernel could not be built (no C compiler, "
                                    "a failed build: see the warning, or DOUBLEOPT_NATIVE=0)")
             return False
         return True
 
-    def _native_init(self, x: QPData, c: _Consts, status: Tensor) -> QPState:
+    def _native_init(self, x: QPData, c: QPConstants, status: Tensor) -> QPState:
         r"""Solve in the C kernel, in null-space coordinates :math:`z = z_0 + N u` (:math:`z_0 = Y R^{-T} b`):
         :math:`\min \tfrac12 u^\top (N^\top Q N) u + (N^\top (Q z_0 + q))^\top u` s.t.
         :math:`(GN) u \le h - G z_0`; then the state (residuals, certificates, the factorization for the
         backward: at the polish's scaling where the kernel polished) is rebuilt here. The iterate goes to the
-        loop through :meth:`initial_iterate`; the kernel's iteration counts to ``qp_solve`` via the cache."""
-        from .._native import qp_ipm, unusable
-
+        loop through :meth:`initial_iterate` (``state.start``), the kernel's iteration counts to ``qp_solve``
+        through ``state.native_steps``."""
         ns = c.ns
         if ns is not None:
             w = torch.linalg.solve_triangular(ns.R.transpose(-1, -2), x.b[..., None], upper=False)[..., 0]
@@ -403,14 +393,14 @@ class QP(Solver):
         big = self.divergence if self.divergence is not None else 1e6
         ydiv = min(big, 1e3) * torch.maximum(c.hn, c.bn)
         budget = self.native_budget if self.native_budget is not None else 100
-        u, s, lam, iters, polished, code, L, lok = qp_ipm(
+        u, s, lam, iters, polished, code, L, lok = _native.qp_ipm(
             P, lin, F, g, c.shift, c.qn, c.hn, ydiv, big * c.qn,
             tol=float(self.skip_tol), delta=self._delta(x), step_fraction=self.step_fraction, refine=self.refine,
             max_iter=budget, polish_below=self._polish_below(x), polish_rounds=self.polish_rounds, start=start)
         z = z0 + _mv(ns.N, u) if ns is not None else u
-        bad = unusable(code, iters, warm=start is not None)  # non-finite, out of memory, failed first factorization
+        bad = _native.unusable(code, iters, warm=start is not None)  # non-finite, no memory, failed first factor
         if bool(bad.any()):  # restart those from the PyTorch cold start (their s, lam are only placeholders here)
-            z = torch.where(bad[:, None], self.cold_start(x), z)
+            z = torch.where(bad[:, None], cold_start(x, c, self._delta(x)), z)
             s, lam = torch.where(bad[:, None], 1.0, s), torch.where(bad[:, None], 1.0, lam)
             lok = lok & ~bad
         # the state's factorization (the kernel's): at the polish's scaling 1_A / sqrt(eps) where it polished (the
@@ -422,27 +412,25 @@ class QP(Solver):
         if not bool(lok.all()):  # rare (a failed kernel factorization, a restarted instance): factor here
             Lp, Wp, LMp, okp = self._factor(c, x, d)
             factored = (d, torch.where(lok[:, None, None], L, Lp), Wp, LMp, torch.where(lok, lok, okp))
-        st = self._state(z, x, c, s, lam, x.q.new_zeros(B, x.p), status, factored=factored)
+        carry = (c, c.identity_rows(), z, iters.to(torch.int64))
+        st = self._state(z, x, c, s, lam, x.q.new_zeros(B, x.p), status, carry, factored=factored)
         spent = (code == _NATIVE_BUDGET) & (st.status == 0) & (st.residual > self.skip_tol)
-        st = replace(st, status=torch.where(spent, int(RESULTS.max_steps_reached), st.status))
-        x._cache["start"] = z
-        x._cache["native_steps"] = iters
-        return st
+        return replace(st, status=torch.where(spent, int(RESULTS.max_steps_reached), st.status))
 
     def initial_iterate(self, problem, y: Tensor, x: QPData, state: QPState) -> Tensor:
-        """The start :meth:`init` chose (the native kernel's solution, or the cold start it computed)."""
-        z = x._cache.pop("start", None)
-        return y if z is None else z
+        """The start :meth:`init` chose (``state.start``: ``y``, the cold start, or the native kernel's solution)."""
+        return state.start
 
     def cold_start(self, x: QPData) -> Tensor:
-        """The CVXOPT initial primal point: ``argmin 1/2 z'Qz + q'z + 1/2 ||h - Gz||^2`` s.t. ``Az = b``."""
-        B = x.q.shape[0]
-        L, W, LM, ok = self._factor(self._consts(x), x, x.q.new_ones(B, x.m))
-        r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
-        c = self._consts(x)
-        ur = (c.ns.U, c.ns.R) if c.ns is not None else None
-        z, _ = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, x.q.new_ones(B, x.m), r1, x.b, ur)
-        return torch.where(ok[:, None], z, torch.zeros_like(z))
+        """The CVXOPT initial primal point: ``argmin 1/2 z'Qz + q'z + 1/2 ||h - Gz||^2`` s.t. ``Az = b``
+        (:func:`~.reduced_system.cold_start`)."""
+        return cold_start(x, self.constants(x), self._delta(x))
+
+    @property
+    def uses_start(self) -> bool:  # type: ignore[override]
+        """``False`` with ``own_start``: ``do.solve`` then passes a placeholder ``y0`` rather than computing
+        :meth:`QPProblem.init <doubleopt.problems.QPProblem.init>` (a cold start :meth:`init` would redo)."""
+        return not self.own_start
 
     @property
     def loop_compact_below(self) -> float:  # type: ignore[override]
@@ -450,25 +438,21 @@ class QP(Solver):
         return self.compact_below
 
     def take_context(self, x: QPData, index: Tensor) -> QPData:
-        """Instances ``index`` (shared matrices stay shared views) with their per-solve constants gathered
-        too, so a compacted loop does not redo the QR / ``G N`` products."""
+        """Instances ``index`` (shared matrices stay shared views). Their constants come along in the state
+        (``rows``), so a compacted loop does not redo the QR / ``G N`` products."""
         xs = take_qp_data(x, index)
         if x.start is not None:
             xs = xs.with_start(tree_index(x.start, index))
-        delta = self._delta(x)
-        hit = x._cache.get("consts")
-        if hit is not None and hit[0] == _consts_key(x, delta, self.equality):
-            xs._cache["consts"] = (_consts_key(xs, delta, self.equality), _take_consts(hit[1], index))
         return xs
 
     def step(self, problem, z, x: QPData, st: QPState):
-        z, st = self._ipm_step(z, x, st)
+        c = st.constants()
+        z, st = self._ipm_step(z, x, c, st)
         if self.skip_tol is not None and self._polish_below(x) > 0 and x.m > 0:
-            z, st = self._polish_finish(z, x, self._consts(x), st)
+            z, st = self._polish_finish(z, x, c, st)
         return z, st
 
-    def _ipm_step(self, z, x: QPData, st: QPState):
-        c = self._consts(x)
+    def _ipm_step(self, z, x: QPData, c: QPConstants, st: QPState):
         if self.skip_tol is not None:
             active = (st.residual > self.skip_tol) & (st.status == 0)
             B = z.shape[0]
@@ -477,16 +461,16 @@ class QP(Solver):
                 return z, st
             if k < self.compact_below * B:
                 idx = torch.nonzero(active).flatten()
-                zs, sts = self._step(z.index_select(0, idx), take_qp_data(x, idx), _take_consts(c, idx),
+                zs, sts = self._step(z.index_select(0, idx), take_qp_data(x, idx), c.take(idx),
                                      tree_index(st, idx))
                 return z.index_copy(0, idx, zs), tree_index_copy(st, idx, sts)
         return self._step(z, x, c, st)
 
-    def _step(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
+    def _step(self, z: Tensor, x: QPData, c: QPConstants, st: QPState):
         if x.m == 0:  # equality-constrained or unconstrained: one Newton step is exact
             ur = (c.ns.U, c.ns.R) if c.ns is not None else None
             dz, dnu = _kkt_solve(st.L, st.W, st.LM, c.Qs, x.A, x.G, st.d, -st.grad, -st.req, ur)
-            return z + dz, self._state(z + dz, x, c, st.s, st.lam, st.nu + dnu, st.status)
+            return z + dz, self._state(z + dz, x, c, st.s, st.lam, st.nu + dnu, st.status, st)
         s, lam = st.s, st.lam
         rin = st.Gz + s - x.h
         # predictor (affine scaling, r_c = s lam): t = (lam r_i - r_c) / s
@@ -505,7 +489,7 @@ class QP(Solver):
         a = (self.step_fraction * a).clamp(max=1.0)[:, None]
         z = z + a * dz
         Gz = st.Gz - a * (rin + ds)  # G (z + a dz), as G dz = -r_i - ds
-        return z, self._state(z, x, c, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status, Gz)
+        return z, self._state(z, x, c, s + a * ds, lam + a * dl, st.nu + a * dnu, st.status, st, Gz)
 
     def polish(self, x: QPData, start: QPStart, rounds: int = 2) -> QPStart:
         r"""Active-set polish of a primal-dual guess: the exact optimum if the guessed active set is right.
@@ -534,7 +518,7 @@ class QP(Solver):
         if x.m == 0 or start.s is None or start.lam is None:
             raise ValueError("polish needs inequality constraints and a start with s and lam")
         nu = start.nu if x.p > 0 else x.q.new_zeros(x.q.shape[0], 0)
-        c = self._consts(x)
+        c = self.constants(x)
         z, s, lam, nu, _, factored, ok = self._polish(x, c, start.z, start.s, start.lam, nu, rounds)
         if x.p > 0 and factored[1].shape[-1] < x.n:  # null-space rounds: the least-squares multipliers
             nu, _ = _ls_multipliers(c.ns, _mv(c.Qs, z) + x.q + _mtv(x.G, lam))
@@ -543,7 +527,7 @@ class QP(Solver):
         return QPStart(torch.where(keep, z, start.z), torch.where(keep, s, start.s),
                        torch.where(keep, lam, start.lam), torch.where(keep, nu, start.nu))
 
-    def _polish(self, x: QPData, c: _Consts, z: Tensor, s: Tensor, lam: Tensor, nu: Tensor, rounds: int = 2):
+    def _polish(self, x: QPData, c: QPConstants, z: Tensor, s: Tensor, lam: Tensor, nu: Tensor, rounds: int = 2):
         """:meth:`polish` from ``(z, s, lam, nu)``: ``(z, h - Gz, lam, nu, Gz, (d, L, W, LM, ok), ok)``."""
         delta_p = float(torch.finfo(x.q.dtype).eps) ** 0.5
         act = (lam > s).to(x.q.dtype)
@@ -565,7 +549,7 @@ class QP(Solver):
             lam = lam + d * (Gdz + rp)
         return z, x.h - Gz, lam, nu, Gz, (d, L, W, LM, ok), ok
 
-    def _polish_nullspace(self, x: QPData, c: _Consts, z, lam, Gz, act, d, factors, rounds: int):
+    def _polish_nullspace(self, x: QPData, c: QPConstants, z, lam, Gz, act, d, factors, rounds: int):
         r""":meth:`_polish`'s rounds in null-space coordinates: ``dz = Y w + N u`` with ``R^T w = -(Az - b)``,
 
         .. math:: L L^\top u = -N^\top Q (z + Y w) - N^\top q - (GN)^\top\big(\lambda + D(r_p + GY w)\big)
@@ -590,7 +574,7 @@ class QP(Solver):
         nu = x.q.new_zeros(x.q.shape[0], x.p)  # recomputed (least squares) by _state
         return z, x.h - Gz, lam, nu, Gz, (d, *factors), factors[-1]
 
-    def _polish_finish(self, z: Tensor, x: QPData, c: _Consts, st: QPState):
+    def _polish_finish(self, z: Tensor, x: QPData, c: QPConstants, st: QPState):
         """Polish the instances whose residual is in ``(skip_tol, polish_below]``; keep the certified ones.
 
         A polished point (clipped to ``s, lam >= 0``) replaces the iterate only where its exact scaled KKT
@@ -607,9 +591,9 @@ class QP(Solver):
             xs, cs, sts, zs = x, c, st, z
         else:
             idx = torch.nonzero(cand).flatten()
-            xs, cs, sts, zs = take_qp_data(x, idx), _take_consts(c, idx), tree_index(st, idx), z.index_select(0, idx)
+            xs, cs, sts, zs = take_qp_data(x, idx), c.take(idx), tree_index(st, idx), z.index_select(0, idx)
         zp, sp, lp, nup, Gzp, factored, ok = self._polish(xs, cs, zs, sts.s, sts.lam, sts.nu, self.polish_rounds)
-        pol = self._state(zp, xs, cs, sp.clamp_min(0), lp.clamp_min(0), nup, sts.status, Gzp, factored)
+        pol = self._state(zp, xs, cs, sp.clamp_min(0), lp.clamp_min(0), nup, sts.status, sts, Gzp, factored)
         good = ok & (pol.status == 0) & (pol.residual <= self.skip_tol)
         if whole:
             good = good & cand

@@ -4,13 +4,17 @@ differentiable through the KKT conditions (what ``do.Implicit()`` uses for QPs).
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ...problems.qp import QPData
-from .interior_point import QPState
-from .reduced_system import _chol_solve, _data_key, _kkt_solve, _mtv, _mv, _NullSpace, _qr, _sym, qp_guards
+from ..._iterate import replace_rows
+from .reduced_system import _chol_solve, _kkt_solve, _mtv, _mv, _NullSpace, _qr, _sym, data_key, qp_guards
+
+if TYPE_CHECKING:
+    from .interior_point import QPState
+    from .problem import QPData
 
 
 class _QPKKT(torch.autograd.Function):
@@ -111,19 +115,22 @@ def _kkt_adjoint_nullspace(ns: _NullSpace, Qs: Tensor, lam, s, d, L, gz, refinem
     return wz, what, wnu
 
 
-
 def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
-    """``z`` with a backward through the KKT conditions (used by ``do.Implicit()`` on QP problems)."""
+    """``z`` with a backward through the KKT conditions (used by ``do.Implicit()`` on QP problems).
+
+    The adjoint system is solved on the state's factorization, with the solve's constants (``state.consts``,
+    computed under ``no_grad`` by the forward: the same tensors, detached) where they belong to ``x``."""
     tensors = (x.Q, x.q, x.A, x.b, x.G, x.h)
     if not any(t.requires_grad for t in tensors):
         return z
     st = state
-    hit = x._cache.get("consts")  # the forward's constants (computed under no_grad: same tensors)
     ns = Qs = None
-    if hit is not None and hit[0][-1] == _data_key(x):
-        Qs = hit[1].Qs.detach()
-        if hit[1].ns is not None:
-            ns = _NullSpace(*(getattr(hit[1].ns, f.name).detach() for f in fields(_NullSpace)))
+    consts = getattr(st, "consts", None)
+    if consts is not None and consts.key == data_key(x):
+        c = consts.rows_for(st.rows)
+        Qs = c.Qs.detach()
+        if c.ns is not None:
+            ns = _NullSpace(*(getattr(c.ns, f.name).detach() for f in fields(_NullSpace)))
     parts = [t.detach() for t in (z, st.lam, st.nu, st.s, st.d, st.L, st.W, st.LM)]
     B = z.shape[0]
     bad = torch.zeros(B, dtype=torch.bool, device=z.device)
@@ -133,8 +140,6 @@ def qp_kkt_differentiable(z: Tensor, state: QPState, x: QPData) -> Tensor:
     if bool(bad.any()) and not bool(bad.all()):
         # an instance refused as non-finite (its data or state holds NaN / inf) solves its adjoint system on a
         # finite instance's state and is returned as a constant: it adds 0, not NaN, to shared matrices' gradients
-        from ..._iterate import replace_rows
-
         donor = int(torch.nonzero(~bad).flatten()[0])
         parts = replace_rows(parts, bad, donor)
         out = _QPKKT.apply(*parts, ns, Qs, *tensors)

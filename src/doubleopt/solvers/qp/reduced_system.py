@@ -1,16 +1,22 @@
-"""The reduced KKT systems of the interior point: per-solve constants, the null space of the equalities,
-the reduced Hessian, its factorization and solves, and the dtype guards."""
+"""The reduced KKT systems of the interior point: the per-solve constants (:class:`QPConstants`), the null space
+of the equalities, the reduced Hessian, its factorization and solves, the cold start, and the dtype guards.
+
+Nothing here depends on the solver or on the problem class: :mod:`.problem` (the problem's cold start and KKT
+hook), :mod:`.interior_point` and :mod:`.kkt_backward` all build on it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ...linalg._shared import bmtv, bmv, is_shared, sym
-from ...problems.qp import QPData
+
+if TYPE_CHECKING:
+    from .problem import QPData
 
 
 @dataclass
@@ -25,26 +31,6 @@ class _NullSpace:
     GY: Tensor  # (B, m, p) G Y
     Qr: Tensor  # (B, k, k) N' Qs N
     NtQ: Tensor  # (B, k, n) N' Qs
-
-
-@dataclass
-class _Consts:
-    """Per-solve constants, computed once (cached on the :class:`QPData`)."""
-
-    Qs: Tensor  # (B, n, n) symmetric part of Q (an expanded view when Q is shared)
-    shift: Tensor  # (B,) diagonal shift delta * max(1, max |Q_ii|) of H
-    qn: Tensor  # (B,) 1 + ||q||_inf, and the same for b, h (residual scaling)
-    bn: Tensor
-    hn: Tensor
-    ns: _NullSpace | None = None  # set when the equalities are eliminated (null-space mode)
-    pairs: _PairedRows | None = None  # set when a shared G has two-sided rows (g_j = -g_i)
-    tables: dict = field(default_factory=dict)  # outer-product tables of the shared G used in G'DG, per mode
-
-    def table(self, key: str, G: Tensor) -> Tensor | None:
-        """The outer-product table of ``G`` (:func:`_outer_table`), built once per solve and mode."""
-        if key not in self.tables:
-            self.tables[key] = _outer_table(G)
-        return self.tables[key]
 
 
 @dataclass
@@ -193,11 +179,6 @@ def _take(t: Tensor, idx: Tensor) -> Tensor:
     return t.index_select(0, idx)
 
 
-def take_qp_data(x: QPData, idx: Tensor) -> QPData:
-    """Instances ``idx`` of a QP batch (no warm start); matrices shared by the batch stay shared views."""
-    return QPData(*(_take(t, idx) for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
-
-
 def _mm(X: Tensor, Y: Tensor) -> Tensor:
     """Batched ``X @ Y``; the product of two matrices shared by the batch stays a shared (expanded) view."""
     if _shared(X) and _shared(Y):
@@ -238,44 +219,170 @@ def _null_space(x: QPData, Qs: Tensor) -> _NullSpace | None:
     return _NullSpace(U, R, Y, N, _mm(x.G, N), _mm(x.G, Y), _mm(NtQ, N), NtQ)
 
 
-def _data_key(x: QPData) -> tuple:
-    """Identity and version of the QP's tensors (a cache entry is valid only for these tensors)."""
+def data_key(x: QPData) -> tuple:
+    """Identity and version of the QP's tensors: constants built for them are valid only while this is equal."""
     return tuple((id(t), t._version) for t in (x.Q, x.q, x.A, x.b, x.G, x.h))
 
 
-def _consts_key(x: QPData, delta: float, equality: str) -> tuple:
-    return (torch.is_grad_enabled(), delta, equality, _data_key(x))
+def default_shift(dtype: torch.dtype) -> float:
+    """The default relative diagonal shift ``delta = eps**0.75`` of the reduced KKT matrices (1.9e-12 in
+    float64, 6.4e-6 in float32)."""
+    return float(torch.finfo(dtype).eps) ** 0.75
 
 
-def _consts(x: QPData, delta: float, equality: str) -> _Consts:
-    """The per-solve constants of ``x``, cached on it (keyed by the tensors' versions and grad mode)."""
-    key = _consts_key(x, delta, equality)
-    hit = x._cache.get("consts")
-    if hit is not None and hit[0] == key:
-        return hit[1]
+class QPConstants:
+    r"""What a QP solve computes once from its data and reuses in every iteration, the polish and the backward.
+
+    Built by :func:`qp_constants` (in :meth:`QP.init <doubleopt.solvers.QP.init>`), carried in the solver state
+    (:attr:`QPState.consts <doubleopt.solvers.qp.QPState>`) and passed explicitly to the reduced system, the
+    interior-point iterations and the KKT backward.
+
+    Attributes:
+        Qs: ``(B, n, n)`` symmetric part of ``Q`` (an expanded view when ``Q`` is shared by the batch).
+        shift: ``(B,)`` diagonal shift :math:`\delta \max(1, \max_i |Q_{ii}|)` of the reduced matrix.
+        qn, bn, hn: ``(B,)`` residual scales :math:`1 + \|q\|_\infty` (and the same for ``b``, ``h``).
+        ns: the null space of the equalities (null-space mode), else ``None``.
+        pairs: the two-sided rows of a shared ``G`` (:class:`_PairedRows`), else ``None``.
+        tables: the outer-product tables of a shared ``G`` used in :math:`G^\top D G`, per mode (built on first
+            use; they do not depend on the batch).
+        key: :func:`data_key` of the data they were built from.
+
+    A plain class rather than a dataclass on purpose: the solve loop indexes, selects and copies every tensor of a
+    state (a dataclass of tensors) instance by instance, and these constants must travel through it as one value
+    (``tables`` and ``pairs.reps`` are not batch-first). The state's ``rows`` says which of their instances each
+    state row uses; :meth:`rows_for` hands out that subset.
+    """
+
+    __slots__ = ("Qs", "shift", "qn", "bn", "hn", "ns", "pairs", "tables", "key", "_arange", "_subset")
+
+    def __init__(self, Qs: Tensor, shift: Tensor, qn: Tensor, bn: Tensor, hn: Tensor, ns: _NullSpace | None = None,
+                 pairs: _PairedRows | None = None, tables: dict | None = None, key: tuple = ()):
+        self.Qs, self.shift, self.qn, self.bn, self.hn = Qs, shift, qn, bn, hn
+        self.ns, self.pairs = ns, pairs
+        self.tables = {} if tables is None else tables
+        self.key = key
+        self._arange: Tensor | None = None
+        self._subset: tuple[Tensor, QPConstants] | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.shift.shape[0]
+
+    def table(self, mode: str, G: Tensor) -> Tensor | None:
+        """The outer-product table of ``G`` (:func:`_outer_table`), built once per solve and mode; ``None`` while
+        autograd differentiates through ``G`` (a table built without a graph, e.g. by the cold start under
+        ``no_grad``, must not stand in for ``G`` in a differentiated iteration)."""
+        if torch.is_grad_enabled() and G.requires_grad:
+            return None
+        if mode not in self.tables:
+            self.tables[mode] = _outer_table(G)
+        return self.tables[mode]
+
+    def take(self, idx: Tensor) -> QPConstants:
+        """The constants of instances ``idx`` (matrices shared by the batch stay shared views)."""
+        ns = None
+        if self.ns is not None:
+            ns = _NullSpace(*(_take(getattr(self.ns, f.name), idx) for f in fields(self.ns)))
+        pairs = None
+        if self.pairs is not None:
+            p = self.pairs
+            pairs = _PairedRows(p.reps, p.partner, _take(p.G, idx), _take(p.Gr, idx) if p.Gr is not None else None)
+        return QPConstants(_take(self.Qs, idx), *(t.index_select(0, idx) for t in (self.shift, self.qn, self.bn,
+                           self.hn)), ns=ns, pairs=pairs, tables=self.tables)
+
+    def identity_rows(self) -> Tensor:
+        """``arange(batch)``: the ``rows`` of a state that uses every instance in order."""
+        if self._arange is None:
+            self._arange = torch.arange(self.batch, device=self.shift.device)
+        return self._arange
+
+    def rows_for(self, rows: Tensor) -> QPConstants:
+        """The constants of a state whose instances are ``rows`` of these: ``self`` for every row in order, else
+        :meth:`take` (the last subset is kept, so a compacted loop gathers the null space once, not every step)."""
+        if rows.shape[0] == self.batch and torch.equal(rows, self.identity_rows()):
+            return self
+        if self._subset is not None and self._subset[0].shape == rows.shape and torch.equal(self._subset[0], rows):
+            return self._subset[1]
+        sub = self.take(rows)
+        self._subset = (rows, sub)
+        return sub
+
+
+def qp_constants(x: QPData, delta: float, equality: str = "auto") -> QPConstants:
+    """The per-solve constants of the QPs ``x`` (see :class:`QPConstants`) for the relative shift ``delta``.
+
+    ``equality``: ``"schur"`` keeps the equalities in the Schur complement; otherwise they are eliminated in the
+    null space where that applies: a full-row-rank ``A`` with ``p < n`` that autograd does not differentiate
+    through the iterations (the complete QR has no derivative; ``Unroll`` w.r.t. ``A`` uses the Schur complement).
+    """
     Qs = _sym(x.Q)
     diag = Qs[:1] if _shared(Qs) else Qs
     scale = diag.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(1.0).expand(x.q.shape[0])
-    c = _Consts(Qs, delta * scale, 1 + _inf(x.q.detach()), 1 + _inf(x.b.detach()), 1 + _inf(x.h.detach()))
-    # null-space elimination of the equalities: needs a full-row-rank A with p < n, and A not differentiated
-    # through the iterations (the complete QR has no derivative; Unroll w.r.t. A uses the Schur complement)
+    c = QPConstants(Qs, delta * scale, 1 + _inf(x.q.detach()), 1 + _inf(x.b.detach()), 1 + _inf(x.h.detach()),
+                    key=data_key(x))
     if equality != "schur" and 0 < x.p < x.n and not (torch.is_grad_enabled() and x.A.requires_grad):
         c.ns = _null_space(x, Qs)
     c.pairs = _paired_rows(x, c.ns)
-    x._cache["consts"] = (key, c)
     return c
 
 
-def _take_consts(c: _Consts, idx: Tensor) -> _Consts:
-    ns = None
+def cholesky_shifted(H: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Cholesky of ``H + shift I`` (``H`` fresh, shifted in place): ``(L, ok)``; larger shifts where it fails."""
+    H.diagonal(dim1=-2, dim2=-1).add_(shift[:, None])
+    L, info = torch.linalg.cholesky_ex(H)
+    ok = info == 0
+    if bool(ok.all()):  # the common case: one synchronization, no fix-up
+        return L, ok
+    # rare (ill-conditioned H near the solution, mostly float32): larger shifts, on the failed instances only
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    bad = torch.nonzero(~ok).flatten()
+    Hb, extra = H.index_select(0, bad), shift.index_select(0, bad)
+    Lb, okb = eye.expand_as(Hb), torch.zeros_like(bad, dtype=torch.bool)
+    for _ in range(3):
+        extra = extra * 1e3
+        L2, info2 = torch.linalg.cholesky_ex(Hb + extra[:, None, None] * eye)
+        Lb = torch.where(okb[:, None, None], Lb, L2)
+        okb = okb | (info2 == 0)
+        if bool(okb.all()):
+            break
+    Lb = torch.where(okb[:, None, None], Lb, eye.expand_as(Lb))
+    return L.index_copy(0, bad, Lb), ok.index_copy(0, bad, okb)
+
+
+def factor(c: QPConstants, x: QPData, d: Tensor, delta: float):
+    """Factor the reduced KKT matrix at scaling ``d``: ``(L, W, LM, ok)`` (see :func:`_kkt_solve`).
+
+    Null-space mode: ``N' (Qs + G' D G) N + shift I`` (``k x k``). Schur mode: ``H = Qs + G' D G + shift I``
+    and the Schur complement ``M = A H^{-1} A' + delta * scale(M) I``.
+    """
+    B, n = x.q.shape
     if c.ns is not None:
-        ns = _NullSpace(*(_take(getattr(c.ns, f.name), idx) for f in fields(c.ns)))
-    pairs = None
-    if c.pairs is not None:
-        p = c.pairs
-        pairs = _PairedRows(p.reps, p.partner, _take(p.G, idx), _take(p.Gr, idx) if p.Gr is not None else None)
-    return _Consts(_take(c.Qs, idx), *(t.index_select(0, idx) for t in (c.shift, c.qn, c.bn, c.hn)), ns=ns,
-                   pairs=pairs, tables=c.tables)  # the tables do not depend on the batch
+        paired = c.pairs is not None and c.pairs.Gr is not None
+        Gh, dh = (c.pairs.Gr, c.pairs.weights(d)) if paired else (c.ns.Gr, d)
+        L, ok = cholesky_shifted(_hessian(c.ns.Qr, Gh, dh, c.table("ns", Gh)), c.shift)
+        return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok  # U, R stay in the constants
+    Gh, dh = (c.pairs.G, c.pairs.weights(d)) if c.pairs is not None else (x.G, d)
+    L, ok = cholesky_shifted(_hessian(c.Qs, Gh, dh, c.table("full", Gh)), c.shift)
+    if x.p == 0:
+        return L, x.q.new_zeros(B, n, 0), x.q.new_zeros(B, 0, 0), ok
+    At = x.A.transpose(-1, -2)
+    W = _chol_solve(L, At.expand(B, n, x.p) if _shared(x.A) else At)
+    M = x.A @ W
+    mscale = M.diagonal(dim1=-2, dim2=-1).detach().abs().amax(-1).clamp_min(qp_guards(M.dtype).min_scale)
+    LM, ok2 = cholesky_shifted(M, delta * mscale)
+    return L, W, LM, ok & ok2
+
+
+def cold_start(x: QPData, c: QPConstants, delta: float) -> Tensor:
+    """The CVXOPT initial primal point: ``argmin 1/2 z'Qz + q'z + 1/2 ||h - Gz||^2`` s.t. ``Az = b`` (one
+    factorization of the reduced matrix at ``D = I``; ``0`` where it fails)."""
+    B = x.q.shape[0]
+    ones = x.q.new_ones(B, x.m)
+    L, W, LM, ok = factor(c, x, ones, delta)
+    r1 = -x.q + (_mtv(x.G, x.h) if x.m > 0 else 0.0)
+    ur = (c.ns.U, c.ns.R) if c.ns is not None else None
+    z, _ = _kkt_solve(L, W, LM, c.Qs, x.A, x.G, ones, r1, x.b, ur)
+    return torch.where(ok[:, None], z, torch.zeros_like(z))
 
 
 def _hvp(Qs: Tensor, G: Tensor, d: Tensor, v: Tensor) -> Tensor:
