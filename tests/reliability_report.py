@@ -45,6 +45,18 @@ Two parts of the contract are checked by fixed tests rather than drawn examples:
   QP's KKT backward (`tests/test_reliability_gradients.py`);
 - the `doubleopt` command answers a user mistake (a bad flag value, a missing or corrupt file) with one line on
   stderr and exit code 2, while an internal error keeps its traceback (`tests/test_cli_errors.py`).
+
+Longer runs. Three more checks run briefly in `make test`; these commands run them longer:
+
+- the native QP kernel against the PyTorch iterations on random feasible, infeasible and unbounded QPs (same result
+  codes and solutions; 1000 instances in `make test`):
+  `DOUBLEOPT_FUZZ_INSTANCES=5000 .venv/bin/pytest tests/test_qp_native_fuzz.py -p no:xdist -s -k fuzz`
+- large QPs against CVXPY/Clarabel at high accuracy, with and without the kernel (`n,m,p,B`; `50,100,10,16` in
+  `make test`):
+  `DOUBLEOPT_AGREEMENT_SIZE=50,100,10,128 .venv/bin/pytest tests/test_qp_native_fuzz.py -p no:xdist -s -k agreement`
+- the stress run: `qp_solve`, `do.solve` and Sinkhorn loops in several threads and processes at once, checked
+  against single-threaded results, with resident memory bounded (exit code 1 on any mismatch or growth):
+  `.venv/bin/python scripts/stress.py --threads 4 --processes 2 --seconds 60`
 """
 
 
