@@ -42,13 +42,25 @@ from pathlib import Path
 
 import torch
 
-from doubleopt.bench import Report, conditions, parse_args, set_threads
+from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads
 from doubleopt.distributed import Comm, exit_worker, init_from_env, shutdown
 
 
 @dataclass
 class Args:
-    """Meta-steps/s and sharded-solve throughput with 1 and 2 torchrun processes, and a scaling model."""
+    """Data-parallel scaling: meta-steps/s and sharded-solve throughput with 1 and 2 torchrun processes.
+
+    What is compared: the same global work (the same meta-batch, streams and antithetic pairs; the same solve
+    batch) run by 1 and by 2 processes, one torch thread each, gloo on CPU, on the same machine; the weights and
+    solutions of the 2-process runs are checked against the 1-process run's. Meta-step time: one warm-up
+    (``--warmup`` meta-steps), then the median of ``--steps`` (rank 0's clock); sharded solve: one warm-up solve,
+    then one timed solve. A scaling model built from the measured costs predicts ``--predict`` processes and is
+    compared with the 2-process measurement.
+
+    Seeds: ``--seed`` seeds every worker's global generators (the learned optimizer's initial weights), the
+    meta-trainer (``MetaConfig.seed``), the solve batch (``seed``) and the warm-up batch (``seed + 1``); the
+    same in every process and every launch.
+    """
 
     methods: list[str] = field(default_factory=lambda: ["tbptt", "es", "pes"])  # meta-gradient estimators timed
     processes: list[int] = field(default_factory=lambda: [1, 2])  # torchrun --nproc-per-node values measured
@@ -69,6 +81,7 @@ class Args:
     beta_gbs: float = 0.0  # scaling model bandwidth (GB/s); 0: the measured one
     predict: list[int] = field(default_factory=lambda: [2, 8, 64, 512])  # process counts the model predicts
     timeout: int = 1800  # seconds per torchrun launch
+    seed: int = 0  # initial weights, meta-training streams and solve batch (the same in every process)
     worker: str = ""  # internal: the case a torchrun worker runs ("meta-<method>" or "solve")
     result: str = ""  # internal: where a worker writes its measurement (JSON)
     quick: bool = False  # smoke run: tiny sizes, seconds
@@ -108,10 +121,9 @@ def meta_worker(args: Args, comm: TimedComm, method: str) -> dict:
     from doubleopt.learned import LSTMOptimizer, make_task
     from doubleopt.learned.meta import MetaConfig, MetaTrainer
 
-    torch.manual_seed(0)
     cfg = MetaConfig(
         method=method, unroll=args.unroll, horizon=args.horizon, batch=args.batch, es_pairs=args.pairs,
-        shards=args.shards if method == "tbptt" else 1, seed=0,
+        shards=args.shards if method == "tbptt" else 1, seed=args.seed,
     )  # fmt: skip
     trainer = MetaTrainer(LSTMOptimizer(), make_task(args.task), cfg, comm=comm)
     for _ in range(args.warmup):
@@ -168,9 +180,9 @@ def solve_worker(args: Args, comm: TimedComm) -> dict:
     from doubleopt.distributed import sharded_solve
 
     fam = do.problems.LogisticRegression(n_features=args.features, n_points=args.points, dtype=torch.float64)
-    x = fam.sample(args.instances, generator=torch.Generator().manual_seed(0))
+    x = fam.sample(args.instances, generator=generator(args.seed))
     options = {"max_steps": args.solve_steps, "throw": False}
-    sharded_solve(fam, do.LBFGS(), fam.sample(64, seed=1), comm=comm, **options)  # warm-up
+    sharded_solve(fam, do.LBFGS(), fam.sample(64, seed=args.seed + 1), comm=comm, **options)  # warm-up
     comm.barrier()
     before, start = comm.seconds[0], time.perf_counter()
     sol = sharded_solve(fam, do.LBFGS(), x, comm=comm, **options)
@@ -193,6 +205,7 @@ def solve_worker(args: Args, comm: TimedComm) -> dict:
 
 def run_worker(args: Args) -> None:
     set_threads(1)
+    seed_all(args.seed)  # the initial weights of the learned optimizer come from torch's global generator
     base = init_from_env()
     comm = TimedComm(rank=base.rank, world=base.world, device=base.device, group=base.group)
     try:
@@ -274,17 +287,10 @@ def max_split(method: str, args: Args) -> int:
     return args.shards if method == "tbptt" else args.pairs
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.worker:
-        return run_worker(args)
-    if args.quick:
-        args.batch, args.steps, args.warmup, args.unroll, args.horizon = 4, 2, 1, 2, 4
-        args.pairs, args.instances, args.solve_steps, args.probe_mb, args.task = 2, 2000, 10, 1.0, "quadratic"
-    report = Report("distributed", out_dir=args.out)
-    records: dict[str, dict[int, dict]] = {}
-    runs_dir = Path(args.out) / "runs"  # each launch's record and weights / solutions
-    runs_dir.mkdir(parents=True, exist_ok=True)
+def run_launches(args: Args, runs_dir: Path) -> tuple[dict[str, dict[int, dict]], dict]:
+    """Every case with every process count of ``--processes`` (one torchrun launch each); the 1- and 2-process
+    sharded solutions compared: ``(records by case and process count, comparison)``."""
+    records = {}
     for case in [f"meta-{m}" for m in args.methods] + ["solve"]:
         records[case] = {n: launch(args, case, n, runs_dir) for n in args.processes}
     same_solution = {}
@@ -296,10 +302,12 @@ def main(argv=None):
             "codes_equal": bool(torch.equal(one["result"], two["result"])),
             "max_abs_y_difference": float((one["y"] - two["y"]).abs().max()),
         }
+    return records, same_solution
 
-    probe = next((r["allreduce"] for case in records for r in records[case].values() if "allreduce" in r), None)
-    alpha = args.alpha_us * 1e-6 if args.alpha_us > 0 else (probe["alpha_s"] if probe else 0.0)
-    beta = args.beta_gbs * 1e9 if args.beta_gbs > 0 else (probe["beta_Bps"] if probe else math.inf)
+
+def meta_rows(args: Args, records: dict, alpha: float, beta: float, report: Report) -> dict:
+    """One row per (method, process count): measured throughput against the model; returns the model's
+    strong- and weak-scaling predictions per method."""
     model = {}
     for method in args.methods:
         runs = records[f"meta-{method}"]
@@ -330,6 +338,11 @@ def main(argv=None):
                 model_error=predicted / rec["median_step_s"] - 1,
                 max_abs_difference=weight_difference(rec["weights"], runs[1]["weights"]),
             )
+    return model
+
+
+def solve_rows(args: Args, records: dict, same_solution: dict, alpha: float, beta: float, report: Report) -> None:
+    """One row per process count of the sharded solve, against its model."""
     solve = records["solve"]
     for n, rec in solve.items():
         t1 = solve[1]["wall_s"] if 1 in solve else math.nan
@@ -346,18 +359,42 @@ def main(argv=None):
             max_abs_difference=0.0 if n == 1 else same_solution.get("max_abs_y_difference", math.nan),
         )
 
-    figure = plot(args, records, model)
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.worker:
+        return run_worker(args)
+    if args.quick:
+        args.batch, args.steps, args.warmup, args.unroll, args.horizon = 4, 2, 1, 2, 4
+        args.pairs, args.instances, args.solve_steps, args.probe_mb, args.task = 2, 2000, 10, 1.0, "quadratic"
+    seed_all(args.seed)  # the harness draws nothing; every worker seeds itself from --seed (run_worker)
+    started = conditions(backend="gloo", torch_threads_per_process=1)
+    report = Report("distributed", out_dir=args.out)
+    runs_dir = Path(args.out) / "runs"  # each launch's record and weights / solutions
+    runs_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- measure: every case with 1 and 2 processes ----
+    records, same_solution = run_launches(args, runs_dir)
+
+    # ---- model: all_reduce latency and bandwidth (measured unless given), rows against the model ----
+    probe = next((r["allreduce"] for case in records for r in records[case].values() if "allreduce" in r), None)
+    alpha = args.alpha_us * 1e-6 if args.alpha_us > 0 else (probe["alpha_s"] if probe else 0.0)
+    beta = args.beta_gbs * 1e9 if args.beta_gbs > 0 else (probe["beta_Bps"] if probe else math.inf)
+    model = meta_rows(args, records, alpha, beta, report)
+    solve_rows(args, records, same_solution, alpha, beta, report)
+
+    # ---- report ----
     path = report.save(
         {
             "args": asdict(args),
-            "conditions": conditions(backend="gloo", torch_threads_per_process=1),
+            "conditions": started,
             "records": {c: {str(n): r for n, r in runs.items()} for c, runs in records.items()},
             "allreduce_model": {"alpha_s": alpha, "beta_Bps": beta, "measured": probe},
             "model": {m: {k: ({str(n): t for n, t in v.items()} if isinstance(v, dict) else v) for k, v in d.items()}
                       for m, d in model.items()},
             "sharded_solve_same_results": same_solution,
         },
-        figure,
+        plot(args, records, model),
     )  # fmt: skip
     print(report.table())
     print(f"results in {path}")
