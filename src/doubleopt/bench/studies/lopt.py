@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 import doubleopt as do
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads, time_call
 from doubleopt.learned import DigitsMLPTask, LSTMOptimizer, QuadraticTask, load_pretrained
 from doubleopt.learned.meta import MetaConfig, MetaTrainer, meta_train, rollout, start_trajectory, unroll
 from doubleopt.problems import ClassificationContext, load_dataset
@@ -46,10 +46,27 @@ from doubleopt.problems import ClassificationContext, load_dataset
 
 @dataclass
 class Args:
+    """Learned optimizers (the shipped LSTM and MLP, meta-trained on digits) vs SGD / Nesterov / RMSProp / Adam.
+
+    What is compared: held-out cross-entropy and accuracy on the digits test split of optimizees trained on the
+    training digits (standard protocol, the headline; widths, depths, activations and horizons varied one at a
+    time), and the training loss of optimizees fitted to the 449-row test split (optimization protocol: speed
+    only) and on 10-d quadratics. In every setting all optimizers see the same ``--runs`` initializations and
+    minibatches (cold starts), the same autograd gradient and number of steps, float32, ``--threads`` threads;
+    each baseline's learning rate is tuned by a log-grid search (standard: per setting, on validation rows of
+    the training digits). ``vs_tuned_adam`` is a paired comparison with tuned Adam (two standard errors). One
+    optimizee step is timed relative to Adam (warm-up + median).
+
+    Seeds (set once at the top of ``main``): ``--seed`` the evaluation runs (initializations and minibatches),
+    ``seed + 1`` the tuning runs; ``--setup-seed`` torch's global generator (its first draw: the initial weights
+    of the LSTM meta-trained on quadratics), that meta-training, and the validation rows of the training digits.
+    """
+
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
     runs: int = 20  # independent optimizee runs per (task, optimizer): the spread is over these
     steps: int = 100  # optimizee steps of the base task (generalization (a) uses 2x)
     seed: int = 1000  # seed of the evaluation runs (meta-training used seeds 0..; tuning uses seed + 1)
+    setup_seed: int = 0  # global generator (quadratic LSTM's initial weights), its meta-training, validation rows
     lr_grid_min: float = 1e-4  # log-grid of learning rates for the baselines: from
     lr_grid_max: float = 10.0  # ... to
     lr_grid_points: int = 16  # ... with this many points
@@ -94,7 +111,7 @@ def optimizers(learned, lrs) -> dict:
 
 
 def curves(solver, task, eval_fn, runs, steps, seed):
-    out = rollout(solver, task, runs, steps, torch.Generator().manual_seed(seed), eval_fn)
+    out = rollout(solver, task, runs, steps, generator(seed), eval_fn)
     return torch.nan_to_num(out.double(), nan=float("inf"))  # a diverged run counts as infinite loss
 
 
@@ -114,7 +131,7 @@ def tune(name, task, eval_fn, args, steps):
 def train_final(solver, task, runs, steps, seed, eval_fn=None):
     """Run ``runs`` optimizees for ``steps`` steps: ``(eval_fn curve (steps + 1, runs) or None, final theta)``;
     without ``eval_fn`` nothing is evaluated along the way."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     skip = lambda theta, inst: theta.new_zeros(theta.shape[0])  # noqa: E731
     with torch.no_grad():
         carry = start_trajectory(solver, task, runs, gen)
@@ -164,7 +181,7 @@ def standard_protocol(args, learned) -> dict:
     on a validation split of the training digits. Returns ``setting -> {lrs, curves, acc, train_loss}``."""
     X_test, t_test = load_dataset("digits", "test")
     n_train = load_dataset("digits", "train")[0].shape[0]
-    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(n_train, generator=generator(args.setup_seed))
     val_idx, fit_idx = perm[: args.val_rows], perm[args.val_rows :]
     out = {}
     for setting, (hidden, act, steps) in standard_settings(args).items():
@@ -203,9 +220,10 @@ def first_step_below(mean_curve, target):
     return int(idx[0]) if len(idx) else None
 
 
-def optimization_protocol(args, learned, train_task):
+def optimization_protocol(args, learned, train_task, qlstm: LSTMOptimizer):
     """Optimizees trained on the 449-row test split and scored on the same rows (optimization speed only);
-    baselines tuned once on the base training task. Also the 10-d quadratics. Returns (results, lrs, qlrs)."""
+    baselines tuned once on the base training task. Also the 10-d quadratics, with ``qlstm`` (untrained)
+    meta-trained on them here. Returns (results, lrs, qlrs)."""
     print("tuning baseline learning rates on the training task ...", flush=True)
     lrs = {n: tune(n, train_task, full_split_loss(train_task), args, args.steps) for n in BASELINES}
     print("  ", {k: f"{v:.3g}" for k, v in lrs.items()}, flush=True)
@@ -229,14 +247,12 @@ def optimization_protocol(args, learned, train_task):
 
     # 10-d quadratics: an LSTM meta-trained here (the paper trains one per task family)
     quad = QuadraticTask()
-    torch.manual_seed(0)
-    qlstm = LSTMOptimizer()
     quad_cfg = MetaConfig(
         unroll=20 if not args.quick else 2,
         horizon=100 if not args.quick else 4,
         batch=16,
         meta_lr=3e-3,
-        seed=0,
+        seed=args.setup_seed,
     )
     meta_train(MetaTrainer(qlstm, quad, quad_cfg), args.quad_meta_steps, progress=True)
     qlrs = {n: tune(n, quad, None, args, args.steps) for n in BASELINES}
@@ -250,7 +266,7 @@ def step_times(args, learned, lrs) -> dict[str, float]:
     task = DigitsMLPTask(split="test")
     out = {}
     for n, s in optimizers(learned, lrs).items():
-        gen = torch.Generator().manual_seed(0)
+        gen = generator(args.setup_seed)
         carry = start_trajectory(s, task, args.runs, gen)
         x = task.train_batch(carry.inst, gen)
         with torch.no_grad():
@@ -264,36 +280,18 @@ def step_times(args, learned, lrs) -> dict[str, float]:
 
 def tbptt_memory(args, train_task) -> dict[str, float]:
     """Tensors saved for backward in one TBPTT meta-step (LSTM, digits, 8 optimizees): they grow with the
-    truncation K and not with the horizon T; ES/PES save nothing for backward."""
+    truncation K and not with the horizon T; ES/PES save nothing for backward. (A size: the weights' values,
+    drawn from the global generator, do not change it.)"""
     out = {}
     for K in (2, 4) if args.quick else (5, 10, 20):
-        torch.manual_seed(0)
         tr = MetaTrainer(LSTMOptimizer(), train_task, MetaConfig(unroll=K, horizon=100, batch=2 if args.quick else 8))
         tr.step()
         out[f"tbptt K={K}"] = tr.peak_saved_bytes / 2**20
     return out
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    if args.quick:
-        args.runs, args.steps, args.tune_runs, args.lr_grid_points, args.quad_meta_steps = 3, 6, 2, 2, 2
-        args.widths, args.depths, args.activations, args.horizons = (20, 40), (1, 2), ("sigmoid", "relu"), (6, 12)
-    set_threads(args.threads)
-    train_task = DigitsMLPTask(split="train")
-    learned = {
-        "LSTM (learned)": load_pretrained("lstm-digits"),
-        "MLP (learned)": load_pretrained("mlp-digits"),
-    }
-
-    print("standard protocol: train on the training digits, score on the held-out digits ...", flush=True)
-    standard = standard_protocol(args, learned)
-    results, lrs, qlrs = optimization_protocol(args, learned, train_task)
-    step_time = step_times(args, learned, lrs)
-    memory_mb = tbptt_memory(args, train_task)
-    print("saved-for-backward MB per TBPTT meta-step:", memory_mb, flush=True)
-
-    report = Report("lopt", out_dir=args.out)
+def standard_rows(args: Args, standard: dict, report: Report) -> None:
+    """One row per (setting, optimizer) of the standard protocol (held-out loss and accuracy)."""
     common = {"threads": args.threads, "grad": "autograd (same minibatches)", "start": "cold (same inits)"}
     for setting, res in standard.items():
         adam = res["curves"]["Adam"]
@@ -316,6 +314,11 @@ def main(argv=None):
                 step_time_rel_adam="",
                 **common,
             )
+
+
+def optimization_rows(args: Args, results: dict, lrs: dict, qlrs: dict, step_time: dict, report: Report) -> None:
+    """One row per (setting, optimizer) of the optimization protocol and the quadratics (training loss)."""
+    common = {"threads": args.threads, "grad": "autograd (same minibatches)", "start": "cold (same inits)"}
     for setting, res in results.items():
         quadratic = "quadratic" in setting
         for n, c in res.items():
@@ -340,6 +343,10 @@ def main(argv=None):
                 else "",
                 **{**common, "grad": "autograd (same instances)"} if quadratic else common,
             )
+
+
+def learned_goals(args: Args, standard: dict, results: dict) -> dict:
+    """For each learned optimizer: where it beats, ties or loses to tuned Adam (both protocols)."""
     goals = {}
     for lname in ("LSTM (learned)", "MLP (learned)"):
         base = results["base (test split)"]
@@ -364,6 +371,37 @@ def main(argv=None):
             s: float(res["acc"][lname].mean() - res["acc"]["Adam"].mean()) for s, res in standard.items()
         }
         goals[lname] = g
+    return goals
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    if args.quick:
+        args.runs, args.steps, args.tune_runs, args.lr_grid_points, args.quad_meta_steps = 3, 6, 2, 2, 2
+        args.widths, args.depths, args.activations, args.horizons = (20, 40), (1, 2), ("sigmoid", "relu"), (6, 12)
+    set_threads(args.threads)
+    seed_all(args.setup_seed)  # the other streams (evaluation, tuning, validation rows) are derived: see Args
+    quad_lstm = LSTMOptimizer()  # meta-trained on quadratics below; its initial weights: the global generator's first
+    started = conditions(batch=args.runs, dtype="float32")
+    train_task = DigitsMLPTask(split="train")
+    learned = {
+        "LSTM (learned)": load_pretrained("lstm-digits"),
+        "MLP (learned)": load_pretrained("mlp-digits"),
+    }
+
+    # ---- run: the standard protocol, the optimization protocol (and quadratics), step times, TBPTT memory ----
+    print("standard protocol: train on the training digits, score on the held-out digits ...", flush=True)
+    standard = standard_protocol(args, learned)
+    results, lrs, qlrs = optimization_protocol(args, learned, train_task, quad_lstm)
+    step_time = step_times(args, learned, lrs)
+    memory_mb = tbptt_memory(args, train_task)
+    print("saved-for-backward MB per TBPTT meta-step:", memory_mb, flush=True)
+
+    # ---- report ----
+    report = Report("lopt", out_dir=args.out)
+    standard_rows(args, standard, report)
+    optimization_rows(args, results, lrs, qlrs, step_time, report)
+    goals = learned_goals(args, standard, results)
     print(report.table())
     for k, v in goals.items():
         print(k, v)
@@ -371,11 +409,10 @@ def main(argv=None):
         lost = g["standard: loses to tuned Adam (held-out loss)"]
         print(f"{lname} loses to tuned Adam on held-out digits in {len(lost)} of {len(standard)} settings"
               + (f": {', '.join(lost)}" if lost else ""))
-    fig = figure(args, standard, results)
     path = report.save(
         {
             "args": vars(args),
-            "conditions": conditions(batch=args.runs, dtype="float32", note="2-core machine shared with other jobs"),
+            "conditions": started,
             "tuned_lr_digits": lrs,
             "tuned_lr_quadratic": qlrs,
             "tuned_lr_standard": {s: r["lrs"] for s, r in standard.items()},
@@ -388,7 +425,7 @@ def main(argv=None):
                 s: {n: c.mean(1).tolist() for n, c in r["curves"].items()} for s, r in standard.items()
             },
         },
-        fig,
+        figure(args, standard, results),
     )
     print(f"wrote {path}")
     return goals
