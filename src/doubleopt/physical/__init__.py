@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._graphs import Graph, grid_graph, random_graph
+from ._factor import BACKENDS, LaplacianSolver, SolverStats, available_memory
+from ._graphs import Graph, delaunay_graph, grid_graph, random_graph
 from ._hessian import ModeAlignment, learning_hessian, mode_alignment, output_jacobian, physical_hessian
 from ._learning import (
     CoupledLearning,
     EquilibriumPropagation,
     ExactGradient,
     StepResult,
+    StepStats,
     TrainResult,
     cosine,
     coupled_learning_limit,
@@ -38,13 +40,20 @@ from ._learning import (
     learning_step,
     train,
 )
-from ._network import FloatingNodesError, FreeState, LaplacianFactor, ResistorNetwork, SingularNetworkError
+from ._network import (
+    FloatingNodesError,
+    FreeState,
+    LaplacianFactor,
+    NetworkTooLargeError,
+    ResistorNetwork,
+    SingularNetworkError,
+)
 from ._problem import ResistorProblem, autograd_cost, relax_free_state
 
 
 def random_network(
     n_nodes: int,
-    mean_degree: float = 4.0,
+    mean_degree: float | None = 4.0,
     *,
     n_inputs: int = 2,
     n_outputs: int = 1,
@@ -53,10 +62,17 @@ def random_network(
     input_kind: str = "voltage",
     seed: int = 0,
     k_init: str = "ones",
+    dim: int = 2,
+    backend: str = "auto",
+    memory_limit: float | None = None,
 ) -> ResistorNetwork:
     """A :func:`random_graph` network with randomly chosen, distinct source, ground and output nodes.
 
     Args:
+        mean_degree: ``2 E / n`` (:func:`random_graph`), or ``None`` for every Delaunay edge
+            (:func:`delaunay_graph`, mean degree about 6 in 2D and 15 in 3D).
+        dim: 2 (planar) or 3.
+        backend, memory_limit: the network's factorization defaults (see :class:`ResistorNetwork`).
         output_kind: ``"nodes"`` (outputs are node voltages) or ``"edges"`` (drops across random node pairs
             joined by an edge, the "target edges" of allosteric tasks).
         k_init: ``"ones"`` or ``"uniform"`` (k ~ U[0.5, 1.5], seeded).
@@ -69,19 +85,23 @@ def random_network(
     for name, value in (("n_inputs", n_inputs), ("n_outputs", n_outputs), ("n_ground", n_ground)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    g = random_graph(n_nodes, mean_degree, seed=seed)
+    g = delaunay_graph(n_nodes, dim, seed=seed) if mean_degree is None else random_graph(
+        n_nodes, mean_degree, seed=seed, dim=dim
+    )
     rng = np.random.default_rng(seed + 7919)
     need = n_inputs + n_ground + (n_outputs if output_kind == "nodes" else 0)
     if need > n_nodes:
         raise ValueError(f"{need} special nodes requested but the network has only {n_nodes}")
     pick = rng.permutation(n_nodes)
     src, gnd = pick[:n_inputs], pick[n_inputs : n_inputs + n_ground]
-    fixed = set(pick[: n_inputs + n_ground].tolist())
     kw = {}
     if output_kind == "nodes":
         kw["output_nodes"] = pick[n_inputs + n_ground : need]
     elif output_kind == "edges":
-        ok = [i for i in rng.permutation(len(g.edges)) if not (set(g.edges[i].tolist()) & fixed)]
+        is_fixed = np.zeros(n_nodes, dtype=bool)
+        is_fixed[pick[: n_inputs + n_ground]] = True
+        perm = rng.permutation(len(g.edges))
+        ok = perm[~is_fixed[g.edges[perm]].any(1)]
         kw["output_edges"] = g.edges[ok[:n_outputs]]
     else:
         raise ValueError(f"output_kind must be 'nodes' or 'edges', got {output_kind!r}")
@@ -91,7 +111,10 @@ def random_network(
         k = rng.uniform(0.5, 1.5, len(g.edges))
     else:
         raise ValueError(f"k_init must be 'ones' or 'uniform', got {k_init!r}")
-    return ResistorNetwork(g.n_nodes, g.edges, k, sources=src, ground=gnd, input_kind=input_kind, **kw)
+    return ResistorNetwork(
+        g.n_nodes, g.edges, k, sources=src, ground=gnd, input_kind=input_kind, backend=backend,
+        memory_limit=memory_limit, **kw
+    )
 
 
 __all__ = [
@@ -100,8 +123,14 @@ __all__ = [
     "FreeState",
     "FloatingNodesError",
     "SingularNetworkError",
+    "NetworkTooLargeError",
+    "LaplacianSolver",
+    "SolverStats",
+    "BACKENDS",
+    "available_memory",
     "Graph",
     "random_graph",
+    "delaunay_graph",
     "grid_graph",
     "random_network",
     "ResistorProblem",
@@ -117,6 +146,7 @@ __all__ = [
     "train",
     "TrainResult",
     "StepResult",
+    "StepStats",
     "cosine",
     "physical_hessian",
     "learning_hessian",

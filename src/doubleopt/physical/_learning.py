@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._factor import peak_rss, peak_rss_reset
 from ._network import ArrayLike, FreeState, LaplacianFactor, ResistorNetwork, mean_product
 
 
@@ -85,7 +86,8 @@ Rule = CoupledLearning | EquilibriumPropagation | ExactGradient
 
 
 def exact_gradient(
-    net: ResistorNetwork, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None
+    net: ResistorNetwork, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None, *,
+    backend: str | None = None,
 ) -> tuple[float, Tensor]:
     r"""Cost :math:`C(k)` and its exact gradient :math:`\nabla_k C` ``(E,)`` (float64), sparse adjoint method.
 
@@ -97,31 +99,54 @@ def exact_gradient(
         >>> g.shape == (net.n_edges,)
         True
     """
-    f = net.factorize(k)
+    f = net.factorize(k, backend=backend)
     st = f.free(inputs, targets)
     return st.cost, torch.from_numpy(ExactGradient().estimate(f, st))
 
 
 def coupled_learning_limit(
-    net: ResistorNetwork, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None
+    net: ResistorNetwork, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None, *,
+    backend: str | None = None,
 ) -> Tensor:
     r"""The :math:`\eta \to 0` limit of coupled learning, :math:`2\overline{J^\top S^{-1} r}`, ``(E,)``.
 
     Equal to ``2 * exact_gradient`` divided by :math:`S` for one output; for several outputs it is the
     gradient of the cost measured in the metric :math:`S^{-1}` (S = output-to-output resistance matrix).
     """
-    f = net.factorize(k)
+    f = net.factorize(k, backend=backend)
     st = f.free(inputs, targets)
     w = f._solve_S(st.residual.T).T
     return torch.from_numpy(-2.0 * mean_product(st.coef, st.drop_basis, w, f.dZ))
 
 
 def gradient_estimate(
-    net: ResistorNetwork, inputs: ArrayLike, targets: ArrayLike, rule: Rule, k: ArrayLike | None = None
+    net: ResistorNetwork, inputs: ArrayLike, targets: ArrayLike, rule: Rule, k: ArrayLike | None = None, *,
+    backend: str | None = None,
 ) -> Tensor:
     """The update direction ``g`` ``(E,)`` of ``rule`` (a step is ``k - lr * g``)."""
-    f = net.factorize(k)
+    f = net.factorize(k, backend=backend)
     return torch.from_numpy(rule.estimate(f, f.free(inputs, targets)))
+
+
+@dataclass
+class StepStats:
+    """How a learning step solved its states.
+
+    Attributes:
+        backend: the factorization whose solves were used (``"splu-reference"`` when a refactorization failed
+            its residual check and the step's solves were redone with a fresh SuperLU factorization).
+        factor_nnz: nonzeros of the factor (from the network's symbolic analysis, done once).
+        factor_bytes: memory of the factorization, from the symbolic analysis.
+        peak_rss_bytes: peak resident memory of the process during the step (Linux ``VmHWM``, reset at the
+            step's start; ``None`` where the platform cannot measure it).
+        fallbacks: residual-check fallbacks of the network's solver so far (all steps).
+    """
+
+    backend: str
+    factor_nnz: int
+    factor_bytes: int
+    peak_rss_bytes: int | None
+    fallbacks: int
 
 
 @dataclass
@@ -129,12 +154,14 @@ class StepResult:
     """One learning step: the new conductances, the cost *before* the step and the direction used.
 
     ``k`` and ``direction`` are always float64 NumPy arrays ``(E,)`` (new arrays, whatever kind of array-like
-    the step was given), like :attr:`TrainResult.k` and :attr:`ResistorNetwork.k`.
+    the step was given), like :attr:`TrainResult.k` and :attr:`ResistorNetwork.k`. ``stats``: the backend used
+    and the memory (:class:`StepStats`).
     """
 
     k: np.ndarray
     cost: float
     direction: np.ndarray
+    stats: StepStats | None = None
 
 
 def _check_rule(rule) -> None:
@@ -172,6 +199,8 @@ def learning_step(
     *legacy,
     k: ArrayLike | None = None,
     superpose: bool | None = None,
+    backend: str | None = None,
+    memory_limit: float | None = None,
 ) -> StepResult:
     r"""One step of ``rule``: factorize once, free state, clamped/nudged/adjoint state, clipped update
     :math:`k \leftarrow \operatorname{clip}(k - \text{lr}\, g, k_{min}, k_{max})`.
@@ -185,9 +214,15 @@ def learning_step(
         k: conductances to step from, any array-like ``(E,)`` inside ``[k_min, k_max]`` (default ``net.k``;
             not modified).
         superpose: passed to :meth:`LaplacianFactor.free` (default: superpose when it saves solves).
+        backend: ``"auto"``, ``"pardiso"``, ``"qdldl"`` or ``"splu"`` (default: the network's,
+            :class:`ResistorNetwork`). The symbolic analysis of the reduced Laplacian is cached on the network
+            (its pattern never changes while learning), so a step only refactorizes numerically.
+        memory_limit: bytes the factorization may use (default: the network's, else the available memory);
+            a network that will not fit raises :class:`NetworkTooLargeError` before any numeric work.
 
     Returns:
-        :class:`StepResult` whose ``k`` and ``direction`` are float64 NumPy arrays, whatever ``k`` was.
+        :class:`StepResult` whose ``k`` and ``direction`` are float64 NumPy arrays, whatever ``k`` was, and
+        whose ``stats`` give the backend used, the factor's memory and the step's peak memory.
 
     The earlier positional order ``learning_step(net, k, inputs, targets, rule, lr[, superpose])`` is still
     accepted (with a ``DeprecationWarning``).
@@ -216,10 +251,13 @@ def learning_step(
     _check_rule(rule)
     lr = _check_lr(lr)
     kk = net.check_k_in_range(net.k if k is None else k)
-    f = LaplacianFactor(net, kk)
+    measured = peak_rss_reset()
+    f = LaplacianFactor(net, kk, backend=backend, memory_limit=memory_limit)
     st = f.free(inputs, targets, superpose)
     g = rule.estimate(f, st)
-    return StepResult(np.clip(kk - lr * g, net.k_min, net.k_max), st.cost, g)
+    s = f.solver.stats
+    stats = StepStats(f.backend, s.factor_nnz, s.factor_bytes, peak_rss() if measured else None, s.fallbacks)
+    return StepResult(np.clip(kk - lr * g, net.k_min, net.k_max), st.cost, g, stats)
 
 
 @dataclass
@@ -249,6 +287,8 @@ def train(
     eval_every: int = 10,
     progress: bool = False,
     k0: ArrayLike | None = None,
+    backend: str | None = None,
+    memory_limit: float | None = None,
 ) -> TrainResult:
     """Train the conductances of ``net`` with ``rule`` for ``steps`` steps of size ``lr``.
 
@@ -264,6 +304,7 @@ def train(
         eval_targets: the targets of that held-out set.
         metric (Callable | None): optional ``metric(outputs (B, m) ndarray, targets) -> float`` (e.g. accuracy).
         k0: initial conductances, inside ``[k_min, k_max]`` (default ``net.k``).
+        backend, memory_limit: as for :func:`learning_step` (one symbolic analysis serves the whole run).
 
     Raises:
         ValueError: for each of the above out of range (naming the argument), and bad samples.
@@ -298,7 +339,7 @@ def train(
     res = TrainResult(k)
 
     def evaluate(step: int) -> None:
-        f = LaplacianFactor(net, k)
+        f = LaplacianFactor(net, k, backend=backend, memory_limit=memory_limit)
         st = f.free(xe, te)
         res.steps.append(step)
         res.eval_cost.append(st.cost)
@@ -319,7 +360,7 @@ def train(
             else:
                 idx = rng.choice(len(x), batch_size, replace=False)
                 xb, tb = x[idx], t[idx]
-            out = learning_step(net, xb, tb, rule, lr, k=k)
+            out = learning_step(net, xb, tb, rule, lr, k=k, backend=backend, memory_limit=memory_limit)
             k = out.k
             res.train_cost.append(out.cost)
             if bar is not None:

@@ -42,9 +42,17 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor
+
+from ._factor import (  # noqa: F401 - the errors are re-exported
+    BACKENDS,
+    CheckedFactor,
+    LaplacianPattern,
+    LaplacianSolver,
+    NetworkTooLargeError,
+    SingularNetworkError,
+)
 
 ArrayLike = Any  # Tensor | np.ndarray | sequence
 
@@ -70,10 +78,6 @@ class FloatingNodesError(ValueError):
             f"the network has {len(components)} floating component(s) connected to no {anchor}, so their "
             f"voltages are undetermined: {shown}{more}. Connect them, ground them, or remove them."
         )
-
-
-class SingularNetworkError(ValueError):
-    """Raised when the reduced Laplacian cannot be factorized or a solve gives non-finite voltages."""
 
 
 def _np(a: ArrayLike, dtype=np.float64) -> np.ndarray:
@@ -145,6 +149,8 @@ class ResistorNetwork:
         input_kind: str = "voltage",
         k_min: float = 1e-3,
         k_max: float = 1e3,
+        backend: str = "auto",
+        memory_limit: float | None = None,
     ):
         if isinstance(n_nodes, bool) or int(n_nodes) != n_nodes or n_nodes < 2:
             raise ValueError(f"n_nodes must be an integer >= 2, got {n_nodes!r}")
@@ -167,6 +173,11 @@ class ResistorNetwork:
             raise ValueError(f"input_kind must be 'voltage' or 'current', got {input_kind!r}")
         if not (0 < k_min < k_max < np.inf):
             raise ValueError(f"need 0 < k_min < k_max < inf, got k_min={k_min}, k_max={k_max}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        if memory_limit is not None and not (isinstance(memory_limit, int | float) and memory_limit > 0):
+            raise ValueError(f"memory_limit must be a number of bytes > 0 (or None), got {memory_limit!r}")
+        self.backend, self.memory_limit = backend, memory_limit
         self.n_nodes, self.edges, self.input_kind = n, e, input_kind
         self.k_min, self.k_max = float(k_min), float(k_max)
         self.sources = _node_ids(sources, "sources", n)
@@ -195,7 +206,7 @@ class ResistorNetwork:
         self._set_outputs(output_nodes, output_edges, is_fixed)
         self._check_floating()
         self._build_structure()
-        if np.linalg.matrix_rank(self._Mf.toarray()) < self.n_outputs:
+        if np.linalg.matrix_rank((self._Mf @ self._Mf.T).toarray()) < self.n_outputs:
             raise ValueError(
                 f"the {self.n_outputs} outputs {self.output_pairs.tolist()[:8]} (node, node-or--1 pairs) are "
                 "linearly dependent on the free nodes, so they cannot be clamped independently; remove one"
@@ -265,6 +276,10 @@ class ResistorNetwork:
         self._L_indices = (uniq % nf).astype(np.int32)
         self._L_indptr = np.searchsorted(uniq // nf, np.arange(nf + 1)).astype(np.int32)
         self._L_inv, self._L_eid, self._L_sgn, self._L_nnz = inv, eid, sgn, len(uniq)
+        # L_ff's data = P k (P: nnz x E, entries +-1), one sparse mat-vec per conductance vector
+        self._L_map = sp.csr_matrix((sgn, (inv, eid)), shape=(len(uniq), E))
+        self._pattern = LaplacianPattern(self._L_indptr, self._L_indices, nf)
+        self._solvers: dict[tuple[str, float | None], LaplacianSolver] = {}  # shared by with_k copies
         # boundary edges (one free end, one fixed end): b_f = -L_fF V_F
         fa, fb = fpos[e[:, 0]], fpos[e[:, 1]]
         bnd = np.nonzero(((a >= 0) & (fb >= 0)) | ((b >= 0) & (fa >= 0)))[0]
@@ -350,13 +365,31 @@ class ResistorNetwork:
     # ---- linear algebra ----------------------------------------------------------------------------
     def laplacian(self, k: ArrayLike | None = None) -> sp.csc_matrix:
         r"""The reduced Laplacian :math:`L_{ff}(k)` (the physical Hessian :math:`\nabla^2_{V_f} P`), CSC."""
-        kk = self._k(k)
-        data = np.bincount(self._L_inv, weights=self._L_sgn * kk[self._L_eid], minlength=self._L_nnz)
-        return sp.csc_matrix((data, self._L_indices, self._L_indptr), shape=(self.n_free, self.n_free))
+        return self._pattern.matrix(self._laplacian_data(self._k(k)))
 
-    def factorize(self, k: ArrayLike | None = None) -> LaplacianFactor:
-        """Factorize :math:`L_{ff}(k)` once; the factor serves every state and sample for this ``k``."""
-        return LaplacianFactor(self, self._k(k))
+    def _laplacian_data(self, kk: np.ndarray) -> np.ndarray:
+        """The CSC data of :math:`L_{ff}(k)` for checked conductances (the pattern never changes)."""
+        return self._L_map @ kk
+
+    def solver(self, backend: str | None = None, memory_limit: float | None = None) -> LaplacianSolver:
+        """The :class:`~doubleopt.physical._factor.LaplacianSolver` of this network for ``backend`` (default: the
+        network's): its symbolic analysis is computed once and shared by every conductance vector, every
+        :meth:`with_k` copy and every learning step. ``solver().stats`` reports the backend in use, the factor's
+        size and memory and the residual-check fallbacks."""
+        backend = self.backend if backend is None else backend
+        memory_limit = self.memory_limit if memory_limit is None else memory_limit
+        key = (backend, memory_limit)
+        if key not in self._solvers:
+            self._solvers[key] = LaplacianSolver(self._pattern, backend, memory_limit)
+        return self._solvers[key]
+
+    def factorize(
+        self, k: ArrayLike | None = None, *, backend: str | None = None, memory_limit: float | None = None
+    ) -> LaplacianFactor:
+        """Factorize :math:`L_{ff}(k)` once; the factor serves every state and sample for this ``k``.
+
+        ``backend`` / ``memory_limit``: override the network's (see :class:`ResistorNetwork`)."""
+        return LaplacianFactor(self, self._k(k), backend=backend, memory_limit=memory_limit)
 
     def _check_inputs(self, inputs: ArrayLike, name: str = "inputs") -> np.ndarray:
         return _check_samples(name, inputs, self.n_inputs, "n_inputs")
@@ -366,29 +399,31 @@ class ResistorNetwork:
         return _check_samples(name, targets, self.n_outputs, "n_outputs", batch=B)
 
     # ---- convenience (torch in / torch out) ----------------------------------------------------------
-    def free_state(self, inputs: ArrayLike, k: ArrayLike | None = None) -> Tensor:
+    def free_state(self, inputs: ArrayLike, k: ArrayLike | None = None, *, backend: str | None = None) -> Tensor:
         """Free-state node voltages ``(B, n)`` (float64) for inputs ``(B, n_inputs)``."""
-        return torch.from_numpy(self.factorize(k).free(inputs).V)
+        return torch.from_numpy(self.factorize(k, backend=backend).free(inputs).V)
 
     def clamped_state(
-        self, inputs: ArrayLike, targets: ArrayLike, eta: float, k: ArrayLike | None = None
+        self, inputs: ArrayLike, targets: ArrayLike, eta: float, k: ArrayLike | None = None, *,
+        backend: str | None = None,
     ) -> Tensor:
         r"""Clamped voltages ``(B, n)``: outputs held at :math:`O^F + \eta (T - O^F)` (coupled learning).
 
         ``eta`` must be in ``(0, 1]``, as for :class:`~doubleopt.physical.CoupledLearning`."""
         eta = check_strength("eta", eta, upper=1.0)
-        f = self.factorize(k)
+        f = self.factorize(k, backend=backend)
         st = f.free(inputs, targets)
         return torch.from_numpy(st.V + f.node_response(f.clamp_weights(st, eta)))
 
     def nudged_state(
-        self, inputs: ArrayLike, targets: ArrayLike, beta: float, k: ArrayLike | None = None
+        self, inputs: ArrayLike, targets: ArrayLike, beta: float, k: ArrayLike | None = None, *,
+        backend: str | None = None,
     ) -> Tensor:
         r"""Nudged voltages ``(B, n)``: the minimizer of :math:`P + \beta C` (equilibrium propagation).
 
         ``beta`` must be finite and ``> 0``."""
         beta = check_strength("beta", beta)
-        f = self.factorize(k)
+        f = self.factorize(k, backend=backend)
         st = f.free(inputs, targets)
         return torch.from_numpy(st.V + f.node_response(f.nudge_weights(st, beta)))
 
@@ -411,9 +446,11 @@ class ResistorNetwork:
         dV = self.drops(V)
         return 0.5 * (kk.to(dV.dtype) * dV**2).sum(-1)
 
-    def cost(self, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None) -> float:
+    def cost(
+        self, inputs: ArrayLike, targets: ArrayLike, k: ArrayLike | None = None, *, backend: str | None = None
+    ) -> float:
         r"""Learning cost :math:`C = \frac{1}{B}\sum_b \tfrac12 \|M V^F_b - T_b\|^2` at the free state."""
-        f = self.factorize(k)
+        f = self.factorize(k, backend=backend)
         return float(f.free(inputs, targets).cost)
 
     def __repr__(self) -> str:
@@ -468,44 +505,44 @@ def mean_product(P: np.ndarray, Q: np.ndarray, R: np.ndarray, S: np.ndarray) -> 
 
     ``P (B, p)``, ``Q (E, p)``, ``R (B, r)``, ``S (E, r)``: equals ``((Q @ (P^T R / B)) * S).sum(1)``.
     """
-    return ((Q @ (P.T @ R / P.shape[0])) * S).sum(1)
+    return np.einsum("eq,eq->e", Q @ (P.T @ R / P.shape[0]), S)
 
 
 class LaplacianFactor:
-    """A sparse LU of :math:`L_{ff}(k)` and the output responses :math:`Z, S`, reused for all solves.
+    """A factorization of :math:`L_{ff}(k)` and the output responses :math:`Z, S`, reused for all solves.
 
-    Build with :meth:`ResistorNetwork.factorize`. Singular or non-finite systems raise
+    Build with :meth:`ResistorNetwork.factorize`. The network's :class:`LaplacianSolver` (one symbolic analysis
+    per network and backend) refactorizes numerically for ``k``; every solve is residual-checked and redone with
+    a fresh SuperLU factorization if the check fails. Singular or non-finite systems raise
     :class:`SingularNetworkError`; no solve ever returns NaN voltages silently.
     """
 
-    def __init__(self, net: ResistorNetwork, k: np.ndarray):
+    def __init__(
+        self, net: ResistorNetwork, k: np.ndarray, *, backend: str | None = None, memory_limit: float | None = None
+    ):
         self.net, self.k = net, k
-        L = net.laplacian(k)
-        if not np.isfinite(L.data).all():
+        data = net._laplacian_data(k)
+        if not np.isfinite(data).all():
             raise SingularNetworkError(
                 f"the reduced Laplacian of {net!r} overflows (conductances up to {k.max():.3g}); rescale k"
             )
-        self.L = L
-        try:
-            self.lu = spla.splu(
-                L, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
-            )
-        except RuntimeError as err:  # "Factor is exactly singular"
-            raise SingularNetworkError(
-                f"the reduced Laplacian of {net!r} is singular ({err}); conductances span "
-                f"[{k.min():.3g}, {k.max():.3g}]"
-            ) from err
+        self.solver = net.solver(backend, memory_limit)
+        what = f"the reduced Laplacian of {net!r} (conductances span [{k.min():.3g}, {k.max():.3g}])"
+        self.factor: CheckedFactor = self.solver.factor(data, what)
+        self.L = self.factor.matrix
         self._Z: np.ndarray | None = None
 
+    @property
+    def backend(self) -> str:
+        """The backend whose solves this factor returns (``"splu-reference"`` after a residual-check fallback)."""
+        return self.factor.backend
+
     def solve(self, rhs: np.ndarray) -> np.ndarray:
-        """Solve :math:`L_{ff} X = R` for ``R`` of shape ``(n_free,)`` or ``(n_free, K)``."""
-        X = self.lu.solve(np.asarray(rhs, dtype=np.float64))
-        if not np.isfinite(X).all():
-            raise SingularNetworkError(
-                "a solve with the reduced Laplacian gave non-finite voltages (numerically singular system; "
-                f"conductances span [{self.k.min():.3g}, {self.k.max():.3g}]"
-            )
-        return X
+        """Solve :math:`L_{ff} X = R` for ``R`` of shape ``(n_free,)`` or ``(n_free, K)`` (one call, all columns).
+
+        Raises:
+            SingularNetworkError: the system is singular or numerically singular (residual check)."""
+        return self.factor.solve(rhs)
 
     # ---- output responses -------------------------------------------------------------------------
     @property
@@ -573,15 +610,7 @@ class LaplacianFactor:
                 coef, rhs = np.eye(B), np.zeros((net.n_free, B))
                 rhs[src] = x.T
             fixed_part = np.zeros((nF, rhs.shape[1]))
-        Vf = self.solve(rhs)
-        # a posteriori check (one sparse mat-vec): a numerically singular system never passes silently
-        res = np.abs(self.L @ Vf - rhs).max(initial=0.0)
-        scale = abs(self.L).max() * np.abs(Vf).max(initial=0.0) + np.abs(rhs).max(initial=0.0)
-        if not res <= 1e-8 * scale:
-            raise SingularNetworkError(
-                f"the free-state solve is numerically singular (residual {res:.3g} vs scale {scale:.3g}); "
-                f"conductances span [{self.k.min():.3g}, {self.k.max():.3g}]"
-            )
+        Vf = self.solve(rhs)  # residual-checked (one sparse mat-mat): a singular system never passes silently
         basis = np.empty((net.n_nodes, Vf.shape[1]))
         basis[net.free] = Vf
         basis[net.fixed] = fixed_part
