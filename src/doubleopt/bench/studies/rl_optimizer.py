@@ -89,7 +89,7 @@ import torch
 from torch import Tensor
 
 import doubleopt as do
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads, time_call
 from doubleopt.learned import LSTMOptimizer, MLPOptimizer, PolicyOptimizer, li_malik_task
 from doubleopt.learned._cli import estimator_counters
 from doubleopt.learned._pretrained import PRETRAINED, WEIGHTS_DIR
@@ -105,7 +105,22 @@ N_TRAIN, N_TEST = 90, 100  # objectives per family: li_malik_task's training / h
 
 @dataclass
 class Args:
-    """Li & Malik (2017): learned optimizers (policy by GPS / PPO / meta-gradients, LSTM, MLP) vs tuned baselines."""
+    """Li & Malik (2017): learned optimizers (a policy by GPS / PPO / meta-gradients, LSTM, MLP) vs tuned baselines.
+
+    What is compared: per objective family (logistic, robust, mlp), the objective over ``--iterations``
+    iterations on the 100 held-out test objectives, every method from the same random starting points (cold),
+    with the same number of iterations, float32, ``--threads`` threads: gradient descent, momentum, Adam,
+    nonlinear CG and L-BFGS, each tuned on the 90 training objectives over a stated grid, against the learned
+    optimizers meta-trained on the same 90 training objectives (shipped weights, or ``--retrain``). Also the
+    learned optimizers on unseen variants against re-tuned gradient descent, and the wall time of one batched
+    evaluation (policy vs tuned GD, warm-up + median of ``--cost-repeats``).
+
+    Seeds (the global generators are seeded once at the top of ``main`` with ``--train-seed``): ``--seed`` the
+    objective sets (``seed + 7919`` the evaluation-cost batch), ``--start-seed`` the test starting points
+    (``start_seed + 1`` the evaluation-cost batch's), ``--tune-seed`` the tuning starts, ``--train-seed`` each
+    ``--retrain`` run (its ``MetaConfig`` seed, and the global generator re-seeded before its initial weights, so
+    they do not depend on which methods ran before).
+    """
 
     families: list[str] = field(default_factory=lambda: list(FAMILIES))  # objective families to run
     methods: list[str] = field(default_factory=lambda: list(TRAINING))  # learned methods (keys of TRAINING)
@@ -429,7 +444,7 @@ def tune(name: str, problem, x_train, args: Args, iterations: int) -> dict[str, 
     spec = BASELINES[name]
     grid = spec.quick_grid if args.quick else spec.grid
     x = repeat_context(x_train, args.tune_starts)
-    y0 = problem.init(x, generator=torch.Generator().manual_seed(args.tune_seed))
+    y0 = problem.init(x, generator=generator(args.tune_seed))
     start = time.perf_counter()
     scores = [tuning_score(run(problem, spec.build(s), x, y0, iterations)) for s in grid]
     k = select(scores)
@@ -557,7 +572,7 @@ def train_here(method: str, family: str, args: Args) -> tuple[Any, dict[str, Any
     """Meta-train ``method`` on the family's training objectives with the settings of :data:`TRAINING` (timed)."""
     tr = TRAINING[method].settings(family)
     task = li_malik_task(family, "train", seed=args.seed)
-    torch.manual_seed(args.train_seed)  # the initial weights come from torch's global generator
+    seed_all(args.train_seed)  # the initial weights come from the global generator: the same for every method
     lopt = ARCHS[tr.arch](**tr.lopt)
     cfg = MetaConfig(method=tr.method, seed=args.train_seed, **(tr.quick_config if args.quick else tr.config))
     steps = tr.quick_meta_steps if args.quick else tr.meta_steps
@@ -603,7 +618,7 @@ def study_family(family: str, args: Args, specs: dict[str, str]) -> dict[str, An
     T = args.iterations
     problem, x_train = objective_set(family, "train", seed=args.seed)
     _, x_test = objective_set(family, "test", seed=args.seed)
-    y0 = problem.init(x_test, generator=torch.Generator().manual_seed(args.start_seed))
+    y0 = problem.init(x_test, generator=generator(args.start_seed))
 
     print(f"[{family}] tuning the baselines on {N_TRAIN} training objectives ...", flush=True)
     tuning = {b: tune(b, problem, x_train, args, T) for b in BASELINES}
@@ -659,7 +674,7 @@ def generalization(family: str, args: Args, learned: dict[str, Any], gd, gd_sett
         common = dict(seed=args.seed, scale=scale, **kw)
         problem, x_train = objective_set(family, "train", **common)
         _, x_test = objective_set(family, "test", **common)
-        y0 = problem.init(x_test, generator=torch.Generator().manual_seed(args.start_seed))
+        y0 = problem.init(x_test, generator=generator(args.start_seed))
         gd_tuned = tune("GD", problem, x_train, args, T)
         gd_curves = run(problem, BASELINES["GD"].build(gd_tuned["chosen"]), x_test, y0, T)
         g = summarize(gd_curves)
@@ -699,7 +714,7 @@ def eval_cost(family: str, args: Args, learned: dict[str, Any], gd_settings) -> 
     T = args.iterations
     problem = PROBLEMS[family]()
     x = problem.sample(batch, seed=args.seed + 7919)
-    y0 = problem.init(x, generator=torch.Generator().manual_seed(args.start_seed + 1))
+    y0 = problem.init(x, generator=generator(args.start_seed + 1))
     policy = next((m for m in ("policy-gps", *args.methods) if m in learned and TRAINING[m].arch == "policy"), None)
     timed = {"GD": BASELINES["GD"].build(gd_settings)}
     note = ""
@@ -972,6 +987,39 @@ def plot_margins(results: dict[str, dict[str, Any]], T: int):
 # ======================================================================================================
 # main
 # ======================================================================================================
+def check_args(args: Args, specs: dict[str, str]) -> None:
+    """Refuse unknown families, a --seed the loaded weights were not trained with, and missing weight files
+    (before any work starts)."""
+    unknown = sorted(set(args.families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+    if not args.retrain and args.methods and args.seed != 0:
+        raise ValueError(
+            f"--seed {args.seed} draws other objective sets than the ones the weights were trained on (train-lopt's "
+            "li-malik-* tasks use seed 0): held-out objectives could be training ones; use --retrain with --seed"
+        )
+    if not args.retrain:  # every weights file exists before any work starts
+        for f in args.families:
+            for m in args.methods:
+                resolve_weights(specs[m].format(family=f))
+
+
+def save_plots(results: dict[str, dict[str, Any]], args: Args) -> Path:
+    """One plot per family and the margins plot, into ``--img-dir``."""
+    img = Path(args.img_dir)
+    img.mkdir(parents=True, exist_ok=True)
+    import matplotlib.pyplot as plt
+
+    for f, r in results.items():
+        fig = plot_family(f, r, args.iterations)
+        fig.savefig(img / f"rl_optimizer_{f}.png", dpi=110)
+        plt.close(fig)
+    fig = plot_margins(results, args.iterations)
+    fig.savefig(img / "rl_optimizer_margin.png", dpi=110)
+    plt.close(fig)
+    return img
+
+
 def main(argv=None):
     args = parse_args(Args, argv)
     out = Path(args.out)
@@ -985,32 +1033,26 @@ def main(argv=None):
         if args.out == DEFAULT_OUT:
             args.out = QUICK_OUT
         args.img_dir = args.out
-    unknown = sorted(set(args.families) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}")
     ensure_registered(args.methods)
     specs = weight_specs(args)
-    if not args.retrain and args.methods and args.seed != 0:
-        raise ValueError(
-            f"--seed {args.seed} draws other objective sets than the ones the weights were trained on (train-lopt's "
-            "li-malik-* tasks use seed 0): held-out objectives could be training ones; use --retrain with --seed"
-        )
-    if not args.retrain:  # every weights file exists before any work starts
-        for f in args.families:
-            for m in args.methods:
-                resolve_weights(specs[m].format(family=f))
+    check_args(args, specs)
     set_threads(args.threads)
-    torch.manual_seed(0)  # nothing else draws from the global generator; seeded all the same
+    seed_all(args.train_seed)  # the explicit streams (objectives, starts, tuning) are derived: see Args
+    started = conditions(dtype="float32")
     given = sys.argv[1:] if argv is None else list(argv)
     command = "doubleopt bench rl_optimizer" + (" -- " + shlex.join(given) if given else "")
+
+    # ---- every family: tune the baselines, load or train the learned optimizers, run them all ----
     start = time.perf_counter()
     results = {f: study_family(f, args, specs) for f in args.families}
+
+    # ---- report ----
     report = Report("rl_optimizer", out_dir=args.out)
     families = {f: {k: v for k, v in r.items() if not k.startswith("_")} for f, r in results.items()}
     data = {
         "command": command,
         "args": dataclasses.asdict(args),
-        "conditions": conditions(dtype="float32", note="2-core machine shared with other jobs"),
+        "conditions": started,
         "iterations": args.iterations,
         "n_train": N_TRAIN,
         "n_test": N_TEST,
@@ -1032,17 +1074,7 @@ def main(argv=None):
         report.add_row(**row)
     path = report.save(data)
     (path / "table.md").write_text(render(data))
-    img = Path(args.img_dir)
-    img.mkdir(parents=True, exist_ok=True)
-    import matplotlib.pyplot as plt
-
-    for f, r in results.items():
-        fig = plot_family(f, r, args.iterations)
-        fig.savefig(img / f"rl_optimizer_{f}.png", dpi=110)
-        plt.close(fig)
-    fig = plot_margins(results, args.iterations)
-    fig.savefig(img / "rl_optimizer_margin.png", dpi=110)
-    plt.close(fig)
+    img = save_plots(results, args)
     print(render(data))
     print(f"results in {path}, plots in {img}")
     return data
