@@ -20,7 +20,10 @@
    between the vectors is poisoned too, so AddressSanitizer reports an access one element past (or before) any
    vector, which it could not see inside the one allocation otherwise. -DQP_IPM_INJECT_OVERRUN=<1..3> builds a
    deliberately broken kernel (one read and write one element past a vector: 1 the iterations' dl, 2 the
-   transposed F, 3 the polish's up) for the test that the guards catch such a bug. */
+   transposed F, 3 the polish's up) for the test that the guards catch such a bug.
+   Threads: a call keeps no state outside its own workspace and the [b0, b1) slices of the outputs, so concurrent
+   calls on disjoint slices (the Python wrapper's split of a batch) are safe; tests/qp_kernel_harness.c checks this
+   under ThreadSanitizer, and -DQP_IPM_INJECT_RACE (a counter shared by all calls) is the bug that check must catch. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,6 +50,13 @@
     } while (0)
 #else
 #define INJECT_OVERRUN(id, v, n) ((void)0)
+#endif
+
+#ifdef QP_IPM_INJECT_RACE /* the thread-safety test's deliberate bug: state shared by concurrent calls */
+static int64_t injected_calls;
+#define INJECT_RACE() (++injected_calls)
+#else
+#define INJECT_RACE() ((void)0)
 #endif
 
 #define ST_CONVERGED 0
@@ -470,6 +480,7 @@ void doubleopt_qp_ipm(const Options *o, int64_t b0, int64_t b1, const double *P,
                       const double *hn, const double *ydiv, const double *zdiv, double *u, double *s,
                       double *lam, int64_t *iters, int64_t *polished, int64_t *status, double *L, int64_t *lok) {
     const int64_t k = o->k, m = o->m;
+    INJECT_RACE();
     Workspace w;
     w.hs.kp = (k + 3) / 4 * 4;
     w.hs.mp = (m + VW - 1) / VW * VW;
