@@ -31,12 +31,26 @@ from dataclasses import dataclass, field
 import torch
 
 import doubleopt as do
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads, time_call
 from doubleopt.bench.baselines import require
 
 
 @dataclass
 class Args:
+    """Differentiable QP layers: doubleopt's batched interior point vs qpth and cvxpylayers (forward + backward).
+
+    What is compared: the same random feasible QPs (per-instance matrices, float64), solved cold (no warm start)
+    and differentiated (forward + backward of sum(z * w)); solutions are checked to agree within
+    ``--agree-tol`` first. Every row is timed the same way: one warm-up, then the median of ``--repeats`` calls in
+    the same process, with ``--threads`` threads for torch, BLAS and cvxpylayers' diffcp pool; each row states its
+    accuracy setting (our KKT ``--tol``, qpth's eps 1e-12, cvxpylayers' SCS ``--cvx-eps`` and SCS's default).
+    Also: our layer without the native kernel, and a scaling sweep of our layer over n and B with the float32
+    accuracy.
+
+    Seeds (set once at the top of ``main``): ``--seed`` the QPs (``RandomQP.sample``) and the global generators,
+    ``seed + 1`` the headline weights w, ``seed + 2`` the sweep's weights.
+    """
+
     batch: int = 128  # headline batch size B
     n: int = 50  # variables
     m: int = 100  # inequalities
@@ -132,21 +146,9 @@ def cvxpylayers_run(layer, tensors, w, solver_args: dict):
     return z.detach(), [None, *[t.grad for t in leaves[1:]]]
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    require("qpth.qp", QPTH)  # the baselines first: a missing one stops the study before any timing
-    if not args.skip_cvxpylayers:
-        require("cvxpylayers.torch", CVXPYLAYERS)
-    if args.quick:
-        args.batch, args.n, args.m, args.p, args.repeats = 8, 10, 20, 3, 1
-        args.scale_n, args.scale_b = [5, 10], [1, 8]
-    set_threads(args.threads)
-    report = Report("qp", out_dir=args.out)
-    B, n, m, p = args.batch, args.n, args.m, args.p
-    data = make(args, B, n, m, p)
-    w = torch.randn(B, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-    load_before = os.getloadavg()[0]
+def headline_rows(args: Args, data: list, w: torch.Tensor, report: Report) -> tuple[dict, dict]:
+    """Ours (native kernel and PyTorch iterations), qpth and cvxpylayers (two accuracy settings) on the same QPs:
+    one row each. Returns ``(median time by method, max |z - z_ours| by baseline)``."""
     t_ours = time_call(lambda: ours(data, w, args.tol), warmup=1, repeats=args.repeats)
     z_ours, g_ours, sol = t_ours.result
     c_ours = cpu_time(lambda: ours(data, w, args.tol), args.repeats)
@@ -173,12 +175,15 @@ def main(argv=None):
                        max_dz=float((z - z_ours).abs().max()), max_dgrad_q=float((grads[1] - g_ours[1]).abs().max()),
                        steps=steps)
 
-    if native:  # the same layer without the C kernel: the PyTorch iterations only
+    # ---- ours without the C kernel: the PyTorch iterations only ----
+    if native:
         t_py = time_call(lambda: ours(data, w, args.tol, native=False), warmup=1, repeats=args.repeats)
         c_py = cpu_time(lambda: ours(data, w, args.tol, native=False), args.repeats)
         rows["doubleopt (PyTorch)"] = t_py.median
         add_row("doubleopt, PyTorch iterations (QP(native=False))", f"KKT tol {args.tol:g}", t_py.median, c_py,
                 t_py.result[0], t_py.result[1], float(t_py.result[2].num_steps.double().mean()))
+
+    # ---- baseline: qpth ----
     z_q, g_q = qpth_run(data, w)
     dz = float((z_q - z_ours).abs().max())
     agree["qpth"] = dz
@@ -188,8 +193,10 @@ def main(argv=None):
     c_q = cpu_time(lambda: qpth_run(data, w), args.repeats)
     rows["qpth"] = t_q.median
     add_row("qpth 0.0.18 (PDIPM batched)", "eps 1e-12 (default)", t_q.median, c_q, z_q, g_q)
+
+    # ---- baseline: cvxpylayers, at our accuracy and at SCS's default ----
     if not args.skip_cvxpylayers:
-        layer = cvxpylayers_build(n, m, p)
+        layer = cvxpylayers_build(args.n, args.m, args.p)
         settings = {  # row label -> (accuracy column, solver_args)
             f"cvxpylayers (SCS eps {args.cvx_eps:g}, n_jobs {args.threads})": (
                 f"SCS eps_abs = eps_rel = {args.cvx_eps:g}, max_iters {args.cvx_max_iters}",
@@ -212,15 +219,20 @@ def main(argv=None):
                 print(f"{label} disagrees: max |dz| = {dz:.2e} > {args.agree_tol} (SCS accuracy)")
             rows["cvxpylayers" if i == 0 else "cvxpylayers (default eps)"] = t_c.median
             add_row(label, accuracy, t_c.median, c_c, z_c, g_c)
+    return rows, agree
 
-    # scaling sweeps (ours) and float32 vs float64 accuracy
-    scaling = []
+
+def scaling_sweep(args: Args) -> list[dict]:
+    """Our layer over n (B = --batch) and over B (n = --n): time with and without the native kernel, and the
+    float32 accuracy (float32 inputs solved in float64, and natively in float32)."""
     from tqdm.auto import tqdm
 
-    grid = [(B, nn) for nn in args.scale_n] + [(bb, n) for bb in args.scale_b]
+    gen = generator(args.seed + 2)  # the sweep's weights w
+    scaling = []
+    grid = [(args.batch, nn) for nn in args.scale_n] + [(bb, args.n) for bb in args.scale_b]
     for bb, nn in tqdm(grid, desc="scaling"):
         d = make(args, bb, nn, 2 * nn, max(1, nn // 5))
-        ww = torch.randn(bb, nn, dtype=torch.float64)
+        ww = torch.randn(bb, nn, generator=gen, dtype=torch.float64)
         t = time_call(lambda d=d, ww=ww: ours(d, ww, args.tol), warmup=1, repeats=args.repeats)
         t_py = time_call(lambda d=d, ww=ww: ours(d, ww, args.tol, native=False), warmup=1, repeats=args.repeats)
         d32 = [x.float() for x in d]
@@ -241,6 +253,10 @@ def main(argv=None):
                 "f32_native_successful": int(s32.successful.sum()),
             }
         )
+    return scaling
+
+
+def plot(args: Args, rows: dict, scaling: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,40 +269,57 @@ def main(argv=None):
     axes[0].loglog([r["n"] for r in sn], [r["fwd_bwd_s_pytorch_iterations"] for r in sn], "s--",
                    label="doubleopt, PyTorch iterations")
     axes[0].legend()
-    axes[0].set(xlabel="n (m = 2n, p = n/5)", ylabel="fwd+bwd time (s)", title=f"B = {B}")
+    axes[0].set(xlabel="n (m = 2n, p = n/5)", ylabel="fwd+bwd time (s)", title=f"B = {args.batch}")
     axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s"] for r in sb], "o-", label="doubleopt")
     axes[1].loglog([r["B"] for r in sb], [r["fwd_bwd_s_pytorch_iterations"] for r in sb], "s--",
                    label="doubleopt, PyTorch iterations")
     axes[1].legend()
-    axes[1].set(xlabel="batch B", ylabel="fwd+bwd time (s)", title=f"n = {n}")
+    axes[1].set(xlabel="batch B", ylabel="fwd+bwd time (s)", title=f"n = {args.n}")
     names = list(rows)
     axes[2].bar(names, [rows[k] for k in names])
     plt.setp(axes[2].get_xticklabels(), rotation=25, ha="right")
     axes[2].set_yscale("log")
-    axes[2].set(ylabel="fwd+bwd time (s)", title=f"B={B}, n={n}, m={m}, p={p}, float64")
-    report.save(
-        {
-            "conditions": conditions(
-                dtype="float64",
-                batch=B,
-                n=n,
-                m=m,
-                p=p,
-                note="machine shared with other engineers; absolute times are noisy, ratios are same-run",
-                compared=(
-                    "same QPs, float64, forward + backward, cold starts; every row warm-up + median of repeats; "
-                    "torch / BLAS threads and cvxpylayers' diffcp thread pool (n_jobs_forward / n_jobs_backward) "
-                    "all set to `threads`; each row's accuracy setting in its `accuracy` column"
-                ),
-                threads=args.threads,
-                repeats=args.repeats,
-                load_average_1min=[load_before, os.getloadavg()[0]],
-            ),
-            "agreement_max_abs_dz": agree,
-            "scaling": scaling,
-        },
-        fig,
+    axes[2].set(ylabel="fwd+bwd time (s)", title=f"B={args.batch}, n={args.n}, m={args.m}, p={args.p}, float64")
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    require("qpth.qp", QPTH)  # the baselines first: a missing one stops the study before any timing
+    if not args.skip_cvxpylayers:
+        require("cvxpylayers.torch", CVXPYLAYERS)
+    if args.quick:
+        args.batch, args.n, args.m, args.p, args.repeats = 8, 10, 20, 3, 1
+        args.scale_n, args.scale_b = [5, 10], [1, 8]
+    set_threads(args.threads)
+    seed_all(args.seed)  # the derived streams (headline and sweep weights) are built from it: see Args
+    B, n, m, p = args.batch, args.n, args.m, args.p
+    started = conditions(
+        dtype="float64",
+        batch=B,
+        n=n,
+        m=m,
+        p=p,
+        compared=(
+            "same QPs, float64, forward + backward, cold starts; every row warm-up + median of repeats; "
+            "torch / BLAS threads and cvxpylayers' diffcp thread pool (n_jobs_forward / n_jobs_backward) "
+            "all set to `threads`; each row's accuracy setting in its `accuracy` column"
+        ),
+        threads=args.threads,
+        repeats=args.repeats,
     )
+    report = Report("qp", out_dir=args.out)
+    data = make(args, B, n, m, p)
+    w = torch.randn(B, n, generator=generator(args.seed + 1), dtype=torch.float64)
+
+    # ---- ours vs the baselines on the headline batch; then the scaling sweep of ours ----
+    load_before = os.getloadavg()[0]
+    rows, agree = headline_rows(args, data, w, report)
+    scaling = scaling_sweep(args)
+
+    # ---- report ----
+    started["load_average_1min"] = [load_before, os.getloadavg()[0]]
+    report.save({"conditions": started, "agreement_max_abs_dz": agree, "scaling": scaling}, plot(args, rows, scaling))
     print(report.table())
     print("scaling:", *scaling, sep="\n  ")
     return report
