@@ -48,7 +48,7 @@ import torch
 import doubleopt as do
 from doubleopt.amortized import FullyAmortized, KKTResidual, Safeguarded, SemiAmortized, break_even, fit
 from doubleopt.amortized.qp_warmstart import PrimalDualQP, QPWarmStartNet, WarmQPState, WarmStartQP
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads, time_call
 from doubleopt.bench.baselines import require
 from doubleopt.problems.qp import QPData, qp_kkt_residual, unpack_start
 from doubleopt.solvers.qp import QP
@@ -56,6 +56,19 @@ from doubleopt.solvers.qp import QP
 
 @dataclass
 class Args:
+    """Warm-starting a QP interior point from a learned prediction (MPC or portfolio QPs) vs cold starts and OSQP.
+
+    What is compared (every row): the same held-out instances (OSQP: the first ``--osqp-instances``), the same
+    certificate (scaled KKT residual + duality gap) at the same threshold ``--tol`` for every answer, OSQP's
+    included, float64, the same ``--threads`` threads; the ``start`` column says cold or warm (the model's
+    prediction). Iterations count every polish as one; times include the model's forward pass. Every row is its
+    own solve: one warm-up, then the median of ``--repeats`` (the whole batch; OSQP: the whole loop).
+
+    Seeds (set once at the top of ``main``): the global generators (the network's initial weights) and the
+    training stream (``fit``'s seed) from ``--seed``; the normalization instances ``seed + 2``, the held-out
+    instances ``seed + 12345``.
+    """
+
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
     family: str = "mpc"  # "mpc" (MPCQP: x0 varies) or "portfolio" (PortfolioQP: expected returns vary)
     n_assets: int = 20  # portfolio: size n (m = 2n bounds, p = 1 budget constraint)
@@ -130,19 +143,8 @@ class CountingWarmStartQP(WarmStartQP):
         return state
 
 
-def main(argv=None):
-    args = parse_args(Args, argv)
-    require("osqp", OSQP)  # the baseline first: if it is missing, the study stops before training
-    if args.quick:
-        args.n_assets, args.train_size, args.train_steps, args.n_test, args.hidden = 8, 256, 30, 64, 32
-        args.osqp_instances, args.repeats, args.batch_size = 16, 1, 64
-    set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def make_family(args: Args) -> PrimalDualQP:
+    """The QP family of ``--family`` as a primal-dual problem (the network predicts z, nu, lam and s)."""
     if args.family == "portfolio":
         base = do.problems.PortfolioQP(n_assets=args.n_assets)
     elif args.family == "mpc":
@@ -150,12 +152,14 @@ def main(argv=None):
                                  u_max=args.u_max)
     else:
         raise ValueError(f"--family must be 'mpc' or 'portfolio', got {args.family!r}")
-    fam = PrimalDualQP(base)
-    n, m, p = fam.sizes
-    tol = args.tol
-    reference = WarmStartQP(warm=False, qp=QP(skip_tol=1e-10))
+    return PrimalDualQP(base)
 
-    # ---- training: regression to the interior point's own (cached) optima ----
+
+def train_model(args: Args, fam: PrimalDualQP) -> tuple[QPWarmStartNet, float, float]:
+    """The warm-start MLP regressed on the interior point's own (cached) optima:
+    ``(model, training time incl. the reference solves, final validation loss)``."""
+    n, m, p = fam.sizes
+    reference = WarmStartQP(warm=False, qp=QP(skip_tol=1e-10))
     t0 = time.perf_counter()
     x_norm = fam.sample(min(2000, args.train_size), seed=args.seed + 2)
     y_norm = do.solve(fam, reference, x_norm, tol=1e-10, max_steps=args.max_steps).y
@@ -166,11 +170,13 @@ def main(argv=None):
     fit_res = fit(FullyAmortized(model), fam, loss="regression", reference=reference, train_size=args.train_size,
                   steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   val_every=max(args.train_steps // 10, 1))
-    train_time = fit_res.train_time + norm_time
+    return model, fit_res.train_time + norm_time, fit_res.final_val
 
-    # ---- held-out instances ----
-    x = fam.sample(args.n_test, seed=args.seed + 12345)
-    B = args.n_test
+
+def batched_rows(args: Args, fam, model, x, train_time: float, report: Report) -> tuple[dict, dict, torch.Tensor]:
+    """Cold, the warm variants and the safeguarded solve, each its own batched solve (one row each).
+    Returns ``(timings, iterations, prediction)`` by method."""
+    B, tol = x.q.shape[0], args.tol
     qp = QP(skip_tol=tol)
     qp_nofloor = QP(skip_tol=tol, warm_start_floor=1e-12)
     methods = {
@@ -191,11 +197,9 @@ def main(argv=None):
             y0 = mdl(x)
         return do.solve(fam, solver, x, y0, tol=tol, max_steps=args.max_steps, throw=False)
 
-    report = Report("qp_warmstart", out_dir=args.out)
     timings, iters = {}, {}
     with torch.no_grad():
         pred = model(x)
-        pred_kkt = cert(fam, pred, x)
         for name, (mdl, solver) in methods.items():
             timings[name] = time_call(lambda mdl=mdl, s=solver: run(mdl, s), repeats=args.repeats)
         # the safeguard's first stage: the active-set row's solver configuration, counting its own polishes
@@ -241,11 +245,18 @@ def main(argv=None):
             break_even_instances=break_even(train_time, t_cold, per) if name != "cold" else float("nan"),
             **extra,
         )
-    # ---- OSQP, one instance at a time (the same first k held-out instances, each loop timed on its own) ----
+    return timings, iters, pred
+
+
+def osqp_rows(args: Args, fam, model, x, pred, t_cold: float, iters: dict, report: Report) -> float:
+    """OSQP cold and warm (the model's prediction), one instance at a time on the first ``--osqp-instances``
+    held-out instances, each loop timed on its own; returns the model's forward time per instance."""
+    B, tol, p = x.q.shape[0], args.tol, fam.sizes[2]
+    timing = f"warm-up + median of {args.repeats}"
     k = min(args.osqp_instances, B)
     xo = QPData(*(t[:k] for t in (x.Q, x.q, x.A, x.b, x.G, x.h)))
     starts = unpack_start(pred[:k], xo)
-    t_pred = time_call(lambda: model(x), repeats=args.repeats).median / B
+    t_pred = time_call(lambda: model(x), repeats=args.repeats).median / B  # (with autograd on, as before)
     for label, warm in (("OSQP cold", False), ("OSQP warm (model)", True)):
         # each timed call sets OSQP up once (fresh adaptive rho: every call the same) and loops over the k
         tm = time_call(lambda w=warm: osqp_loop(*osqp_setup(xo, tol, w), starts, w), repeats=args.repeats)
@@ -259,18 +270,26 @@ def main(argv=None):
                        speedup_vs_cold=t_cold / per, iters_mean=float(it.mean()), iters_median=float(np.median(it)),
                        iters_max=float(it.max()), iter_ratio_vs_cold=float("nan"),
                        certified=f"{int((kkt <= tol).sum())}/{k}", successful="", break_even_instances=float("nan"))
-    print(report.table())
+    return t_pred
 
-    # ---- figure: iteration histograms (interior point) and time per instance ----
+
+def plot(args: Args, fam, timings: dict, iters: dict, report: Report):
+    """Iteration histograms (interior point) and time per instance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, m, p = fam.sizes
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     ipm = [nm for nm in timings if not nm.startswith("safeguarded")]
     top = int(max(iters[nm].max() for nm in ipm))
     bins = np.arange(-0.5, min(top, 30) + 1.5)
     for nm in ipm:
         ax1.hist(np.minimum(iters[nm], bins[-1] - 0.5), bins=bins, histtype="step", lw=1.6, label=nm)
-    ax1.set_xlabel(f"interior-point iterations to KKT residual {tol:g}")
+    ax1.set_xlabel(f"interior-point iterations to KKT residual {args.tol:g}")
     ax1.set_ylabel("instances")
-    ax1.set_title(f"{type(fam.base).__name__} n={n}, m={m}, p={p}: {B} held-out instances", fontsize=10)
+    ax1.set_title(f"{type(fam.base).__name__} n={n}, m={m}, p={p}: {args.n_test} held-out instances", fontsize=10)
     ax1.legend(fontsize=8)
     names = [r["method"] for r in report.rows]
     vals = [r["ms_per_inst"] for r in report.rows]
@@ -279,21 +298,43 @@ def main(argv=None):
     ax2.invert_yaxis()
     ax2.set_xscale("log")
     ax2.set_xlabel("ms per instance (end to end, model forward included)")
-    ax2.set_title(f"time per instance (batch {B}, {args.threads} thread(s); OSQP: loop)", fontsize=10)
+    ax2.set_title(f"time per instance (batch {args.n_test}, {args.threads} thread(s); OSQP: loop)", fontsize=10)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(Args, argv)
+    require("osqp", OSQP)  # the baseline first: if it is missing, the study stops before training
+    if args.quick:
+        args.n_assets, args.train_size, args.train_steps, args.n_test, args.hidden = 8, 256, 30, 64, 32
+        args.osqp_instances, args.repeats, args.batch_size = 16, 1, 64
+    set_threads(args.threads)
+    seed_all(args.seed)  # the derived seeds (normalization and held-out instances): see Args
+    started = conditions(dtype="float64", batch=args.n_test)
+    fam = make_family(args)
+
+    # ---- ours: train the warm-start network; then every row on the held-out instances, OSQP last ----
+    model, train_time, final_val = train_model(args, fam)
+    x = fam.sample(args.n_test, seed=args.seed + 12345)
+    report = Report("qp_warmstart", out_dir=args.out)
+    timings, iters, pred = batched_rows(args, fam, model, x, train_time, report)
+    t_cold = timings["cold"].median / args.n_test
+    t_pred = osqp_rows(args, fam, model, x, pred, t_cold, iters, report)
+    print(report.table())
+
+    # ---- report ----
+    with torch.no_grad():
+        pred_kkt = KKTResidual()(fam, pred, x)
     summary = {
         "train_time_s": train_time,
-        "final_val_loss": fit_res.final_val,
+        "final_val_loss": final_val,
         "prediction_kkt_median": float(pred_kkt.median()),
         "model_forward_ms_per_inst": 1e3 * t_pred,
     }
     print(summary)
     path = report.save(
-        {
-            "args": vars(args),
-            "conditions": conditions(dtype="float64", batch=B, note="shared machine: other jobs running"),
-            "summary": summary,
-        },
-        fig,
+        {"args": vars(args), "conditions": started, "summary": summary},
+        plot(args, fam, timings, iters, report),
     )
     print(f"wrote {path}")
     return report.rows
