@@ -7,6 +7,7 @@ import torch
 
 import doubleopt as do
 from doubleopt.problems import QPData, QPStart, RandomQP
+from doubleopt.solvers.qp.weakly_active import weakly_active
 
 F64 = torch.float64
 
@@ -479,3 +480,95 @@ def test_two_sided_rows_merge_in_the_hessian_without_changing_the_solution(monke
         xg = fam.context(fam.initial_states(x))
         xg = QPData(xg.Q, xg.q, xg.A, xg.b, G.expand(16, -1, -1), xg.h)
         assert qpmod._paired_rows(xg, None) is None
+
+
+# ---- weakly active constraints (issue 18, OptNet / QP) --------------------------------------------------------
+
+
+def _benchmark_instance(seed: int, i: int):
+    """Instance ``i`` of the qp study's problems (RandomQP, B = 128, n = 50, m = 100, p = 10, seed ``seed``)."""
+    x = RandomQP(n=50, m=100, p=10).sample(128, seed=seed)
+    w = torch.randn(128, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)[i:i + 1]
+    return [getattr(x, k)[i:i + 1] for k in "QqAbGh"], w
+
+
+def _grads(tensors, w, **kw):
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    sol = do.qp_solve(*leaves, **kw)
+    (sol.y * w).sum().backward()
+    return sol, [t.grad for t in leaves]
+
+
+def _rel(ga, gb):
+    return max(float((a - b).norm() / b.norm()) for a, b in zip(ga, gb))
+
+
+@pytest.mark.parametrize("seed, i", [(4, 63), (6, 125)])
+def test_weakly_active_constraint_gets_the_high_accuracy_gradient(seed, i):
+    """Found by a seed search on the benchmark distribution: at the default tol (1e-10) these instances stop with a
+    constraint whose slack and multiplier are both ~1e-5 (lam* = 2e-5 while the others are ~1e-2), so the KKT
+    backward weights it half active: a gradient 25% (seed 4) and 2200% (seed 6) away from a tol=1e-12 solve,
+    reported as successful. By default the instance is now re-solved tighter and its gradient is the reference's."""
+    tensors, w = _benchmark_instance(seed, i)
+    ref, g_ref = _grads(tensors, w, tol=1e-12, weakly_active="off")
+    assert not bool(weakly_active(ref.state.s, ref.state.lam, tensors[5]).any())  # the reference is unambiguous
+    old, g_old = _grads(tensors, w, weakly_active="off")  # the behaviour before: no check
+    assert old.summary() == "1 successful" and _rel(g_old, g_ref) > 0.2
+    assert bool(weakly_active(old.state.s, old.state.lam, tensors[5]).all())  # the detector sees it
+    marked, _ = _grads(tensors, w, weakly_active="mark")
+    assert marked.stats["weakly_active"].tolist() == [True] and not bool(marked.stats["tightened"].any())
+    assert "one-sided" in marked.stats["weakly_active_note"]
+    sol, g = _grads(tensors, w)  # the default
+    assert sol.summary() == "1 successful"
+    assert sol.stats["tightened"].tolist() == [True] and sol.stats["weakly_active"].tolist() == [False]
+    assert "weakly_active_note" not in sol.stats
+    torch.testing.assert_close(sol.y, ref.y, atol=1e-9, rtol=0)
+    assert _rel(g, g_ref) < 1e-6
+    assert int(sol.num_steps[0]) > int(old.num_steps[0])  # the extra solve is counted
+
+
+def test_only_the_weakly_active_instances_are_re_solved():
+    """In a batch, the instances without an ambiguous pair keep their result (bit for bit) and their gradient; the
+    tightened ones are spliced in differentiably (shared matrices get every instance's contribution once)."""
+    x = RandomQP(n=50, m=100, p=10).sample(128, seed=4)
+    idx = torch.tensor([62, 63, 64, 91])  # 63 and 91 have a weakly active constraint at tol 1e-10
+    tensors = [getattr(x, k)[idx] for k in "QqAbGh"]
+    w = torch.randn(4, 50, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref, g_ref = _grads(tensors, w, tol=1e-12, weakly_active="off")
+    off, _ = _grads(tensors, w, weakly_active="off")
+    sol, g = _grads(tensors, w)
+    assert sol.stats["tightened"].tolist() == [False, True, False, True]
+    assert not bool(sol.stats["weakly_active"].any())
+    assert torch.equal(sol.y[[0, 2]], off.y[[0, 2]])
+    assert _rel(g, g_ref) < 1e-6
+    assert bool((sol.state.lam >= 0).all()) and torch.equal(sol.state.rows, torch.arange(4))
+
+
+def test_a_degenerate_constraint_is_marked():
+    """min 1/2 |z|^2 + z_2 s.t. z_1 <= h at h = 0: the unconstrained optimum lies on the constraint, so slack and
+    multiplier are both 0 (degenerate). z_1(h) = min(h, 0) has derivative 1 from below and 0 from above: no
+    tolerance resolves it, and the instance is marked; the gradient is one of the one-sided derivatives."""
+    Q = torch.eye(2, dtype=F64)
+    q = torch.tensor([[0.0, 1.0]], dtype=F64)
+    G = torch.tensor([[1.0, 0.0]], dtype=F64)
+    h = torch.zeros(1, 1, dtype=F64, requires_grad=True)
+    sol = do.qp_solve(Q, q, None, None, G, h)
+    assert sol.summary() == "1 successful"
+    assert sol.stats["weakly_active"].tolist() == [True] and sol.stats["tightened"].tolist() == [True]
+    assert "one-sided derivatives" in sol.stats["weakly_active_note"]
+    (g,) = torch.autograd.grad(sol.y[0, 0], h)
+    assert min(abs(float(g) - 0.0), abs(float(g) - 1.0)) < 1e-6
+    layer = do.layers.QPLayer(Q=Q, q=q[0], G=G, h=h[0].detach())
+    layer()
+    assert layer.last_solution.stats["weakly_active"].tolist() == [True]
+
+
+def test_weakly_active_in_float32_compute_is_marked_not_re_solved_and_bad_modes_are_refused():
+    tensors, _ = _benchmark_instance(4, 63)
+    sol = do.qp_solve(*(t.float() for t in tensors), compute_dtype=torch.float32, throw=False, max_steps=100)
+    assert not bool(sol.stats["tightened"].any())  # 1e-12 is out of reach in float32
+    for bad in ("yes", None, True):
+        with pytest.raises(ValueError, match="weakly_active"):
+            do.qp_solve(*tensors, weakly_active=bad)
+    with pytest.raises(ValueError, match="weakly_active"):
+        do.layers.QPLayer(Q=tensors[0][0], weakly_active="always")

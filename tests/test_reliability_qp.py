@@ -48,6 +48,28 @@ def test_the_qp_code_has_no_literal_guards():
         assert not [n for n in numbers if float(n) in (1e-300, 1e30, 1e200)], f.name
 
 
+def test_the_other_python_qp_modules_have_no_literal_guards():
+    """The QP code outside the solvers/qp package (the problem families, the layer, the amortized warm start) uses
+    the named per-dtype guards too: no bare 1e-300 / 1e30 / 1e200 (each is 0 or inf in float32)."""
+    root = Path(do.__file__).parent
+    for rel in ("problems/qp.py", "layers/qp.py", "amortized/qp_warmstart.py"):
+        toks = tokenize.generate_tokens(io.StringIO((root / rel).read_text()).readline)
+        numbers = [tok.string for tok in toks if tok.type == tokenize.NUMBER]
+        assert not [n for n in numbers if float(n) in (1e-300, 1e30, 1e200)], rel
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_weakly_active_detector_works_in_each_dtype(dtype):
+    """The detector's 'both zero' threshold comes from the dtype (sqrt(eps)), so a degenerate pair is seen in
+    float32 as in float64, and a separated pair (or an exactly inactive one) is not."""
+    from doubleopt.solvers.qp.weakly_active import ambiguous_pairs
+
+    s = torch.tensor([[1e-10, 0.5, 6.8e-5, 0.0, 2.0]], dtype=dtype)
+    lam = torch.tensor([[1e-2, 0.0, 3.5e-5, 0.0, 0.0]], dtype=dtype)
+    h = torch.ones(1, 5, dtype=dtype)
+    assert ambiguous_pairs(s, lam, h).tolist() == [[False, False, True, True, False]]
+
+
 def test_adjoint_scaling_is_finite_in_float32():
     s = torch.tensor([[10.0, 0.0, 1e-3]], dtype=F32)
     lam = torch.tensor([[0.0, 2.0, 0.0]], dtype=F32)  # lam = 0 exactly (an inactive row after the polish)

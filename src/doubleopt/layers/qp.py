@@ -46,6 +46,10 @@ class QPLayer(nn.Module):
             ``last_solution``).
         compute_dtype: dtype of the interior point (default float64 even for float32 layers, whose output
             and gradients are cast back; ``torch.float32`` iterates natively, accurate to ~1e-3 only).
+        weakly_active: ``"tighten"`` (default), ``"mark"`` or ``"off"``: instances whose active set is ambiguous
+            at ``tol`` (a constraint with slack and multiplier both small) are re-solved tighter, so their gradient
+            agrees with a high-accuracy solve; those that stay ambiguous are marked in
+            ``last_solution.stats["weakly_active"]`` (see :func:`~doubleopt.qp_solve`).
 
     Example:
         >>> import torch, doubleopt as do
@@ -64,7 +68,8 @@ class QPLayer(nn.Module):
     def __init__(self, Q: Tensor | None = None, q: Tensor | None = None, A: Tensor | None = None,
                  b: Tensor | None = None, G: Tensor | None = None, h: Tensor | None = None, *,
                  learnable: Iterable[str] = (), solver: QP | None = None, adjoint=None, max_steps: int = 50,
-                 tol: float | None = None, throw: bool = False, compute_dtype: torch.dtype | None = None):
+                 tol: float | None = None, throw: bool = False, compute_dtype: torch.dtype | None = None,
+                 weakly_active: str = "tighten"):
         super().__init__()
         learnable = tuple(learnable)
         for name in learnable:
@@ -83,6 +88,9 @@ class QPLayer(nn.Module):
         self.solver = solver or QP()
         self.adjoint, self.max_steps, self.tol, self.throw = adjoint, max_steps, tol, throw
         self.compute_dtype = compute_dtype
+        if weakly_active not in ("tighten", "mark", "off"):
+            raise ValueError(f"weakly_active must be 'tighten', 'mark' or 'off', got {weakly_active!r}")
+        self.weakly_active = weakly_active
         self.last_solution: Solution | None = None
 
     def forward(self, **inputs: Tensor) -> Tensor:
@@ -95,7 +103,7 @@ class QPLayer(nn.Module):
             raise ValueError("QPLayer needs Q and q (as layer values or inputs)")
         sol = qp_solve(v["Q"], v["q"], v["A"], v["b"], v["G"], v["h"], solver=self.solver,
                        adjoint=self.adjoint, max_steps=self.max_steps, tol=self.tol, throw=self.throw,
-                       compute_dtype=self.compute_dtype)
+                       compute_dtype=self.compute_dtype, weakly_active=self.weakly_active)
         self.last_solution = sol
         return sol.y
 

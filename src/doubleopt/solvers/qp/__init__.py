@@ -77,7 +77,13 @@ Layout, each module building only on those before it: :mod:`.reduced_system` (th
 :class:`~.reduced_system.QPConstants`, null space, the reduced matrix, its factorization and solves, the cold
 start, dtype guards), :mod:`.kkt_backward` (the OptNet adjoint), :mod:`.problem` (the data, ``QPProblem`` with
 its cold start and KKT hook, the KKT certificate; re-exported by :mod:`doubleopt.problems.qp`),
-:mod:`.interior_point` (the solver and its state), :mod:`.api` (:func:`qp_solve`).
+:mod:`.interior_point` (the solver and its state), :mod:`.weakly_active` (ambiguous active sets),
+:mod:`.api` (:func:`qp_solve`).
+
+**Weakly active constraints.** Where a converged instance has a constraint whose slack and multiplier are both
+small and not separated, its active set (and so the KKT derivative) is ambiguous at ``tol``; :func:`qp_solve`
+re-solves those instances tighter and marks, per instance, the degenerate ones where the solution is not
+differentiable (:mod:`.weakly_active`).
 
 ``do.Implicit()`` uses it through :meth:`~doubleopt.problems.QPProblem.implicit_solution` (the same
 implicit-function theorem as for unconstrained problems, applied to the KKT map instead of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 from torch import Tensor
@@ -11,9 +11,82 @@ from ..._solution import Solution, SolveError
 from ..._solve import solve
 from .. import _native
 from .interior_point import QP, QPState
-from .problem import QPProblem, QPStart, make_qp_data
+from .problem import QPData, QPProblem, QPStart, make_qp_data, take_qp_data
+from .weakly_active import WEAKLY_ACTIVE_NOTE
+from .weakly_active import weakly_active as instances_weakly_active
 
 QP_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+_WEAKLY_ACTIVE_MODES = ("tighten", "mark", "off")
+_BOOKKEEPING = ("consts", "rows", "start", "native_steps")  # QPState fields a merge keeps from the whole batch
+
+
+_TIGHTEST = 1e-14  # about 50 eps: the scaled KKT residual the float64 interior point (or its polish) still reaches
+
+
+def _tight_tols(tol: float) -> list[float]:
+    """The tolerances an instance with a weakly active constraint is re-solved to, in turn while it stays
+    ambiguous: 100x tighter than ``tol`` (at most 1e-12), then 10^4x tighter (at most 1e-14), never below 1e-14."""
+    out: list[float] = []
+    for t in (min(tol * 1e-2, 1e-12), min(tol * 1e-4, _TIGHTEST)):
+        t = max(t, _TIGHTEST)
+        if t < tol and t not in out:
+            out.append(t)
+    return out
+
+
+def _merge(sol: Solution, idx: Tensor, sub: Solution, ok: Tensor) -> Solution:
+    """``sol`` with instances ``idx[ok]`` replaced by ``sub``'s rows ``ok`` (``y``, ``value``, ``stationarity`` and the
+    state's point and factorization; differentiably); every instance of ``idx`` adds its extra steps."""
+    keep, rows = idx[ok], torch.nonzero(ok).flatten()
+    st, sst = sol.state, sub.state
+    changes = {}
+    for f in fields(QPState):
+        a, b = getattr(st, f.name), getattr(sst, f.name)
+        if f.name not in _BOOKKEEPING and a.dim() > 0 and a.shape[1:] == b.shape[1:]:
+            changes[f.name] = a.index_copy(0, keep, b.index_select(0, rows).to(a.dtype))
+    return replace(
+        sol,
+        y=sol.y.index_copy(0, keep, sub.y.index_select(0, rows)),
+        value=sol.value.index_copy(0, keep, sub.value.index_select(0, rows)),
+        stationarity=sol.stationarity.index_copy(0, keep, sub.stationarity.index_select(0, rows)),
+        num_steps=sol.num_steps.index_copy(0, idx, sol.num_steps.index_select(0, idx) + sub.num_steps),
+        state=replace(st, **changes),
+    )
+
+
+def _resolve_weakly_active(sol: Solution, data: QPData, problem: QPProblem, solver: QP, mode: str, *, adjoint,
+                           max_steps: int, tol: float) -> Solution:
+    """Find the successful instances with a weakly active constraint (:mod:`.weakly_active`); with ``"tighten"``
+    re-solve them (only them) to :func:`_tight_tols` in turn while they stay ambiguous, keeping each result that
+    succeeds; report, per instance,
+    ``stats["weakly_active"]`` (still ambiguous: the gradient is one of several one-sided derivatives) and
+    ``stats["tightened"]`` (re-solved)."""
+    st = sol.state
+    if not isinstance(st, QPState) or data.m == 0 or sol.y.shape[0] == 0:
+        return sol
+    flag = sol.successful & instances_weakly_active(st.s, st.lam, data.h)
+    tightened = torch.zeros_like(flag)
+    if mode == "tighten":
+        for tight in _tight_tols(tol):
+            if not bool(flag.any()):
+                break
+            idx = torch.nonzero(flag).flatten()
+            xs = take_qp_data(data, idx)
+            sub = solve(problem, replace(solver, skip_tol=tight, own_start=True), xs, xs.q.new_zeros(xs.q.shape),
+                        adjoint=adjoint, max_steps=max_steps, tol=tight, throw=False)
+            sub = _report_native(sub)
+            ok = sub.successful
+            if bool(ok.any()):
+                sol = _merge(sol, idx, sub, ok)
+            else:
+                sol = replace(sol, num_steps=sol.num_steps.index_copy(0, idx, sol.num_steps[idx] + sub.num_steps))
+            still = ~ok | instances_weakly_active(sub.state.s, sub.state.lam, xs.h)
+            flag = flag.index_copy(0, idx, still)
+            tightened = tightened.index_copy(0, idx, torch.ones_like(still))
+    stats = {**sol.stats, "weakly_active": flag, "tightened": tightened}
+    if bool(flag.any()):
+        stats["weakly_active_note"] = WEAKLY_ACTIVE_NOTE
+    return replace(sol, stats=stats)
 
 
 def _report_native(sol: Solution) -> Solution:
@@ -43,6 +116,7 @@ def qp_solve(
     throw: bool = True,
     trace: bool = False,
     compute_dtype: torch.dtype | None = None,
+    weakly_active: str = "tighten",
 ):
     r"""Solve a batch of convex QPs :math:`\min \tfrac12 z^\top Q z + q^\top z`, :math:`Az = b,\ Gz \le h`.
 
@@ -71,6 +145,17 @@ def qp_solve(
             dtype (``Solution.state`` stays in float64). Pass ``torch.float32`` to iterate natively in
             float32: the interior point then stalls near a KKT residual of 1e-4..1e-5 once ``lam / s`` is
             ill-conditioned, and the solution is only good to about 1e-3..1e-2 (README, "OptNet", float32).
+        weakly_active: what to do with a successful instance that has a *weakly active* constraint, one whose
+            slack and multiplier are both small and not separated (:mod:`doubleopt.solvers.qp.weakly_active`): its
+            active set, and so its gradient, is ambiguous at ``tol`` (the gradient can be off by 20% or more).
+            ``"tighten"`` (default): re-solve those instances, and only those, to ``min(tol / 100, 1e-12)``
+            and, where still ambiguous, to 1e-14 (computing in float64; in float32 they are only marked), which
+            resolves a small but nonzero multiplier: the solution and gradient then agree with a high-accuracy
+            solve. ``"mark"``: only report.
+            ``"off"``: neither. Reported per instance in ``Solution.stats``: ``"tightened"`` (re-solved) and
+            ``"weakly_active"`` (still ambiguous: a degenerate constraint, active with a zero multiplier, where
+            the solution is not differentiable and the gradient is one of several one-sided derivatives;
+            ``stats["weakly_active_note"]`` says so).
 
     Example:
         >>> import torch, doubleopt as do
@@ -81,6 +166,8 @@ def qp_solve(
         >>> sol.y.round(decimals=6) + 0.0  # (+ 0.0 turns a rounded -0. into 0.)
         tensor([[0., 1., 0.]], dtype=torch.float64)
     """
+    if weakly_active not in _WEAKLY_ACTIVE_MODES:
+        raise ValueError(f"weakly_active must be one of {_WEAKLY_ACTIVE_MODES}, got {weakly_active!r}")
     if not regularization >= 0 or regularization == float("inf"):
         raise ValueError(f"regularization must be a finite number >= 0, got {regularization}")
     if regularization > 0:
@@ -116,6 +203,9 @@ def qp_solve(
     except SolveError as err:
         raise SolveError(_report_native(err.solution)) from None
     sol = _report_native(sol)
+    if weakly_active != "off":
+        mode = weakly_active if cdt == torch.float64 else "mark"
+        sol = _resolve_weakly_active(sol, data, problem, solver, mode, adjoint=adjoint, max_steps=max_steps, tol=tol)
     if cdt != in_dtype:
         sol = replace(sol, y=sol.y.to(in_dtype), value=sol.value.to(in_dtype))
     return sol
