@@ -70,13 +70,27 @@ from doubleopt.amortized import (
     fit,
 )
 from doubleopt.amortized.meta_ot import SwapAveraged
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, parse_args, seed_all, set_threads, time_call
 from doubleopt.bench.baselines import require
 from doubleopt.solvers import Sinkhorn
 
 
 @dataclass
 class Args:
+    """Meta OT: Sinkhorn warm-started from a predicted dual potential vs cold Sinkhorn vs POT (digits, sphere).
+
+    What is compared: the wall time per instance to the same L1 marginal error (``--targets``) on the same
+    held-out pairs, float64, ``--threads`` threads (torch and NumPy/BLAS), in the same process: our batched
+    Sinkhorn cold (f = 0) and warm (from the network's prediction, its forward pass timed with the solve), with
+    the same relaxation and step cap, with and without compaction. The rows with a ``vs_pot`` ratio compare with
+    POT's ``ot.sinkhorn`` loop under one stopping criterion (L2 marginal error <= target / sqrt(m), POT's), plain
+    steps for both, on the same pairs. Every row: one warm-up, then the median of ``--repeats``.
+
+    Seeds (set once at the top of ``main``): the global generators (the networks' initial weights) and the
+    objective phase's training stream from ``--seed``; the regression phase ``seed + 1``, the unrolled phase
+    ``seed + 2``, the held-out pairs ``seed + 12345``.
+    """
+
     quick: bool = False  # tiny sizes: a smoke run of a few seconds
     tasks: tuple = ("digits", "sphere")  # which families: digits (8x8 image pairs), sphere (vMF mixtures)
     eps: float = 1e-2  # entropic regularization (Meta OT's choice)
@@ -246,6 +260,201 @@ def pot_comparison(args, fam, x, model, target: float) -> list[dict]:
     return rows
 
 
+def train_task(args: Args, task: str, train_fam, test_fam):
+    """The potential MLP of ``task`` trained in its phases (dual objective; regression to converged potentials;
+    the dual after unrolled Sinkhorn steps). Returns ``(model used for evaluation, summary)``; the summary's
+    ``train_time_s`` includes the reference solves."""
+    net = PotentialMLP(test_fam.n, test_fam.m, hidden=args.hidden)
+    swap = bool(task_setting(args, task, "swap_average"))
+    # the objective / regression phases train the network alone; the unrolled phase and the evaluation use
+    # the swap-averaged model (train_fam and test_fam share the cost)
+    model = SwapAveraged(net, train_fam) if swap else net
+    regression_steps = task_setting(args, task, "regression_steps")
+    unrolled_steps = task_setting(args, task, "unrolled_train_steps")
+    if args.quick:
+        regression_steps, unrolled_steps = min(regression_steps, 10), min(unrolled_steps, 5)
+    print(f"== {task}: training the potential MLP ({args.train_steps} steps)")
+    fit_res = fit(
+        FullyAmortized(net),
+        train_fam,
+        loss="objective",
+        steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        val_every=max(args.train_steps // 10, 1),
+    )
+    train_time = fit_res.train_time
+    if regression_steps > 0:
+        print(f"== {task}: regression to {args.regression_pairs} solved pairs ({regression_steps} steps)")
+        reg = fit(
+            FullyAmortized(net),
+            train_fam,
+            loss="regression",
+            reference=Sinkhorn(relaxation=1.9),  # to the default tol 1e-8
+            reference_steps=5000,
+            train_size=args.regression_pairs,
+            steps=regression_steps,
+            batch_size=args.batch_size,
+            lr=args.regression_lr,
+            seed=args.seed + 1,
+            val_every=max(regression_steps // 10, 1),
+        )
+        train_time += reg.train_time  # includes the reference solves
+    if unrolled_steps > 0:
+        k = args.unrolled_sinkhorn
+        print(f"== {task}: dual after {k} Sinkhorn steps from the prediction ({unrolled_steps} steps)")
+        unr = fit(
+            SemiAmortized(model, Sinkhorn(loop_compact_below=0.0), steps=k),
+            train_fam,
+            loss="objective",  # at the last iterate: F(T^k(f_hat)), through the k steps
+            steps=unrolled_steps,
+            batch_size=args.batch_size,
+            lr=args.unrolled_lr,
+            seed=args.seed + 2,
+            val_every=max(unrolled_steps // 10, 1),
+        )
+        train_time += unr.train_time
+    summary = {
+        "train_time_s": train_time,
+        "regression_steps": regression_steps,
+        "unrolled_train_steps": unrolled_steps,
+        "swap_average": swap,
+    }
+    return model, summary
+
+
+# each row's speed-up is against the cold row of the same loop kind
+COLD_ROW = {
+    "cold": "cold",
+    "warm": "cold",
+    "cold (compacted)": "cold (compacted)",
+    "warm (compacted)": "cold (compacted)",
+    "cold (loop-compacted)": "cold (loop-compacted)",
+    "warm (loop-compacted)": "cold (loop-compacted)",
+    "warm y0 (loop-compacted)": "cold (loop-compacted)",
+    "cold (rounds)": "cold (rounds)",
+    "warm safeguarded (rounds)": "cold (rounds)",
+}
+
+
+def target_rows(args: Args, task: str, test_fam, x, model, target: float, train_time: float, report: Report):
+    """Every cold / warm variant to L1 marginal error ``target`` (each its own timed solve), then the POT
+    comparison on POT's criterion: one row each."""
+    B = x.a.shape[0]
+    cold_model = ZeroPotential(test_fam.n)
+
+    # every Sinkhorn here uses the study's relaxation; the loop compacts only in the rows that say so
+    def sinkhorn(**kw):
+        return Sinkhorn(relaxation=args.relaxation, **{"loop_compact_below": 0.0, **kw})
+
+    refiners = {
+        "": sinkhorn(),  # one batched loop: every instance steps until the slowest reaches the target
+        " (compacted)": sinkhorn(skip_tol=target),  # finished instances skipped by the solver's step
+        " (loop-compacted)": sinkhorn(loop_compact_below=0.85),  # the loop gathers the unfinished ones
+    }
+    methods = {}
+    for suffix, refiner in refiners.items():
+        methods["cold" + suffix] = refiner
+        methods["warm" + suffix] = SemiAmortized(model, refiner, steps=args.max_steps)
+    # compaction rounds (Safeguarded, fallback in rounds on the still-uncertified instances)
+    guards = {
+        name: Safeguarded(
+            FullyAmortized(start),
+            MarginalError(),
+            sinkhorn(),
+            tol=target,
+            fallback_steps=args.max_steps,
+            round_steps=args.round_steps,
+        )
+        for name, start in (("cold (rounds)", cold_model), ("warm safeguarded (rounds)", model))
+    }
+    timings = {}
+    with torch.no_grad():
+        for name, solver in methods.items():
+            timings[name] = time_call(
+                lambda s=solver, t=target, fam=test_fam, x=x: do.solve(
+                    fam, s, x, tol=t, max_steps=args.max_steps + 2, throw=False
+                ),
+                repeats=args.repeats,
+            )
+        for name, guard in guards.items():
+            timings[name] = time_call(lambda g=guard, fam=test_fam, x=x: g.solve(fam, x), repeats=args.repeats)
+        # the prediction passed as Sinkhorn's y0 (timed together): the same iterates as "warm
+        # (loop-compacted)" without SemiAmortized's wrapper state in the loop
+        timings["warm y0 (loop-compacted)"] = time_call(
+            lambda t=target, fam=test_fam, x=x, m=model: do.solve(
+                fam,
+                sinkhorn(loop_compact_below=0.85),
+                x,
+                y0=m(x),
+                tol=t,
+                max_steps=args.max_steps,
+                throw=False,
+            ),
+            repeats=args.repeats,
+        )
+    pot_rows = pot_comparison(args, test_fam, x, model, target)
+    per_inst = {name: tm.median / B for name, tm in timings.items()}
+    for name, tm in timings.items():
+        sol = tm.result
+        pred_step = not (name.startswith("cold") and "rounds" not in name) and "y0" not in name
+        steps = sol.num_steps.float() - (1 if pred_step else 0)
+        # (minus the prediction step: warm rows, and the rounds rows' zero-potential "prediction")
+        report.add_row(
+            task=task,
+            target=target,
+            method=name,
+            stop=f"L1 marginal error <= {target:g}",
+            pairs=B,
+            ms_per_inst=1e3 * per_inst[name],
+            speedup_vs_cold=per_inst[COLD_ROW[name]] / per_inst[name],
+            vs_pot=float("nan"),  # another stopping rule than POT's: no ratio
+            iters_median=float(steps.median()),
+            iters_max=float(steps.max()),
+            certified=f"{int(sol.successful.sum())}/{B}",
+            max_marginal_err=float(test_fam.marginal_error(sol.y, x).max()),
+            max_marginal_err_l2=float(marginal_error_l2(test_fam, sol.y, x).max()),
+            break_even_instances=break_even(train_time, per_inst[COLD_ROW[name]], per_inst[name])
+            if name.startswith("warm")
+            else float("nan"),
+        )
+    for row in pot_rows:
+        report.add_row(task=task, target=target, **row)
+    for r in report.rows[-(len(timings) + len(pot_rows)) :]:
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def plot_task(args: Args, axes, ti: int, task: str, test_fam, x, model, report: Report) -> None:
+    """The task's two panels: convergence from cold and warm starts, and time per instance by method."""
+    B = x.a.shape[0]
+    with torch.no_grad():
+        cold_curve = error_curve(test_fam, x, test_fam.init(x), args.curve_steps, args.relaxation)
+        warm_curve = error_curve(test_fam, x, model(x), args.curve_steps, args.relaxation)
+    ax = axes[2 * ti]
+    ax.semilogy(cold_curve, label="cold (f = 0)")
+    ax.semilogy(warm_curve, label="warm (Meta OT prediction)")
+    for t in args.targets:
+        ax.axhline(t, color="gray", lw=0.5, ls="--")
+    ax.set_xlabel("Sinkhorn iteration")
+    ax.set_ylabel("median L1 marginal error")
+    ax.set_title(f"{task}: convergence, {B} held-out pairs", fontsize=10)
+    ax.legend()
+    ax = axes[2 * ti + 1]
+    rows = [r for r in report.rows if r["task"] == task]
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    idx = np.arange(len(args.targets))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        vals = [next(r["ms_per_inst"] for r in rows if r["method"] == name and r["target"] == t) for t in args.targets]
+        ax.bar(idx + width * (k - (len(names) - 1) / 2), vals, width=width, label=name)
+    ax.set_xticks(idx, [f"err {t:g}" for t in args.targets])
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per instance")
+    ax.set_title(f"{task}: time to marginal error", fontsize=10)
+    ax.legend(fontsize=8)
+
+
 def main(argv=None):
     args = parse_args(Args, argv)
     require("ot", POT)  # the baseline first: if it is missing, the study stops before training
@@ -254,7 +463,16 @@ def main(argv=None):
         args.curve_steps, args.repeats, args.batch_size = 20, 1, 16
         args.regression_pairs, args.unrolled_sinkhorn = 64, min(args.unrolled_sinkhorn, 3)
     set_threads(args.threads)
-    torch.manual_seed(args.seed)
+    seed_all(args.seed)  # the derived seeds (training phases, held-out pairs): see Args
+    started = conditions(
+        dtype="float64",
+        batch=args.n_test,
+        compared=(
+            "every row: warm-up + median of repeats, same threads (torch and NumPy/BLAS), same process; "
+            "vs_pot only on the rows stopped on POT's criterion (L2 marginal error <= target/sqrt(m)), "
+            "on the same pairs, plain steps; the other rows stop on L1 marginal error <= target"
+        ),
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,207 +482,21 @@ def main(argv=None):
     fig, axes = plt.subplots(1, 2 * len(args.tasks), figsize=(11 * len(args.tasks), 4.5), layout="constrained")
     summary = {}
     for ti, task in enumerate(args.tasks):
+        # ---- ours: train the potential network; then every row on the held-out pairs, POT's last ----
         train_fam = make_family(task, "train", args.eps)
         test_fam = make_family(task, "test", args.eps)
-        net = PotentialMLP(test_fam.n, test_fam.m, hidden=args.hidden)
-        swap = bool(task_setting(args, task, "swap_average"))
-        # the objective / regression phases train the network alone; the unrolled phase and the evaluation use
-        # the swap-averaged model (train_fam and test_fam share the cost)
-        model = SwapAveraged(net, train_fam) if swap else net
-        regression_steps = task_setting(args, task, "regression_steps")
-        unrolled_steps = task_setting(args, task, "unrolled_train_steps")
-        if args.quick:
-            regression_steps, unrolled_steps = min(regression_steps, 10), min(unrolled_steps, 5)
-        print(f"== {task}: training the potential MLP ({args.train_steps} steps)")
-        fit_res = fit(
-            FullyAmortized(net),
-            train_fam,
-            loss="objective",
-            steps=args.train_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            val_every=max(args.train_steps // 10, 1),
-        )
-        train_time = fit_res.train_time
-        if regression_steps > 0:
-            print(f"== {task}: regression to {args.regression_pairs} solved pairs ({regression_steps} steps)")
-            reg = fit(
-                FullyAmortized(net),
-                train_fam,
-                loss="regression",
-                reference=Sinkhorn(relaxation=1.9),  # to the default tol 1e-8
-                reference_steps=5000,
-                train_size=args.regression_pairs,
-                steps=regression_steps,
-                batch_size=args.batch_size,
-                lr=args.regression_lr,
-                seed=args.seed + 1,
-                val_every=max(regression_steps // 10, 1),
-            )
-            train_time += reg.train_time  # includes the reference solves
-        if unrolled_steps > 0:
-            k = args.unrolled_sinkhorn
-            print(f"== {task}: dual after {k} Sinkhorn steps from the prediction ({unrolled_steps} steps)")
-            unr = fit(
-                SemiAmortized(model, Sinkhorn(loop_compact_below=0.0), steps=k),
-                train_fam,
-                loss="objective",  # at the last iterate: F(T^k(f_hat)), through the k steps
-                steps=unrolled_steps,
-                batch_size=args.batch_size,
-                lr=args.unrolled_lr,
-                seed=args.seed + 2,
-                val_every=max(unrolled_steps // 10, 1),
-            )
-            train_time += unr.train_time
+        model, summary[task] = train_task(args, task, train_fam, test_fam)
         x = test_fam.sample(args.n_test, seed=args.seed + 12345)
-        B = args.n_test
         with torch.no_grad():
             pred_err = test_fam.marginal_error(model(x), x)
-        summary[task] = {
-            "train_time_s": train_time,
-            "regression_steps": regression_steps,
-            "unrolled_train_steps": unrolled_steps,
-            "swap_average": swap,
-            "prediction_marginal_error_median": float(pred_err.median()),
-        }
-        cold_model = ZeroPotential(test_fam.n)
+        summary[task]["prediction_marginal_error_median"] = float(pred_err.median())
         for target in args.targets:
-            # every Sinkhorn here uses the study's relaxation; the loop compacts only in the rows that say so
-            def sinkhorn(**kw):
-                return Sinkhorn(relaxation=args.relaxation, **{"loop_compact_below": 0.0, **kw})
+            target_rows(args, task, test_fam, x, model, target, summary[task]["train_time_s"], report)
+        plot_task(args, axes, ti, task, test_fam, x, model, report)
 
-            refiners = {
-                "": sinkhorn(),  # one batched loop: every instance steps until the slowest reaches the target
-                " (compacted)": sinkhorn(skip_tol=target),  # finished instances skipped by the solver's step
-                " (loop-compacted)": sinkhorn(loop_compact_below=0.85),  # the loop gathers the unfinished ones
-            }
-            methods = {}
-            for suffix, refiner in refiners.items():
-                methods["cold" + suffix] = refiner
-                methods["warm" + suffix] = SemiAmortized(model, refiner, steps=args.max_steps)
-            # compaction rounds (Safeguarded, fallback in rounds on the still-uncertified instances)
-            guards = {
-                name: Safeguarded(
-                    FullyAmortized(start),
-                    MarginalError(),
-                    sinkhorn(),
-                    tol=target,
-                    fallback_steps=args.max_steps,
-                    round_steps=args.round_steps,
-                )
-                for name, start in (("cold (rounds)", cold_model), ("warm safeguarded (rounds)", model))
-            }
-            timings = {}
-            with torch.no_grad():
-                for name, solver in methods.items():
-                    timings[name] = time_call(
-                        lambda s=solver, t=target, fam=test_fam, x=x: do.solve(
-                            fam, s, x, tol=t, max_steps=args.max_steps + 2, throw=False
-                        ),
-                        repeats=args.repeats,
-                    )
-                for name, guard in guards.items():
-                    timings[name] = time_call(lambda g=guard, fam=test_fam, x=x: g.solve(fam, x), repeats=args.repeats)
-                # the prediction passed as Sinkhorn's y0 (timed together): the same iterates as "warm
-                # (loop-compacted)" without SemiAmortized's wrapper state in the loop
-                timings["warm y0 (loop-compacted)"] = time_call(
-                    lambda t=target, fam=test_fam, x=x, m=model: do.solve(
-                        fam,
-                        sinkhorn(loop_compact_below=0.85),
-                        x,
-                        y0=m(x),
-                        tol=t,
-                        max_steps=args.max_steps,
-                        throw=False,
-                    ),
-                    repeats=args.repeats,
-                )
-            pot_rows = pot_comparison(args, test_fam, x, model, target)
-            per_inst = {name: tm.median / B for name, tm in timings.items()}
-            base = {
-                "cold": "cold",
-                "warm": "cold",
-                "cold (compacted)": "cold (compacted)",
-                "warm (compacted)": "cold (compacted)",
-                "cold (loop-compacted)": "cold (loop-compacted)",
-                "warm (loop-compacted)": "cold (loop-compacted)",
-                "warm y0 (loop-compacted)": "cold (loop-compacted)",
-                "cold (rounds)": "cold (rounds)",
-                "warm safeguarded (rounds)": "cold (rounds)",
-            }
-            for name, tm in timings.items():
-                sol = tm.result
-                pred_step = not (name.startswith("cold") and "rounds" not in name) and "y0" not in name
-                steps = sol.num_steps.float() - (1 if pred_step else 0)
-                # (minus the prediction step: warm rows, and the rounds rows' zero-potential "prediction")
-                report.add_row(
-                    task=task,
-                    target=target,
-                    method=name,
-                    stop=f"L1 marginal error <= {target:g}",
-                    pairs=B,
-                    ms_per_inst=1e3 * per_inst[name],
-                    speedup_vs_cold=per_inst[base[name]] / per_inst[name],
-                    vs_pot=float("nan"),  # another stopping rule than POT's: no ratio
-                    iters_median=float(steps.median()),
-                    iters_max=float(steps.max()),
-                    certified=f"{int(sol.successful.sum())}/{B}",
-                    max_marginal_err=float(test_fam.marginal_error(sol.y, x).max()),
-                    max_marginal_err_l2=float(marginal_error_l2(test_fam, sol.y, x).max()),
-                    break_even_instances=break_even(train_time, per_inst[base[name]], per_inst[name])
-                    if name.startswith("warm")
-                    else float("nan"),
-                )
-            for row in pot_rows:
-                report.add_row(task=task, target=target, **row)
-            for r in report.rows[-(len(timings) + len(pot_rows)) :]:
-                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-        with torch.no_grad():
-            cold_curve = error_curve(test_fam, x, test_fam.init(x), args.curve_steps, args.relaxation)
-            warm_curve = error_curve(test_fam, x, model(x), args.curve_steps, args.relaxation)
-        ax = axes[2 * ti]
-        ax.semilogy(cold_curve, label="cold (f = 0)")
-        ax.semilogy(warm_curve, label="warm (Meta OT prediction)")
-        for t in args.targets:
-            ax.axhline(t, color="gray", lw=0.5, ls="--")
-        ax.set_xlabel("Sinkhorn iteration")
-        ax.set_ylabel("median L1 marginal error")
-        ax.set_title(f"{task}: convergence, {B} held-out pairs", fontsize=10)
-        ax.legend()
-        ax = axes[2 * ti + 1]
-        rows = [r for r in report.rows if r["task"] == task]
-        names = list(dict.fromkeys(r["method"] for r in rows))
-        idx = np.arange(len(args.targets))
-        width = 0.8 / len(names)
-        for k, name in enumerate(names):
-            vals = [
-                next(r["ms_per_inst"] for r in rows if r["method"] == name and r["target"] == t) for t in args.targets
-            ]
-            ax.bar(idx + width * (k - (len(names) - 1) / 2), vals, width=width, label=name)
-        ax.set_xticks(idx, [f"err {t:g}" for t in args.targets])
-        ax.set_yscale("log")
-        ax.set_ylabel("ms per instance")
-        ax.set_title(f"{task}: time to marginal error", fontsize=10)
-        ax.legend(fontsize=8)
+    # ---- report ----
     print(report.table())
-    path = report.save(
-        {
-            "args": vars(args),
-            "conditions": conditions(
-                dtype="float64",
-                batch=args.n_test,
-                note="shared machine: other jobs running",
-                compared=(
-                    "every row: warm-up + median of repeats, same threads (torch and NumPy/BLAS), same process; "
-                    "vs_pot only on the rows stopped on POT's criterion (L2 marginal error <= target/sqrt(m)), "
-                    "on the same pairs, plain steps; the other rows stop on L1 marginal error <= target"
-                ),
-            ),
-            "summary": summary,
-        },
-        fig,
-    )
+    path = report.save({"args": vars(args), "conditions": started, "summary": summary}, fig)
     print(f"wrote {path}")
     return report.rows
 
