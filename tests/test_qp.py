@@ -572,3 +572,76 @@ def test_weakly_active_in_float32_compute_is_marked_not_re_solved_and_bad_modes_
             do.qp_solve(*tensors, weakly_active=bad)
     with pytest.raises(ValueError, match="weakly_active"):
         do.layers.QPLayer(Q=tensors[0][0], weakly_active="always")
+
+
+# ---- layout: no import cycle between the solve loop, the QP solver and the QP problem ---------------------------
+
+
+def _module_imports():
+    """``{module: (module-level imports, function-level imports)}`` of doubleopt, statically (TYPE_CHECKING blocks
+    do not run; ``from pkg import sub`` counts ``pkg.sub``; a submodule's parent packages are not counted)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(do.__file__).parent.parent
+    mods = {}
+    for f in (src / "doubleopt").rglob("*.py"):
+        parts = list(f.relative_to(src).with_suffix("").parts)
+        pkg = parts[-1] == "__init__"
+        mods[".".join(parts[:-1] if pkg else parts)] = (f, pkg)
+
+    def targets(mod, pkg, node):
+        base = mod.split(".") if pkg else mod.split(".")[:-1]
+        base = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+            if node.level else node.module
+        subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+        return subs or ([base] if base in mods else [])
+
+    out = {}
+    for mod, (f, pkg) in mods.items():
+        tree = ast.parse(f.read_text())
+        top, inner = set(), set()
+        body = []
+        for node in tree.body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            body += node.body + node.orelse if isinstance(node, ast.If) else [node]
+        for node in body:
+            if isinstance(node, ast.ImportFrom):
+                top.update(targets(mod, pkg, node))
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom):
+                        inner.update(targets(mod, pkg, node))
+        out[mod] = (top - {mod}, inner - {mod})
+    return out
+
+
+def test_the_qp_modules_have_no_import_cycle_and_no_hidden_imports():
+    """``_solve`` does not import the solvers package (the Solver base lives below both), the QP entry point does
+    not import the problem families, and the problem's KKT hook does not import the solver: no function-level
+    import between them hides a cycle, and the module-level graph through them has none."""
+    graph = _module_imports()
+    qp = [m for m in graph if m.startswith("doubleopt.solvers.qp")]
+    watched = set(qp) | {"doubleopt._solve", "doubleopt._solver", "doubleopt.problems.qp", "doubleopt.layers.qp",
+                         "doubleopt.solvers", "doubleopt.problems"} & set(graph)
+    hidden = {m: sorted(graph[m][1] & watched) for m in watched if graph[m][1] & watched}
+    assert not hidden, f"function-level imports between the QP modules: {hidden}"
+
+    def reaches(a, b):
+        seen, todo = set(), [a]
+        while todo:
+            for nxt in graph.get(todo.pop(), (set(),))[0]:
+                if nxt == b:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    for m in sorted(watched - {"doubleopt.solvers", "doubleopt.problems"}):
+        back = [d for d in graph[m][0] if reaches(d, m) and not m.startswith(d + ".")]
+        assert not back, f"import cycle through {m}: via {back}"
+    assert "doubleopt.solvers" not in graph["doubleopt._solve"][0]
+    assert not any(d.startswith("doubleopt.problems") for m in qp for d in graph[m][0])
