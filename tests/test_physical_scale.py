@@ -32,8 +32,8 @@ def rel(a, b) -> float:
 
 def reference_factor(net: ph.ResistorNetwork, k=None) -> ph.LaplacianFactor:
     """A factor whose every solve goes through today's SuperLU (from scratch, minimum degree, symmetric mode)."""
-    f = net.factorize(k, backend="splu")
-    f.factor._reference = reference_lu(f.L)
+    f = ph.LaplacianFactor(net, net.k if k is None else np.asarray(k, dtype=np.float64), reference=True)
+    assert f.backend == "splu-reference"
     return f
 
 

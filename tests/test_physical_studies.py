@@ -80,3 +80,24 @@ def test_tasks_are_realizable_shaped_and_seeded():
     assert allo.network.n_outputs == 2 and allo.x_train.shape == (1, 1)
     with pytest.raises(ValueError, match="output_kind"):
         ph.random_network(30, output_kind="faces")
+
+
+def test_bench_physical_scale_quick(tmp_path):
+    """The scaling study's smoke run: every row gives the baseline's update, ratios are against the baseline and the
+    previous SuperLU step, and the learning run lowers the cost."""
+    report = run_study("physical_scale", ["--sizes", "500", "2000", "--repeats", "1", "--learn-nodes", "3000",
+                                          "--learn-steps", "5", "--learn-lr", "10", "--out", str(tmp_path)])
+    methods = list(dict.fromkeys(r["method"] for r in report.rows))
+    assert "doubleopt, qdldl" in methods and "doubleopt, splu" in methods
+    assert any(m.startswith("baseline: plain step, 2 splu") for m in methods)
+    assert {(r["nodes"], r["batch"]) for r in report.rows} == {(n, b) for n in (500, 2000) for b in (1, 32)}
+    assert all(r["max_rel_diff"] < 1e-9 for r in report.rows)
+    for r in report.rows:
+        if r["method"].startswith("baseline"):
+            assert r["speedup_vs_baseline"] == 1.0
+        if r["method"].startswith("doubleopt before"):
+            assert r["speedup_vs_before"] == 1.0 and r["backend"] == "splu-reference"
+    data = json.loads((tmp_path / "results.json").read_text())
+    learn = data["learning"]
+    assert learn["cost"][-1] < learn["cost"][0] and len(learn["wall_s"]) == len(learn["cost"]) == 6
+    assert (tmp_path / "physical_scale.png").exists()

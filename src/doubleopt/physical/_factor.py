@@ -538,9 +538,10 @@ class LaplacianSolver:
                             "nonzeros in the factor, from the symbolic analysis)")
         return self._analysis
 
-    def factor(self, values: np.ndarray, what: str = "the reduced Laplacian") -> CheckedFactor:
-        """Numeric factorization of the matrix with this pattern and ``values`` (full CSC data)."""
-        return CheckedFactor(self, values, what)
+    def factor(self, values: np.ndarray, what: str = "the reduced Laplacian", reference: bool = False) -> CheckedFactor:
+        """Numeric factorization of the matrix with this pattern and ``values`` (full CSC data); ``reference``:
+        skip the backend and factorize with :func:`reference_lu` from scratch (for comparisons)."""
+        return CheckedFactor(self, values, what, reference)
 
 
 def reference_lu(A: sp.csc_matrix):
@@ -555,20 +556,23 @@ class CheckedFactor:
         SingularNetworkError: the reference factorization fails or its solve is not accurate either.
     """
 
-    def __init__(self, solver: LaplacianSolver, values: np.ndarray, what: str):
+    def __init__(self, solver: LaplacianSolver, values: np.ndarray, what: str, reference: bool = False):
         self.solver, self.values, self.what = solver, values, what
         self.matrix = solver.pattern.matrix(values)
         self._abs_max = float(np.abs(values).max(initial=0.0))
         self._reference = None
-        try:
-            self._numeric = solver.analysis(what).refactor(values)
-        except (PardisoError, RuntimeError, ValueError):
-            self._numeric = None  # the backend could not factorize: the reference path decides
+        self._numeric: NumericFactor | None = None
+        self._reference_only = reference
+        if not reference:
+            try:
+                self._numeric = solver.analysis(what).refactor(values)
+            except (PardisoError, RuntimeError, ValueError):
+                pass  # the backend could not factorize: the reference path decides (and raises the clear error)
 
     @property
     def backend(self) -> str:
         """The backend whose solves are being returned (``"splu-reference"`` after a fallback)."""
-        return self.solver.backend if self._reference is None else "splu-reference"
+        return "splu-reference" if self._reference_only or self._reference is not None else self.solver.backend
 
     def _residual(self, X: np.ndarray, rhs: np.ndarray) -> tuple[float, float]:
         if not np.isfinite(X).all():
@@ -610,7 +614,7 @@ class CheckedFactor:
             raise SingularNetworkError(
                 f"a solve with {self.what} is numerically singular (residual {res:.3g} vs scale {scale:.3g})"
             )
-        if first:
+        if first and not self._reference_only:
             self.solver.stats.fallbacks += 1
             if self._numeric is not None and "refactor" not in _warned:
                 _warned.add("refactor")

@@ -514,11 +514,14 @@ class LaplacianFactor:
     Build with :meth:`ResistorNetwork.factorize`. The network's :class:`LaplacianSolver` (one symbolic analysis
     per network and backend) refactorizes numerically for ``k``; every solve is residual-checked and redone with
     a fresh SuperLU factorization if the check fails. Singular or non-finite systems raise
-    :class:`SingularNetworkError`; no solve ever returns NaN voltages silently.
+    :class:`SingularNetworkError`; no solve ever returns NaN voltages silently. ``reference=True`` skips the
+    backend and factorizes with SuperLU from scratch (minimum degree each time), the path every check falls
+    back to, for comparisons.
     """
 
     def __init__(
-        self, net: ResistorNetwork, k: np.ndarray, *, backend: str | None = None, memory_limit: float | None = None
+        self, net: ResistorNetwork, k: np.ndarray, *, backend: str | None = None, memory_limit: float | None = None,
+        reference: bool = False,
     ):
         self.net, self.k = net, k
         data = net._laplacian_data(k)
@@ -526,9 +529,9 @@ class LaplacianFactor:
             raise SingularNetworkError(
                 f"the reduced Laplacian of {net!r} overflows (conductances up to {k.max():.3g}); rescale k"
             )
-        self.solver = net.solver(backend, memory_limit)
+        self.solver = net.solver("splu" if reference else backend, memory_limit)
         what = f"the reduced Laplacian of {net!r} (conductances span [{k.min():.3g}, {k.max():.3g}])"
-        self.factor: CheckedFactor = self.solver.factor(data, what)
+        self.factor: CheckedFactor = self.solver.factor(data, what, reference)
         self.L = self.factor.matrix
         self._Z: np.ndarray | None = None
 
