@@ -6,12 +6,14 @@ computes the same update (checked: ``max_rel_diff`` against the naive loop), in 
 same way: one untimed warm-up step, then the median of repeated steps; each step starts cold (nothing is
 reused across steps: every factorization is recomputed for the step's conductances).
 
-* doubleopt: one sparse LU of the reduced Laplacian per step (SuperLU, symmetric mode, minimum-degree
-  ordering on L + L^T: ``splu(permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0, SymmetricMode)``), reused
+* doubleopt: one numeric factorization of the reduced Laplacian per step with ``--backend`` (default ``auto``:
+  MKL PARDISO when ``doubleopt[pardiso]`` is installed and the network has 20k free nodes or more, else QDLDL;
+  ``splu``: SuperLU, symmetric mode, minimum-degree ordering on L + L^T computed once); the symbolic analysis
+  is cached on the network (done in the warm-up step, as in a learning run). The factorization is reused
   for every solve: the free states by superposition (the physics is linear in the imposed voltages:
   p = n_inputs + n_ground unit responses instead of 64 solves) and the clamped states (Lagrange multipliers
   through the m output responses Z = L^-1 M^T); the update is formed in low-rank form
-  (`doubleopt.physical.learning_step`).
+  (`doubleopt.physical.learning_step`). The ``backend`` column names the backend that ran.
 * doubleopt without superposition: the same factorization, 64 right-hand sides.
 * baseline (the headline ratio): a plain SciPy step that factorizes once per step (``splu`` with the same
   ordering and options as ours) the two systems a textbook implementation needs (free nodes; free nodes with
@@ -54,6 +56,7 @@ class Args:
     baseline_repeats: int = 3  # timed repeats of the (slow) naive spsolve-per-example step
     threads: int = 2  # torch / BLAS threads
     seed: int = 0  # network and data seed
+    backend: str = "auto"  # doubleopt's factorization backend: auto, pardiso, qdldl or splu
     quick: bool = False  # seconds-long smoke run (small sizes, batch 16)
     out: str = "bench_results/physical"  # output folder
 
@@ -151,9 +154,11 @@ def time_sizes(args, rule, report: Report) -> None:
         t = 0.5 * rng.random((args.batch, args.n_outputs))
         k = net.k.copy()
         fns = {
-            ours_name: lambda net=net, k=k, x=x, t=t: ph.learning_step(net, x, t, rule, args.lr, k=k).k,
+            ours_name: lambda net=net, k=k, x=x, t=t: ph.learning_step(
+                net, x, t, rule, args.lr, k=k, backend=args.backend
+            ).k,
             direct_name: lambda net=net, k=k, x=x, t=t: ph.learning_step(
-                net, x, t, rule, args.lr, k=k, superpose=False
+                net, x, t, rule, args.lr, k=k, superpose=False, backend=args.backend
             ).k,
             base_name: lambda net=net, k=k, x=x, t=t: factorized_step(net, k, x, t, args.eta, args.lr),
             naive_name: lambda net=net, k=k, x=x, t=t: naive_step(net, k, x, t, args.eta, args.lr),
@@ -173,6 +178,7 @@ def time_sizes(args, rule, report: Report) -> None:
                 edges=net.n_edges,
                 batch=args.batch,
                 method=name,
+                backend=net.solver(args.backend).backend if name in (ours_name, direct_name) else "splu",
                 factorizations_per_step=METHODS[name],
                 ms_per_step=1e3 * tm.median,
                 speedup_vs_baseline=timings[base_name].median / tm.median,
