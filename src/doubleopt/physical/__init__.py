@@ -72,7 +72,8 @@ def random_network(
         mean_degree: ``2 E / n`` (:func:`random_graph`), or ``None`` for every Delaunay edge
             (:func:`delaunay_graph`, mean degree about 6 in 2D and 15 in 3D).
         dim: 2 (planar) or 3.
-        backend, memory_limit: the network's factorization defaults (see :class:`ResistorNetwork`).
+        backend: the network's factorization backend (see :class:`ResistorNetwork`).
+        memory_limit: bytes its factorization may use (see :class:`ResistorNetwork`).
         output_kind: ``"nodes"`` (outputs are node voltages) or ``"edges"`` (drops across random node pairs
             joined by an edge, the "target edges" of allosteric tasks).
         k_init: ``"ones"`` or ``"uniform"`` (k ~ U[0.5, 1.5], seeded).

@@ -3,8 +3,8 @@ refactorization per conductance vector, multi-right-hand-side solves.
 
 During learning only the conductances change, so the sparsity pattern of the reduced Laplacian
 :math:`L_{ff}(k)` is fixed for the whole run. The expensive symbolic work (fill-reducing ordering,
-elimination tree, storage of the factor) is done once per network by :meth:`Backend.analyse`; every step
-then calls :meth:`Analysis.refactor` with the new values (numeric factorization only) and solves all its
+elimination tree, storage of the factor) is done once per network, when a backend's :class:`Analysis` is built;
+every step then calls :meth:`Analysis.refactor` with the new values (numeric factorization only) and solves all its
 right-hand sides in one call. Three backends share this interface:
 
 * ``"pardiso"``: Intel MKL PARDISO through ``pypardiso`` (``pip install 'doubleopt[pardiso]'``, about 1 GB of
@@ -53,6 +53,8 @@ import scipy.sparse.linalg as spla
 from scipy.sparse.csgraph import breadth_first_order
 
 BACKENDS = ("auto", "pardiso", "qdldl", "splu")
+"""The names ``backend=`` takes: ``"auto"`` (PARDISO when installed and large enough, else QDLDL), ``"pardiso"``,
+``"qdldl"``, ``"splu"``."""
 
 RESIDUAL_TOL = 1e-10
 """Relative residual above which a backend's solve is redone with a fresh SuperLU factorization."""

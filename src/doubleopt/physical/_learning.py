@@ -304,7 +304,8 @@ def train(
         eval_targets: the targets of that held-out set.
         metric (Callable | None): optional ``metric(outputs (B, m) ndarray, targets) -> float`` (e.g. accuracy).
         k0: initial conductances, inside ``[k_min, k_max]`` (default ``net.k``).
-        backend, memory_limit: as for :func:`learning_step` (one symbolic analysis serves the whole run).
+        backend: as for :func:`learning_step` (one symbolic analysis serves the whole run).
+        memory_limit: as for :func:`learning_step`.
 
     Raises:
         ValueError: for each of the above out of range (naming the argument), and bad samples.
