@@ -120,6 +120,18 @@ def test_analysis_is_done_once_per_network_and_backend(nets, monkeypatch):
     assert len(calls) == 1
 
 
+def test_networks_pickle_and_copy_without_their_analyses(nets):
+    import copy
+    import pickle
+
+    net = nets[0]
+    x = np.full((1, net.n_inputs), 0.4)
+    V = net.free_state(x, backend="qdldl")
+    for other in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        assert other._solvers == {} and rel(other.free_state(x, backend="qdldl"), V) < TOL
+    assert net.solver("qdldl")._analysis is not None  # the original keeps its own
+
+
 def test_interleaved_factors_of_a_stateful_backend_stay_correct(nets):
     """QDLDL / PARDISO keep one factorization per analysis: an older factor refactorizes before solving."""
     net = nets[0]

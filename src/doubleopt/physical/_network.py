@@ -350,6 +350,13 @@ class ResistorNetwork:
             )
         return kk
 
+    def __getstate__(self) -> dict:
+        """Pickling / deep copies leave out the cached factorization analyses (native handles); the copy analyses
+        again on first use."""
+        state = self.__dict__.copy()
+        state["_solvers"] = {}
+        return state
+
     def with_k(self, k: ArrayLike) -> ResistorNetwork:
         """A shallow copy of the network with conductances ``k`` (topology and precomputations shared).
 
