@@ -62,9 +62,10 @@ RESIDUAL_TOL = 1e-10
 SINGULAR_TOL = 1e-8
 """Relative residual above which even the reference SuperLU solve is refused (numerically singular system)."""
 
-PARDISO_MIN_NODES = 20_000
-"""``backend="auto"`` takes PARDISO (when installed) from this many free nodes on; below it QDLDL's serial
-refactorization was faster (measured on 2D Delaunay networks, 2 threads)."""
+PARDISO_MIN_NODES = 12_000
+"""``backend="auto"`` takes PARDISO (when installed) from this many free nodes on: on 2D Delaunay networks with 2
+threads QDLDL's learning step was faster at 4k nodes (5.5 vs 11 ms) and PARDISO's at 16k (13 vs 16 ms), quick
+timings on a shared machine."""
 
 PARDISO_COLUMNWISE = 8
 """PARDISO solves up to this many right-hand sides one column at a time (see :meth:`PardisoAnalysis._solve`)."""

@@ -7,7 +7,7 @@ same way: one untimed warm-up step, then the median of repeated steps; each step
 reused across steps: every factorization is recomputed for the step's conductances).
 
 * doubleopt: one numeric factorization of the reduced Laplacian per step with ``--backend`` (default ``auto``:
-  MKL PARDISO when ``doubleopt[pardiso]`` is installed and the network has 20k free nodes or more, else QDLDL;
+  MKL PARDISO when ``doubleopt[pardiso]`` is installed and the network has 12k free nodes or more, else QDLDL;
   ``splu``: SuperLU, symmetric mode, minimum-degree ordering on L + L^T computed once); the symbolic analysis
   is cached on the network (done in the warm-up step, as in a learning run). The factorization is reused
   for every solve: the free states by superposition (the physics is linear in the imposed voltages:
