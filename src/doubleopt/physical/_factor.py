@@ -46,6 +46,7 @@ import ctypes
 import math
 import warnings
 from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -521,7 +522,8 @@ class LaplacianSolver:
     """
 
     def __init__(self, pattern: LaplacianPattern, backend: str = "auto", memory_limit: float | None = None):
-        if memory_limit is not None and not (isinstance(memory_limit, int | float) and memory_limit > 0):
+        if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, Real)
+                                         or not memory_limit > 0):
             raise ValueError(f"memory_limit must be a number of bytes > 0 (or None), got {memory_limit!r}")
         self.pattern = pattern
         self.requested = backend

@@ -38,6 +38,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -175,7 +176,8 @@ class ResistorNetwork:
             raise ValueError(f"need 0 < k_min < k_max < inf, got k_min={k_min}, k_max={k_max}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-        if memory_limit is not None and not (isinstance(memory_limit, int | float) and memory_limit > 0):
+        if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, Real)
+                                         or not memory_limit > 0):
             raise ValueError(f"memory_limit must be a number of bytes > 0 (or None), got {memory_limit!r}")
         self.backend, self.memory_limit = backend, memory_limit
         self.n_nodes, self.edges, self.input_kind = n, e, input_kind
