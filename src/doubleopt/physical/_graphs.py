@@ -7,7 +7,7 @@ connected), plus random further Delaunay edges until the mean degree :math:`z = 
 :func:`delaunay_graph` keeps every Delaunay edge. Such networks have small separators (:math:`O(\sqrt n)` in 2D,
 :math:`O(n^{2/3})` in 3D), so sparse direct factorizations stay cheap as ``n`` grows (an Erdos-Renyi graph
 would fill in almost completely). Everything is vectorized (no Python loop over edges): a million-node 2D
-network takes seconds, most of it in Qhull's triangulation.
+network takes about ten seconds, most of it in Qhull's triangulation.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def delaunay_graph(n_nodes: int, dim: int = 2, *, seed: int = 0) -> Graph:
     numbered along a Z-order curve (spatial neighbours get nearby ids, which keeps sparse work cache-local).
 
     Args:
-        n_nodes: number of nodes (``>= dim + 2``); 10^6 in 2D builds in seconds.
+        n_nodes: number of nodes (``>= dim + 2``); 10^6 in 2D builds in about ten seconds.
         dim: 2 or 3.
         seed: NumPy seed; the same seed gives the same graph.
 
