@@ -72,7 +72,7 @@ from pathlib import Path
 import torch
 
 import doubleopt as do
-from doubleopt.bench import Report, conditions, parse_args, set_threads, time_call
+from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads, time_call
 from doubleopt.bench.baselines import require
 from doubleopt.bilevel import DigitsL2, digits_split
 from doubleopt.bilevel.digits import DigitsContext
@@ -84,6 +84,22 @@ F64 = torch.float64
 
 @dataclass
 class Args:
+    """Bilevel studies: hypergradient error vs compute, peak memory vs inner steps, outer convergence against
+    grid / random search, and our implicit hypergradient against torchopt's (``--studies``).
+
+    What is compared: on the same problem, data and inner solution (float64, batch 1, ``--threads`` threads):
+    error: each hypergradient method's relative error to a tight reference against its wall time (one warm-up,
+    median of ``--repeats``) and its Hessian-vector products; memory: Unroll vs Implicit-CG after the same
+    T inner steps, peak RSS of each in a fresh process; outer: ``do.bilevel.optimize`` with each adjoint from
+    the same start, against grid and random search over one global weight with the same wall-time budget;
+    torchopt: ``do.Implicit(CG(rtol))`` vs torchopt's ``custom_root`` with ``solve_cg(rtol)`` at the same rtol on
+    the same solution (error, time, memory).
+
+    Seeds (set once at the top of ``main``): ``--seed`` the global generators and the power iterations'
+    start vectors (and the layout rows' HVP vector), ``seed + 1`` the data splits, ``seed + 7`` the random
+    search's draws.
+    """
+
     quick: bool = False  # tiny sizes and short method lists: a smoke run of well under a minute
     studies: tuple = ("error", "memory", "outer", "torchopt")  # which studies to run
     digits_train: int = 500  # problem 1: training points (from digits' train split)
@@ -164,7 +180,7 @@ def make_digits(args, per_feature=True, log_l2=None, spread=1.0) -> tuple[Digits
     train, val = digits_split(args.digits_train, args.digits_val, seed=args.seed)
     prob = DigitsL2(per_feature=per_feature, log_l2=args.digits_log_l2 if log_l2 is None else log_l2)
     if spread > 0:
-        g = torch.Generator().manual_seed(args.seed + 1)
+        g = generator(args.seed + 1)
         with torch.no_grad():
             prob.log_l2.add_(spread * torch.randn(prob.log_l2.shape, generator=g, dtype=F64))
     return prob, train, val
@@ -181,7 +197,7 @@ def make_sparse(args, layout="sparse"):
         layout=layout,
     )
     prob = SparseLogisticL2(args.sparse_features, log_l2=args.sparse_log_l2)
-    g = torch.Generator().manual_seed(args.seed + 1)
+    g = generator(args.seed + 1)
     with torch.no_grad():
         prob.log_l2.add_(torch.randn(prob.log_l2.shape, generator=g, dtype=F64))
     return prob, train, val
@@ -189,7 +205,7 @@ def make_sparse(args, layout="sparse"):
 
 def largest_eigenvalue(prob, y, x, iters: int, seed: int = 0) -> float:
     """Largest eigenvalue of the Hessian at ``y`` by power iteration on Hessian-vector products."""
-    v = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    v = torch.randn(y.shape, generator=generator(seed), dtype=y.dtype)
     lam = 0.0
     for _ in range(iters):
         v = v / v.norm()
@@ -367,7 +383,7 @@ def layout_timing(args, s: Setup) -> list[dict]:
 
     rows = []
     dense_train = make_sparse(args, layout="dense")[1]
-    v = torch.randn(s.y_star.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    v = torch.randn(s.y_star.shape, generator=generator(args.seed), dtype=F64)
 
     def hvp_fn(x):
         y = s.y_star.clone().requires_grad_(True)
@@ -545,28 +561,33 @@ def digits_test(args) -> DigitsContext:
     return DigitsContext(X[None], torch.nn.functional.one_hot(t, 10).to(F64)[None])
 
 
-def study_outer(args, plt):
-    report = Report("bilevel_outer", out_dir=Path(args.out) / "outer")
-    test = digits_test(args)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+def outer_methods(args, L: float) -> dict:
+    """The adjoints of the outer study (Neumann and FixedPoint scaled by 1/L)."""
+    methods = {
+        "Implicit-CG": imp(1e-6),
+        f"Neumann k={args.outer_neumann}": do.Neumann(terms=args.outer_neumann, scale=1.0 / L),
+        "Unroll": do.Unroll(),
+        f"Truncated k={args.outer_truncated}": do.Truncated(args.outer_truncated),
+    }
+    if hasattr(do, "FixedPoint"):  # adjoint warm-started across outer steps
+        methods[f"FixedPoint k={args.outer_neumann} (warm adjoint)"] = do.FixedPoint(
+            iterations=args.outer_neumann, scale=1.0 / L, memory=do.adjoint.AdjointMemory()
+        )
+    return methods
+
+
+def outer_runs(args, test, report: Report, axes) -> tuple[dict, float | None]:
+    """``do.bilevel.optimize`` with every adjoint, for the 64-weight and the 1-weight problem 1, each from the
+    same start: one row each (a run that raises: a row with the error). Returns ``(curves, budget)``, the budget
+    being the 64-weight Implicit-CG run's wall time (``None`` if it failed)."""
     curves, budget = {}, None
     for per_feature in (True, False):
         prob, train, val = make_digits(args, per_feature=per_feature, log_l2=args.outer_log_l2, spread=0.0)
         with torch.no_grad():
             y0 = do.solve(prob, do.LBFGS(), train, tol=1e-8, max_steps=20000).y
         L = largest_eigenvalue(prob, y0, train, args.power_iters, args.seed)
-        methods = {
-            "Implicit-CG": imp(1e-6),
-            f"Neumann k={args.outer_neumann}": do.Neumann(terms=args.outer_neumann, scale=1.0 / L),
-            "Unroll": do.Unroll(),
-            f"Truncated k={args.outer_truncated}": do.Truncated(args.outer_truncated),
-        }
-        if hasattr(do, "FixedPoint"):  # adjoint warm-started across outer steps
-            methods[f"FixedPoint k={args.outer_neumann} (warm adjoint)"] = do.FixedPoint(
-                iterations=args.outer_neumann, scale=1.0 / L, memory=do.adjoint.AdjointMemory()
-            )
         tag = "64 weights" if per_feature else "1 weight"
-        for name, adj in methods.items():
+        for name, adj in outer_methods(args, L).items():
             prob, train, val = make_digits(args, per_feature=per_feature, log_l2=args.outer_log_l2, spread=0.0)
             try:
                 res = do.bilevel.optimize(
@@ -614,8 +635,11 @@ def study_outer(args, plt):
                 weights_min_max=f"{float(prob.log_l2.detach().min()):.2f}..{float(prob.log_l2.detach().max()):.2f}",
             )
             axes[0 if per_feature else 1].plot(times, losses, "o-", ms=2, label=f"{name} ({tag})")
-    if budget is None:  # the Implicit-CG 64-weight run failed: the longest run's time instead
-        budget = max(v[0][-1] for v in curves.values()) if curves else 1.0
+    return curves, budget
+
+
+def search_rows(args, budget: float, test, report: Report, axes) -> tuple[list[dict], list[dict]]:
+    """Grid and random search over the global weight: one row each (best overall and within the budget)."""
     grid, rand = global_weight_search(args, budget, test)
     for kind, pts in (("grid search", grid), ("random search", rand)):
         best = min(pts, key=lambda p: p["val_loss"])
@@ -637,6 +661,22 @@ def study_outer(args, plt):
         bs = torch.tensor([p["val_loss"] for p in pts]).cummin(0).values.tolist()
         for ax in axes:
             ax.step(ts, bs, where="post", label=f"{kind}, best so far (1 weight)")
+    return grid, rand
+
+
+def study_outer(args, plt):
+    report = Report("bilevel_outer", out_dir=Path(args.out) / "outer")
+    started = conditions(dtype="float64", batch=1, note="outer loss per step at that step's tolerance")
+    test = digits_test(args)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+
+    # ---- ours: every adjoint; then the baselines (grid and random search) with the same time budget ----
+    curves, budget = outer_runs(args, test, report, axes)
+    if budget is None:  # the Implicit-CG 64-weight run failed: the longest run's time instead
+        budget = max(v[0][-1] for v in curves.values()) if curves else 1.0
+    grid, rand = search_rows(args, budget, test, report, axes)
+
+    # ---- the goal, the plot, the report ----
     best_grid = min(p["val_loss"] for p in grid)
     ours = next(
         r["final_val_loss"]
@@ -662,7 +702,7 @@ def study_outer(args, plt):
             "grid": grid,
             "random": rand,
             "curves": {f"{k[0]} / {k[1]}": v for k, v in curves.items()},
-            "conditions": conditions(dtype="float64", batch=1, note="outer loss per step at that step's tolerance"),
+            "conditions": started,
         },
         fig,
     )
@@ -685,7 +725,7 @@ def global_weight_search(args, budget: float, test) -> tuple[list[dict], list[di
 
     out = {"grid": [], "random": []}
     grid_values = torch.linspace(hi, lo, args.grid_points, dtype=F64).tolist()  # strong to weak: warm starts
-    gen = torch.Generator().manual_seed(args.seed + 7)
+    gen = generator(args.seed + 7)
     rand_values = (lo + (hi - lo) * torch.rand(args.random_max, generator=gen, dtype=F64)).tolist()
     for kind, values, warm in (("grid", grid_values, True), ("random", rand_values, False)):
         start, y = time.perf_counter(), None
@@ -800,7 +840,7 @@ def main(argv=None):
         for k, v in QUICK.items():
             setattr(args, k, v)
     set_threads(args.threads)
-    torch.manual_seed(args.seed)
+    seed_all(args.seed)  # the derived streams (data splits, searches, power iterations): see Args
     if args.memory_worker:
         print(json.dumps(memory_worker(args, json.loads(args.memory_worker))))
         return None
