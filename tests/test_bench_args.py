@@ -38,3 +38,18 @@ def test_study_help_shows_the_args_docstring_dedented():
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         parse_args(Args, ["--help"])
     assert "\nWhat the study compares.\n\nUnder which conditions: same tolerance, same threads.\n" in out.getvalue()
+
+
+def test_every_study_documents_its_arguments():
+    """Each study's Args has its own docstring (what is compared, under which conditions), not the dataclass's
+    generated signature, and every field has a help comment, so ``doubleopt bench NAME -- --help`` is useful."""
+    import importlib
+
+    from doubleopt.bench.registry import PACKAGE, study_names
+
+    for name in study_names():
+        args_cls = importlib.import_module(f"{PACKAGE}.{name}").Args
+        doc = args_cls.__doc__ or ""
+        assert doc and not doc.startswith("Args("), f"study {name}: Args has no docstring"
+        missing = [f.name for f in dataclasses.fields(args_cls) if f.name not in field_help(args_cls)]
+        assert not missing, f"study {name}: fields without a help comment: {missing}"

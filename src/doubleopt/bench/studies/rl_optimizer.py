@@ -133,7 +133,7 @@ class Args:
     start_seed: int = 1000  # seed of the test starting points (the same for every method)
     tune_seed: int = 2000  # seed of the training starting points used to tune the baselines
     tune_starts: int = 2  # random starts per training objective when tuning (90 x 2 runs per grid point)
-    train_seed: int = 0  # --retrain: MetaConfig seed and torch.manual_seed of the initial weights
+    train_seed: int = 0  # global generators (the initial weights of --retrain runs) and MetaConfig's seed
     cost_batch: int = 1000  # evaluation cost: objectives solved as one batch
     cost_repeats: int = 7  # evaluation cost: timed repeats (median) after one warm-up
     threads: int = 1  # torch / BLAS threads for everything (fixed, reported)

@@ -52,9 +52,7 @@ class Args:
     adam_steps: int = 300  # Adam steps (both implementations)
     threads: int = 2  # torch / BLAS threads
     repeats: int = 3  # timed repeats (median reported)
-    sizes: list[str] = field(
-        default_factory=lambda: ["3x100", "10x200", "30x200"]
-    )  # L-BFGS sweep: FEATURESxPOINTS per size (same B, tol)
+    sizes: list[str] = field(default_factory=lambda: ["3x100", "10x200", "30x200"])  # L-BFGS sweep: FEATURESxPOINTS
     seed: int = 0  # seed of the problem batch
     quick: bool = False  # tiny sizes for a smoke test
     out: str = "bench_results/solvers"  # output folder

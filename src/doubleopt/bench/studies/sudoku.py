@@ -33,6 +33,8 @@ from torch import nn
 import doubleopt as do
 from doubleopt.bench import Report, conditions, generator, parse_args, seed_all, set_threads
 
+TRAINERS = ("adam", "lstm-digits", "mlp-digits")  # the OptNet layer's default trainers (--optimizers)
+
 
 @dataclass
 class Args:
@@ -65,8 +67,7 @@ class Args:
     lr_optnet: float = 0.05  # Adam learning rate of the OptNet layer
     lr_mlp: float = 0.003  # Adam learning rate of the MLP baseline
     qp_tol: float = 1e-7  # KKT tolerance of the layer's interior point
-    # OptNet trainers: "adam" and/or names of pretrained learned optimizers (do.learned.PRETRAINED)
-    optimizers: list[str] = field(default_factory=lambda: ["adam", "lstm-digits", "mlp-digits"])
+    optimizers: list[str] = field(default_factory=lambda: list(TRAINERS))  # "adam" and/or do.learned.PRETRAINED names
     lopt_lr: float = 1.0  # update multiplier of the learned optimizers (1: the update as meta-trained)
     threads: int = 1  # torch threads
     seed: int = 0  # data and initialization seed
