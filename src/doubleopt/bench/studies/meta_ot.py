@@ -338,10 +338,9 @@ COLD_ROW = {
 }
 
 
-def target_rows(args: Args, task: str, test_fam, x, model, target: float, train_time: float, report: Report):
-    """Every cold / warm variant to L1 marginal error ``target`` (each its own timed solve), then the POT
-    comparison on POT's criterion: one row each."""
-    B = x.a.shape[0]
+def time_variants(args: Args, test_fam, x, model, target: float) -> dict:
+    """Every cold / warm Sinkhorn variant to L1 marginal error ``target``, each its own timed solve (warm-up +
+    median of ``--repeats``): ``{row name: Timing}``."""
     cold_model = ZeroPotential(test_fam.n)
 
     # every Sinkhorn here uses the study's relaxation; the loop compacts only in the rows that say so
@@ -394,6 +393,14 @@ def target_rows(args: Args, task: str, test_fam, x, model, target: float, train_
             ),
             repeats=args.repeats,
         )
+    return timings
+
+
+def target_rows(args: Args, task: str, test_fam, x, model, target: float, train_time: float, report: Report):
+    """Every cold / warm variant to L1 marginal error ``target`` (each its own timed solve), then the POT
+    comparison on POT's criterion: one row each."""
+    B = x.a.shape[0]
+    timings = time_variants(args, test_fam, x, model, target)
     pot_rows = pot_comparison(args, test_fam, x, model, target)
     per_inst = {name: tm.median / B for name, tm in timings.items()}
     for name, tm in timings.items():
