@@ -91,7 +91,7 @@ def test_corrupt_checkpoint_on_resume(capsys, tmp_path, command):
 
 def test_library_argument_checks_reach_the_user(capsys, tmp_path):
     line = _error_line(capsys, ["physical-train", "--nodes", "0", "--out", str(tmp_path)])
-    assert line == "doubleopt physical-train: error: n_nodes must be an integer >= 4, got 0"
+    assert line == "doubleopt physical-train: error: n_nodes must be an integer >= 4 for dim=2, got 0"
     line = _error_line(capsys, ["physical-train", "--nodes", "20", "--eta", "-1", "--out", str(tmp_path)])
     assert "eta" in line
     line = _error_line(capsys, ["rl-train", "--batch-size", "0", "--out", str(tmp_path)])
@@ -114,7 +114,9 @@ def test_console_script_shows_no_traceback(tmp_path):
         text=True,
     )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["doubleopt physical-train: error: n_nodes must be an integer >= 4, got 2"]
+    assert r.stderr.strip().splitlines() == [
+        "doubleopt physical-train: error: n_nodes must be an integer >= 4 for dim=2, got 2"
+    ]
 
 
 def _raise(exc):
