@@ -143,16 +143,21 @@ class LaplacianPattern:
 
 
 # ---- memory --------------------------------------------------------------------------------------------
-def available_memory() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes (``None`` where the platform has no such file)."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``key:`` line of a Linux ``/proc`` file (a size in kB) in bytes; ``None`` where there is none."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover - not Linux
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (``None`` where the platform has no such file)."""
+    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def _check_fits(need: int, memory_limit: float | None, what: str) -> None:
@@ -178,14 +183,7 @@ def peak_rss_reset() -> bool:
 
 def peak_rss() -> int | None:
     """The process's peak resident memory in bytes since the last :func:`peak_rss_reset` (Linux ``VmHWM``)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover
-        pass
-    return None
+    return _proc_kib("/proc/self/status", "VmHWM")
 
 
 BYTES_PER_FACTOR_ENTRY = {"pardiso": 20, "qdldl": 16, "splu": 24}
